@@ -1,0 +1,159 @@
+"""Linux guest driver: every Linux-specific command the harness runs in a guest.
+
+The contract (shared with the FreeBSD driver): set the TX queue count, start pinned
+sender processes, snapshot counters as raw text, start/stop lock statistics, and turn
+raw text into samples with pure parsers. Commands are built by pure methods so that
+`xmitbench plan` can print exactly what a cell will run.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+
+from ..parsers import linux as P
+from ..parsers.iperf3 import parse_iperf3_json
+from ..samples import Sample
+
+IFACE = "xb0"
+SECTION = "@@xmitbench-section "
+
+
+class LinuxGuest:
+    os_name = "linux"
+
+    def __init__(self, shell, tools: dict[str, str], iface: str = IFACE):
+        self.shell, self.tools, self.iface = shell, tools, iface
+        self._lock_tracing_on = False
+
+    # -- pure command builders (also used by `plan`) ---------------------------------
+    def snapshot_command(self) -> str:
+        t, i = self.tools, self.iface
+        parts = {
+            "ethtool_S": f"{t['ethtool']} -S {i}",
+            "tc_qdisc": f"{t['tc']} -s -j qdisc show dev {i}",
+            "ip_link": f"{t['ip']} -s -j link show dev {i}",
+            "softnet_stat": "cat /proc/net/softnet_stat",
+            "interrupts": "cat /proc/interrupts",
+            "proc_stat": "cat /proc/stat",
+        }
+        return "; ".join(f"echo '{SECTION}{k}'; {v} 2>&1" for k, v in parts.items())
+
+    def set_queues_command(self, queues: int) -> str:
+        return f"{self.tools['ethtool']} -L {self.iface} combined {queues}"
+
+    def sender_command(self, cpu: int, port: int, peer_ip: str, duration_s: int, warmup_s: int,
+                       streams: int, proto: str, msg_size: int, udp_bitrate: str, out: str) -> str:
+        args = [self.tools["iperf3"], "-c", peer_ip, "-p", str(port), "-t", str(duration_s),
+                "-O", str(warmup_s), "-P", str(streams), "-J", "--connect-timeout", "5000"]
+        if proto == "udp":
+            args += ["-u", "-b", udp_bitrate]
+        if msg_size:
+            args += ["-l", str(msg_size)]
+        return f"taskset -c {cpu} {shlex.join(args)} > {out} 2>&1"
+
+    def senders_script(self, ports: list[int], vcpus: int, peer_ip: str, duration_s: int, warmup_s: int,
+                       streams: int, proto: str, msg_size: int, udp_bitrate: str = "0") -> str:
+        """All sender processes start together, each pinned to vCPU i % vcpus; wait for all,
+        then print each JSON between section markers."""
+        lines = ["rm -rf /tmp/xb && mkdir -p /tmp/xb"]
+        for i, port in enumerate(ports):
+            lines.append(self.sender_command(i % vcpus, port, peer_ip, duration_s, warmup_s, streams,
+                                             proto, msg_size, udp_bitrate, f"/tmp/xb/s{i}.json") + " &")
+        lines.append("wait")
+        for i, _ in enumerate(ports):
+            lines.append(f"echo '{SECTION}iperf3_{i}'; cat /tmp/xb/s{i}.json")
+        return "\n".join(lines)
+
+    def lock_start_script(self) -> str:
+        return "\n".join(f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path}"
+                         for path, text in P.LOCK_HIST_SETUP)
+
+    def lock_read_script(self) -> str:
+        return "; ".join(f"echo '{SECTION}{name}'; cat /sys/kernel/tracing/{path}"
+                         for name, path in P.LOCK_HIST_READ.items())
+
+    def lock_stop_script(self) -> str:
+        return "\n".join(f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path} 2>/dev/null"
+                         for path, text in P.LOCK_HIST_TEARDOWN)
+
+    # -- actions -----------------------------------------------------------------------
+    def run(self, cmd: str, timeout: float = 30.0, check: bool = True) -> str:
+        return self.shell.run(cmd, timeout=timeout, check=check)[1]
+
+    def kernel_release(self) -> str:
+        return self.run("uname -r").strip()
+
+    def nic_driver(self) -> str:
+        m = re.search(r"^driver:\s*(\S+)", self.run(f"{self.tools['ethtool']} -i {self.iface}"), re.M)
+        return m.group(1) if m else "unknown"
+
+    def tx_queue_count(self) -> int:
+        """Real TX queues of the device, from sysfs (works for drivers without ethtool -l)."""
+        out = self.run(f"ls -d /sys/class/net/{self.iface}/queues/tx-*")
+        return len(out.split())
+
+    def set_queues(self, queues: int) -> None:
+        if self.tx_queue_count() == queues:
+            return
+        self.run(self.set_queues_command(queues))
+        got = self.tx_queue_count()
+        if got != queues:
+            raise RuntimeError(f"asked for {queues} TX queues, device has {got}")
+
+    def snapshot(self) -> dict[str, str]:
+        return split_sections(self.run(self.snapshot_command()))
+
+    def lock_stats_start(self) -> None:
+        self.run(self.lock_stop_script(), check=False)  # leftovers from a failed cell
+        self.run(self.lock_start_script())
+        self._lock_tracing_on = True
+
+    def lock_stats_stop(self) -> dict[str, str]:
+        raw = split_sections(self.run(self.lock_read_script()))
+        self.run(self.lock_stop_script(), check=False)
+        self._lock_tracing_on = False
+        return raw
+
+    def run_senders(self, script: str, timeout: float) -> dict[str, str]:
+        return split_sections(self.run(script, timeout=timeout))
+
+    # -- pure parsing ----------------------------------------------------------------
+    @staticmethod
+    def parse_snapshot(raw: dict[str, str], driver: str | None = None) -> list[Sample]:
+        out: list[Sample] = []
+        out += P.parse_ethtool_stats(raw.get("ethtool_S", ""), driver=driver)
+        out += P.parse_tc_qdisc_json(raw.get("tc_qdisc", "[]"))
+        out += P.parse_ip_link_json(raw.get("ip_link", "[]"))
+        out += P.parse_softnet_stat(raw.get("softnet_stat", ""))
+        out += P.parse_proc_interrupts(raw.get("interrupts", ""))
+        out += P.parse_proc_stat_cpu(raw.get("proc_stat", ""))
+        return out
+
+    @staticmethod
+    def parse_locks(raw: dict[str, str], method: str):
+        waits = P.parse_lock_wait_hist(raw.get("wait", ""))
+        stacks = P.parse_lock_stack_hist(raw.get("stacks", ""))
+        recs = P.summarize_locks(waits, stacks)
+        for r in recs:
+            r.method = method
+        return recs
+
+    @staticmethod
+    def parse_senders(raw: dict[str, str]):
+        return [parse_iperf3_json(raw[k]) for k in sorted(raw) if k.startswith("iperf3_")]
+
+
+def split_sections(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    name = None
+    buf: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(SECTION):
+            if name is not None:
+                out[name] = "".join(buf)
+            name, buf = line[len(SECTION):].strip(), []
+        elif name is not None:
+            buf.append(line)
+    if name is not None:
+        out[name] = "".join(buf)
+    return out

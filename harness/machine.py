@@ -1,0 +1,246 @@
+"""The machine layer: the ONE place that turns a machine spec into a QEMU argv, plus
+starting, probing and stopping QEMU.
+
+Management is SSH through QEMU user-mode networking forwarded to 127.0.0.1 only; the
+slirp subnet is 198.19.0.0/24 (inside 198.18.0.0/15) with `restrict=on`, so the guest
+can reach nothing but the forwarded port. The data plane is a tap whose file
+descriptors the data-plane layer opened inside the harness namespace.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+QEMU = os.environ.get("XMITBENCH_QEMU", "qemu-system-x86_64")
+MGMT_MAC = "52:54:00:00:00:01"
+DATA_MAC = "52:54:00:12:34:56"
+GUEST_MGMT_IP = "198.19.0.15"
+GUEST_DATA_IP = "198.18.0.2"
+PEER_DATA_IP = "198.18.0.1"
+DATA_PREFIX = 24
+
+
+@dataclass
+class MachineSpec:
+    kernel: Path
+    initrd: Path
+    qemu_device: str          # e.g. "virtio-net-pci", "e1000e", "vmxnet3", "igb"
+    queues: int               # queues the NIC is created with (max used in this boot group)
+    vcpus: int = 2
+    memory_mib: int = 1024
+    accel: str = "tcg"        # the accel actually used: "kvm" or "tcg"
+    ssh_port: int = 0
+    ssh_pubkey_b64: str = ""  # the base64 part of an ssh-ed25519 public key
+    serial_log: Path | None = None
+    qmp_socket: Path | None = None
+    tap_fds: list[int] = field(default_factory=list)
+    extra_cmdline: str = ""
+
+
+def cpu_model(accel: str) -> str:
+    """Under TCG hide the hypervisor CPUID bit: a Linux guest that sees it but has no PV
+    spinlocks spins in virt_spin_lock, which never reaches lock:contention_begin, so TX
+    queue lock waits would be invisible (DESIGN.md, measured here)."""
+    return "host" if accel == "kvm" else "max,-hypervisor"
+
+
+def lock_visibility_method(accel: str) -> str:
+    return ("tracepoint lock:contention_begin/end, KVM (pv spinlocks if host offers kvm-pv-unhalt)"
+            if accel == "kvm" else
+            "tracepoint lock:contention_begin/end, TCG with -cpu max,-hypervisor (native qspinlock slowpath)")
+
+
+def build_argv(spec: MachineSpec) -> list[str]:
+    """The QEMU command line. Every option is here and nowhere else."""
+    if spec.queues < 1:
+        raise ValueError("queues must be >= 1")
+    append = " ".join(filter(None, [
+        "console=ttyS0", "panic=-1", "quiet", "loglevel=4",
+        f"xb.key={spec.ssh_pubkey_b64}", f"xb.mgmt_mac={MGMT_MAC}", f"xb.data_mac={DATA_MAC}",
+        f"xb.data_ip={GUEST_DATA_IP}/{DATA_PREFIX}", spec.extra_cmdline]))
+    argv = [
+        QEMU, "-name", "xmitbench", "-nodefaults", "-no-user-config", "-nographic",
+        "-accel", spec.accel if spec.accel == "kvm" else "tcg,thread=multi",
+        "-cpu", cpu_model(spec.accel),
+        "-smp", str(spec.vcpus), "-m", str(spec.memory_mib),
+        "-no-reboot",  # with panic=-1 a guest panic ends QEMU instead of hanging
+        "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", append,
+        "-serial", f"file:{spec.serial_log}" if spec.serial_log else "null",
+        "-monitor", "none",
+        "-netdev", (f"user,id=mgmt,net=198.19.0.0/24,host=198.19.0.2,restrict=on,"
+                    f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-{GUEST_MGMT_IP}:22"),
+        "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC}",
+    ]
+    if spec.qmp_socket:
+        argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
+    if spec.tap_fds:
+        fds = ":".join(str(fd) for fd in spec.tap_fds)
+        argv += ["-netdev", f"tap,id=data,{'fds' if len(spec.tap_fds) > 1 else 'fd'}={fds},vhost=off"]
+        argv += ["-device", data_device(spec.qemu_device, spec.queues)]
+    return argv
+
+
+def data_device(qemu_device: str, queues: int) -> str:
+    dev = f"{qemu_device},netdev=data,mac={DATA_MAC}"
+    if qemu_device == "virtio-net-pci" and queues > 1:
+        # one vector per TX and RX queue, plus config and control
+        dev += f",mq=on,vectors={2 * queues + 2}"
+    return dev
+
+
+def tap_queues(qemu_device: str, queues: int) -> int:
+    """How many tap queues the backend needs: only virtio-net maps guest queues to tap queues."""
+    return queues if qemu_device == "virtio-net-pci" else 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_device_help_cache: str | None = None
+
+
+def device_help() -> str:
+    global _device_help_cache
+    if _device_help_cache is None:
+        _device_help_cache = subprocess.run([QEMU, "-device", "help"], capture_output=True,
+                                            text=True, timeout=30).stdout
+    return _device_help_cache
+
+
+def qemu_version() -> str:
+    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"version (\S+)", out)
+    return m.group(1) if m else out.strip()
+
+
+class MachineError(RuntimeError):
+    pass
+
+
+class Machine:
+    """One running QEMU. Stopped by QMP `quit`, then by signal to our own PID only."""
+
+    def __init__(self, spec: MachineSpec):
+        self.spec = spec
+        self.proc: subprocess.Popen | None = None
+        self.argv = build_argv(spec)
+        self._qmp = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, pass_fds=self.spec.tap_fds,
+                                     start_new_session=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_reason(self) -> str:
+        if self.proc is None:
+            return "not started"
+        rc = self.proc.poll()
+        if rc is None:
+            return "running"
+        err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
+        return f"QEMU exited with status {rc}" + (f": {err[-300:]}" if err else "")
+
+    def serial_tail(self, n: int = 40) -> str:
+        p = self.spec.serial_log
+        if not p or not p.exists():
+            return ""
+        return "\n".join(p.read_text(errors="replace").splitlines()[-n:])
+
+    def wait_serial(self, marker: str, timeout: float) -> float:
+        """Seconds until `marker` appears on the serial console; raises on timeout/exit."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if not self.alive():
+                raise MachineError(self.exit_reason())
+            p = self.spec.serial_log
+            if p and p.exists() and marker in p.read_text(errors="replace"):
+                return time.monotonic() - t0
+            time.sleep(0.1)
+        raise MachineError(f"guest did not print {marker!r} within {timeout:.0f} s")
+
+    def qmp(self):
+        if self._qmp is None and self.spec.qmp_socket:
+            from qemu.qmp.legacy import QEMUMonitorProtocol
+            q = QEMUMonitorProtocol(str(self.spec.qmp_socket))
+            q.connect()
+            self._qmp = q
+        return self._qmp
+
+    def status(self) -> str:
+        try:
+            return self.qmp().cmd("query-status")["return"]["status"]
+        except Exception as e:  # noqa: BLE001 — status is advisory
+            return f"unknown ({e})"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                if self.qmp():
+                    self._qmp.cmd("quit")
+            except Exception:  # noqa: BLE001 — fall through to signals
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self._qmp is not None:
+            try:
+                self._qmp.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._qmp = None
+
+
+def probe_accel(kernel: Path, initrd: Path, timeout: float = 20.0) -> tuple[str, str]:
+    """Try KVM by booting the guest kernel until it prints on the console.
+
+    /dev/kvm existing is not enough: under nested virtualisation a KVM guest can hang
+    right after decompression. Returns (accel, reason)."""
+    if os.environ.get("XMITBENCH_ACCEL") in ("kvm", "tcg"):
+        return os.environ["XMITBENCH_ACCEL"], "forced by XMITBENCH_ACCEL"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "/dev/kvm missing or not accessible"
+    with tempfile.TemporaryDirectory(prefix="xb-kvmprobe-") as d:
+        log = Path(d) / "serial.log"
+        argv = [QEMU, "-nodefaults", "-nographic", "-accel", "kvm", "-cpu", "host", "-m", "256",
+                "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
+                "-append", "console=ttyS0 panic=-1", "-serial", f"file:{log}", "-monitor", "none"]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        t0, ok = time.monotonic(), False
+        try:
+            while time.monotonic() - t0 < timeout and proc.poll() is None:
+                if log.exists() and "xmitbench: init" in log.read_text(errors="replace"):
+                    ok = True
+                    break
+                time.sleep(0.2)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        if ok:
+            return "kvm", f"KVM probe boot reached init in {time.monotonic() - t0:.1f} s"
+        err = proc.stderr.read().decode(errors="replace").strip()[-200:] if proc.stderr else ""
+        return "tcg", (f"KVM probe boot did not reach init within {timeout:.0f} s"
+                       + (f" ({err})" if err else "") + "; using TCG")

@@ -1,0 +1,386 @@
+"""Run a plan: boot one VM per boot group, measure each cell, write the run dir.
+
+Faults during a cell (guest command failure, SSH loss, QEMU exit, timeouts) become a
+`failed` row with the reason and the serial tail; the VM is rebooted for the next cell
+and the matrix goes on. Everything the run started (QEMU, iperf3, namespace, tap) is
+stopped by PID/name in `finally` blocks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+from . import __version__
+from .dataplane import DataPlane
+from .guestimage import GuestImage, build_linux_deb
+from .guests.linux import LinuxGuest
+from .machine import (PEER_DATA_IP, QEMU, Machine, MachineSpec, build_argv, device_help, free_port,
+                      lock_visibility_method, probe_accel, qemu_version, tap_queues)
+from .nics import NICS, qemu_supported_devices
+from .plan import Plan, plan as make_plan
+from .results import RunDir, git_revision, host_info
+from .samples import delta
+from .ssh import GuestShell, make_key
+from .validity import app_bytes_total, conservation, queue_spread, sender_saturation
+
+BASE_PORT = 5201
+BOOT_TIMEOUT_S = 120.0
+TCG_WARNING = ("accel=tcg: QEMU is emulating the CPU in software. Throughput and lock waits are "
+               "NOT kernel results; use them only to check that the harness and counters work.")
+REPO = Path(__file__).resolve().parent.parent
+
+
+class CellFailure(RuntimeError):
+    pass
+
+
+class Runner:
+    def __init__(self, workload, results_root: Path, shard=None, log=print, progress=None,
+                 image: GuestImage | None = None):
+        self.workload, self.results_root, self.shard = workload, results_root, shard
+        self.log, self.progress = log, progress
+        self.image = image
+        self.timings: dict[str, float] = defaultdict(float)
+        self.cell_overheads: list[float] = []
+
+    # -- top level ----------------------------------------------------------------------
+    def run(self) -> RunDir:
+        t_run = time.monotonic()
+        wl = self.workload
+        if self.image is None:
+            t0 = time.monotonic()
+            self.image = build_linux_deb(log=self.log)
+            self.timings["image"] = time.monotonic() - t0
+        supported = qemu_supported_devices(device_help())
+        self.plan: Plan = make_plan(wl, supported, self.shard)
+        t0 = time.monotonic()
+        if wl.machine.accel == "auto":
+            self.accel, accel_reason = probe_accel(self.image.kernel, self.image.initrd)
+        else:
+            self.accel, accel_reason = wl.machine.accel, "set in workload"
+        self.timings["accel_probe"] = time.monotonic() - t0
+        if self.accel == "tcg":
+            self.log(f"WARNING: {TCG_WARNING} ({accel_reason})")
+
+        rd = self.rd = RunDir.create(self.results_root)
+        self.key_dir = Path(os.environ.get("XMITBENCH_STATE", "/run/xmitbench")) / "keys" / rd.run_id
+        rd.manifest.update({
+            "tool": {"name": "xmitbench", "version": __version__, "git_revision": git_revision(REPO)},
+            "command_line": sys.argv,
+            "workload": {"path": str(wl.path), "sha256": wl.sha256, "name": wl.name,
+                         "text": Path(wl.path).read_text()},
+            "shard": list(self.shard) if self.shard else None,
+            "host": host_info(),
+            "qemu": {"binary": shutil.which(QEMU) or QEMU, "version": qemu_version()},
+            "accel": self.accel, "accel_reason": accel_reason, "emulated": self.accel == "tcg",
+            "warning": TCG_WARNING if self.accel == "tcg" else None,
+            "guest_image": {"name": self.image.name, "key": self.image.key,
+                            "kernel_release": self.image.kernel_release,
+                            "kernel_source": self.image.manifest.get("kernel_source"),
+                            "bzImage_sha256": self.image.manifest.get("bzImage_sha256"),
+                            "initramfs_sha256": self.image.manifest.get("initramfs_sha256"),
+                            "build_s": self.image.manifest.get("build_s")},
+            "lock_method": lock_visibility_method(self.accel),
+            "plan": {"groups": [g.boot_key.label for g in self.plan.groups],
+                     "cell_runs": len(self.plan.runs), "skipped": len(self.plan.skipped),
+                     "eta_s": self.plan.eta_s},
+            "boots": [],
+        })
+        for sk in self.plan.skipped:
+            for rep in range(wl.repetitions):
+                rd.add(cell=self._cell_row(sk.cell, rep, "skipped", sk.reason, group=None))
+        rd.flush()
+        self.dp = DataPlane(rd.run_id)
+        measured = 0.0
+        try:
+            self.dp.create()
+            self.key = make_key(self.key_dir)
+            for gi, group in enumerate(self.plan.groups):
+                measured += self._run_group(gi, group)
+        except KeyboardInterrupt:
+            rd.manifest["interrupted"] = True
+            raise
+        finally:
+            self.dp.destroy()
+            shutil.rmtree(self.key_dir, ignore_errors=True)
+            wall = time.monotonic() - t_run
+            self.timings["total"] = wall
+            rd.manifest["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+            rd.manifest["benchmarks"] = self._benchmarks(wall, measured)
+            rd.manifest["complete"] = not rd.manifest.get("interrupted", False)
+            rd.flush()
+        return rd
+
+    def _benchmarks(self, wall: float, measured: float) -> dict:
+        boots = [b["boot_to_ssh_s"] for b in self.rd.manifest["boots"] if b.get("boot_to_ssh_s")]
+        return {
+            "guest_build_s": self.image.manifest.get("build_s", {}).get("total"),
+            "image_step_s": round(self.timings.get("image", 0.0), 2),
+            "boot_to_ssh_s": boots,
+            "boot_to_ssh_s_median": sorted(boots)[len(boots) // 2] if boots else None,
+            "cell_overhead_s": [round(x, 2) for x in self.cell_overheads],
+            "cell_overhead_s_median": (sorted(self.cell_overheads)[len(self.cell_overheads) // 2]
+                                       if self.cell_overheads else None),
+            "measured_s": round(measured, 2), "wall_s": round(wall, 2),
+            "efficiency": round(measured / wall, 3) if wall else None,
+        }
+
+    # -- one VM ---------------------------------------------------------------------------
+    def _boot(self, gi: int, group, boot_no: int):
+        bk = group.boot_key
+        nic = NICS[bk.nic]
+        t0 = time.monotonic()
+        tapname = "xbt" + hashlib.sha1(f"{self.rd.run_id}-{boot_no}".encode()).hexdigest()[:8]
+        fds = self.dp.open_tap(tapname, tap_queues(nic.qemu_device, bk.queues))
+        serial = self.rd.path / "serial" / f"boot{boot_no:02d}-{bk.nic}.log"
+        qmp_dir = self.key_dir / "qmp"
+        qmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        spec = MachineSpec(self.image.kernel, self.image.initrd, nic.qemu_device, bk.queues,
+                           vcpus=bk.vcpus, memory_mib=bk.memory_mib, accel=self.accel,
+                           ssh_port=free_port(), ssh_pubkey_b64=self.key.public_b64,
+                           serial_log=serial, qmp_socket=qmp_dir / f"boot{boot_no}.sock", tap_fds=fds)
+        m = Machine(spec)
+        boot = {"boot": boot_no, "group": bk.label, "argv": m.argv, "serial_log": str(serial.relative_to(self.rd.path))}
+        self.rd.manifest["boots"].append(boot)
+        try:
+            m.start()
+        finally:
+            for fd in fds:
+                os.close(fd)
+        boot["qemu_pid"] = m.pid
+        try:
+            m.wait_serial("xmitbench: ready", BOOT_TIMEOUT_S)
+            shell = GuestShell(spec.ssh_port, self.key)
+            shell.connect(timeout=30)
+        except Exception:
+            boot["error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
+            m.stop()
+            raise
+        boot["boot_to_ssh_s"] = round(time.monotonic() - t0, 2)
+        boot["ssh_host_key"] = shell.host_key_fingerprint
+        guest = LinuxGuest(shell, self.image.manifest["tools"])
+        boot["kernel"] = guest.kernel_release()
+        boot["driver"] = guest.nic_driver()
+        boot["tx_queues_at_boot"] = guest.tx_queue_count()
+        self.timings["boot"] += time.monotonic() - t0
+        self.log(f"booted {bk.label}: {boot['kernel']} {boot['driver']} "
+                 f"in {boot['boot_to_ssh_s']} s (QEMU pid {m.pid})")
+        return m, shell, guest, boot
+
+    def _run_group(self, gi: int, group) -> float:
+        measured = 0.0
+        m = shell = guest = boot = None
+        try:
+            for cr in group.runs:
+                if m is None or not m.alive():
+                    if m is not None:
+                        m.stop()
+                    try:
+                        m, shell, guest, boot = self._boot(gi, group, len(self.rd.manifest["boots"]))
+                    except Exception as e:  # noqa: BLE001 — a failed boot fails its cells, not the run
+                        self._record_failure(cr, f"boot failed: {e}", None, gi)
+                        m = None
+                        continue
+                t_cell = time.monotonic()
+                try:
+                    measured += self._run_cell(cr, m, guest, boot, gi)
+                    self.cell_overheads.append(time.monotonic() - t_cell - cr.cell.duration_s - cr.cell.warmup_s)
+                except KeyboardInterrupt:
+                    self._record_failure(cr, "interrupted (SIGINT)", m, gi)
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    self._record_failure(cr, f"{type(e).__name__}: {e}", m, gi)
+                    if m is not None and (not m.alive() or not _shell_ok(shell)):
+                        m.stop()
+                        m = None
+                if self.progress:
+                    self.progress(cr)
+        finally:
+            t0 = time.monotonic()
+            if shell:
+                shell.close()
+            if m:
+                m.stop()
+            self.dp.stop_servers()
+            self.timings["teardown"] += time.monotonic() - t0
+        return measured
+
+    def _record_failure(self, cr, reason: str, m, gi) -> None:
+        raw = self.rd.raw_dir(cr.cell.cell_id, cr.rep)
+        tail = m.serial_tail() if m is not None else ""
+        if tail:
+            (raw / "serial_tail.txt").write_text(tail)
+        self.log(f"cell {cr.cell.cell_id} rep {cr.rep} FAILED: {reason}")
+        self.rd.add(cell=self._cell_row(cr.cell, cr.rep, "failed", reason, gi,
+                                        raw_dir=str(raw.relative_to(self.rd.path))))
+        self.rd.flush()
+
+    # -- one cell ----------------------------------------------------------------------
+    def _run_cell(self, cr, m: Machine, guest: LinuxGuest, boot: dict, gi: int) -> float:
+        cell, rep, wl = cr.cell, cr.rep, self.workload
+        rd = self.rd
+        t0 = time.monotonic()
+        nic = NICS[cell.nic]
+        if nic.runtime_queue_change("linux"):
+            guest.set_queues(cell.queues)
+        elif guest.tx_queue_count() != cell.queues:
+            raise CellFailure(f"{boot['driver']} has {guest.tx_queue_count()} TX queues and cannot change "
+                              f"them at run time; cell wants {cell.queues}")
+        ports = [BASE_PORT + i for i in range(cell.procs)]
+        self.dp.start_servers(ports)
+        script = guest.senders_script(ports, wl.machine.vcpus, PEER_DATA_IP, cell.duration_s, cell.warmup_s,
+                                      cell.streams, cell.proto, cell.msg_size, cell.udp_bitrate)
+        before = guest.snapshot()
+        tap_before = self.dp.tap_stats()
+        if wl.lock_stats:
+            guest.lock_stats_start()
+        self.timings["setup"] += time.monotonic() - t0
+        t_meas = time.monotonic()
+        started = time.time()
+        senders = guest.run_senders(script, timeout=cell.duration_s + cell.warmup_s + 30)
+        measured = time.monotonic() - t_meas
+        self.timings["measure"] += measured
+        t1 = time.monotonic()
+        locks_raw = guest.lock_stats_stop() if wl.lock_stats else {}
+        after = guest.snapshot()
+        tap_after = self.dp.tap_stats()
+        self.dp.stop_servers()
+
+        for name, text in before.items():
+            rd.save_raw(cell.cell_id, rep, f"before.{name}.txt", text)
+        for name, text in after.items():
+            rd.save_raw(cell.cell_id, rep, f"after.{name}.txt", text)
+        for name, text in senders.items():
+            rd.save_raw(cell.cell_id, rep, f"{name}.json", text)
+        for name, text in locks_raw.items():
+            rd.save_raw(cell.cell_id, rep, f"lock_hist.{name}.txt", text)
+        rd.save_raw(cell.cell_id, rep, "peer_tap.json", json.dumps({"before": tap_before, "after": tap_after}))
+        rd.save_raw(cell.cell_id, rep, "commands.sh", "\n".join([
+            "# queue setup", guest.set_queues_command(cell.queues), "# snapshot (before and after)",
+            guest.snapshot_command(), "# lock statistics start", guest.lock_start_script(),
+            "# senders", script, "# lock statistics read + stop", guest.lock_read_script(),
+            guest.lock_stop_script()]) + "\n")
+
+        results = LinuxGuest.parse_senders(senders)
+        errors = [r.error for r in results if r.error]
+        missing = cell.procs - len(results)
+        if errors or missing:
+            raise CellFailure("iperf3 failed: " + "; ".join(errors or [f"{missing} sender(s) gave no JSON"]))
+
+        driver = boot["driver"]
+        samples = delta(LinuxGuest.parse_snapshot(before, driver), LinuxGuest.parse_snapshot(after, driver))
+        ctx = self._ctx(cell, rep, boot)
+        rows = [{**ctx, "queue": s.queue, "metric": s.metric, "value": s.value, "unit": s.unit,
+                 "source": s.source, "native_name": s.native_name} for s in samples]
+        sent_bps = sum(r.sent_bps for r in results)
+        rows.append({**ctx, "queue": None, "metric": "throughput_bps", "value": float(sent_bps),
+                     "unit": "bits/s", "source": "iperf3", "native_name": "end.sum_sent.bits_per_second"})
+        rows.append({**ctx, "queue": None, "metric": "app_bytes", "value": float(sum(r.sent_bytes for r in results)),
+                     "unit": "bytes", "source": "iperf3", "native_name": "end.sum_sent.bytes"})
+        if cell.proto == "tcp":
+            rows.append({**ctx, "queue": None, "metric": "tcp_retransmits",
+                         "value": float(sum(r.retransmits or 0 for r in results)), "unit": "count",
+                         "source": "iperf3", "native_name": "end.sum_sent.retransmits"})
+        for i, r in enumerate(results):
+            rows.append({**ctx, "queue": None, "metric": f"sender{i}_bps", "value": float(r.sent_bps),
+                         "unit": "bits/s", "source": "iperf3", "native_name": "end.sum_sent.bits_per_second"})
+        if tap_before and tap_after:
+            for k in ("bytes", "packets", "dropped"):
+                v = tap_after["stats64"]["rx"][k] - tap_before["stats64"]["rx"][k]
+                rows.append({**ctx, "queue": None, "metric": f"peer_rx_{k}", "value": float(v),
+                             "unit": "count" if k == "dropped" else k, "source": "peer ip -s -j link (tap)",
+                             "native_name": f"stats64.rx.{k}"})
+
+        lock_rows = []
+        if wl.lock_stats:
+            method = self.rd.manifest["lock_method"]
+            for rec in LinuxGuest.parse_locks(locks_raw, method):
+                lock_rows.append({**{k: ctx[k] for k in ("cell", "rep", "os", "kernel", "nic", "queues",
+                                                         "procs", "accel")},
+                                  "lock": rec.lock, "caller": rec.caller, "kind": rec.kind,
+                                  "contentions": rec.contentions, "wait_ns_total": rec.wait_ns_total,
+                                  "wait_ns_max": rec.wait_ns_max, "method": rec.method})
+            rows.append({**ctx, "queue": None, "metric": "lock_wait_ns",
+                         "value": float(sum(r["wait_ns_total"] for r in lock_rows)), "unit": "ns",
+                         "source": "lock:contention hist", "native_name": "xb_lock_wait.wait_ns"})
+            rows.append({**ctx, "queue": None, "metric": "lock_contentions",
+                         "value": float(sum(r["contentions"] for r in lock_rows)), "unit": "count",
+                         "source": "lock:contention hist", "native_name": "xb_lock_wait.hitcount"})
+
+        validity = self._validity(cell, samples, senders, results)
+        rd.add(metrics=rows, locks=lock_rows,
+               cell=self._cell_row(cell, rep, "ok", "", gi, kernel=boot["kernel"], driver=driver,
+                                   started=started, wall_s=time.monotonic() - t0, measured_s=measured,
+                                   validity=validity,
+                                   raw_dir=str(rd.raw_dir(cell.cell_id, rep).relative_to(rd.path))))
+        rd.flush()
+        self.timings["collect"] += time.monotonic() - t1
+        return measured
+
+    def _validity(self, cell, samples, senders, results) -> dict:
+        per_q_bytes = defaultdict(float)
+        per_q_pkts = defaultdict(float)
+        for s in samples:
+            if s.source == "ethtool -S" and s.queue is not None and s.metric == "tx_bytes":
+                per_q_bytes[s.queue] += s.value
+            if s.source == "ethtool -S" and s.queue is not None and s.metric == "tx_packets":
+                per_q_pkts[s.queue] += s.value
+        nic_bytes = sum(per_q_bytes.values())
+        nic_pkts = sum(per_q_pkts.values())
+        if not per_q_bytes:  # drivers without per-queue counters: interface totals
+            nic_bytes = sum(s.value for s in samples if s.source == "ip -s -j link" and s.metric == "tx_bytes")
+            nic_pkts = sum(s.value for s in samples if s.source == "ip -s -j link" and s.metric == "tx_packets")
+        app = sum(app_bytes_total(senders[k]) for k in sorted(senders) if k.startswith("iperf3_"))
+        busy = _cpu_busy_share(samples)
+        v = {"conservation": conservation(app, nic_bytes, nic_pkts, cell.proto),
+             "emulated": self.accel == "tcg",
+             "sender_saturation": sender_saturation(busy, [i % self.workload.machine.vcpus
+                                                           for i in range(cell.procs)])}
+        if cell.queues > 1:
+            v["queue_spread"] = queue_spread(dict(per_q_pkts), cell.queues)
+        return v
+
+    def _ctx(self, cell, rep, boot) -> dict:
+        return {"cell": cell.cell_id, "rep": rep, "os": "linux", "kernel": boot["kernel"], "nic": cell.nic,
+                "driver": boot["driver"], "queues": cell.queues, "streams": cell.streams, "procs": cell.procs,
+                "proto": cell.proto, "msg_size": cell.msg_size, "accel": self.accel}
+
+    def _cell_row(self, cell, rep, status, reason, group, kernel=None, driver=None, started=None,
+                  wall_s=None, measured_s=None, validity=None, raw_dir=None) -> dict:
+        return {"cell": cell.cell_id, "rep": rep, "attempt": 1, "status": status, "reason": reason,
+                "os": cell.boot_key.os, "kernel": kernel, "nic": cell.nic, "driver": driver,
+                "queues": cell.queues, "streams": cell.streams, "procs": cell.procs, "proto": cell.proto,
+                "msg_size": cell.msg_size, "duration_s": cell.duration_s,
+                "accel": getattr(self, "accel", None), "emulated": getattr(self, "accel", None) == "tcg",
+                "boot_group": group, "started": started, "wall_s": wall_s, "measured_s": measured_s,
+                "validity": validity or {}, "raw_dir": raw_dir}
+
+
+def _cpu_busy_share(samples) -> dict[int, float]:
+    by_cpu: dict[int, dict[str, float]] = defaultdict(dict)
+    for s in samples:
+        if s.source == "/proc/stat" and s.queue is not None:
+            by_cpu[s.queue][s.metric] = s.value
+    out = {}
+    for cpu, modes in by_cpu.items():
+        total = sum(v for v in modes.values() if not math.isnan(v))
+        idle = modes.get("cpu_idle", 0) + modes.get("cpu_iowait", 0)
+        out[cpu] = (total - idle) / total if total else 0.0
+    return out
+
+
+def _shell_ok(shell) -> bool:
+    try:
+        shell.run("true", timeout=10)
+        return True
+    except Exception:  # noqa: BLE001
+        return False

@@ -1,0 +1,438 @@
+"""Workload files: load and validate a TOML matrix, expand it into cells.
+
+Schema (every key optional unless marked required)::
+
+    [workload]
+    name = "default"        # required; letters, digits, '.', '_', '-'
+    description = ""
+    repetitions = 1         # 1..100
+    duration_s = 10         # iperf3 -t, 1..3600
+    warmup_s = 1            # iperf3 --omit, 0..60 (iperf3 runs duration_s + warmup_s)
+    lock_stats = false      # collect lock contention statistics
+    udp_bitrate = "0"       # iperf3 -b for UDP cells ("0" = unlimited)
+
+    [machine]
+    vcpus = 2               # 1..64
+    memory_mib = 1024       # 256..65536
+    accel = "auto"          # auto | kvm | tcg
+    image = "linux-deb"     # one of KNOWN_IMAGES
+    os = "linux"            # linux | freebsd; defaults to the image's OS and must match it
+
+    [matrix]                # every key a list (an axis); the cells are the cross product
+    nic = ["virtio-net"]    # required; names in harness.nics.NICS
+    queues = [1]            # TX queues, 1..vcpus
+    procs = [1]             # iperf3 sender processes, 1..64 (process i pinned to vCPU i % vcpus)
+    streams = [1]           # iperf3 -P per process, 1..128
+    proto = ["tcp"]         # tcp | udp
+    msg_size = [0]          # iperf3 -l; TCP 0..1048576 (0 = iperf3 default), UDP 16..65507
+
+A (nic, queues) pair the NIC cannot do (more queues than the model has, or a count its driver
+cannot take) is not an error: "1 and 2 queues where the model has them" is the normal use, so
+such cells come back as skipped with a reason. It is an error only when nothing is left to run.
+
+`udp_bitrate` lives in [workload], not [matrix]: it is one per-run iperf3 setting like
+duration_s, and keeping [matrix] all lists means every key there is an axis.
+
+Validation is pure apart from reading the file; every problem raises InputError with the
+file, the dotted key and what would have been accepted.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import itertools
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from harness.errors import InputError
+from harness.nics import NICS, OSES, NicModel
+
+# Guest images a workload may name, with the OS each one runs. Others add entries here as
+# images become buildable (e.g. "freebsd-14.3": "freebsd").
+KNOWN_IMAGES: dict[str, str] = {
+    "linux-deb": "linux",  # locally built Debian-kernel initramfs guest
+}
+ACCELS = ("auto", "kvm", "tcg")
+PROTOS = ("tcp", "udp")
+
+# Limits, with where they come from.
+REPETITIONS = (1, 100)
+DURATION_S = (1, 3600)
+WARMUP_S = (0, 60)
+VCPUS = (1, 64)
+MEMORY_MIB = (256, 65536)
+PROCS = (1, 64)
+STREAMS = (1, 128)            # iperf3 MAX_STREAMS
+TCP_MSG_SIZE = (0, 1 << 20)   # iperf3 MAX_BLOCKSIZE is 1 MiB; 0 = leave -l out
+UDP_MSG_SIZE = (16, 65507)    # iperf3 MIN_UDP_BLOCKSIZE, MAX_UDP_BLOCKSIZE (65535 - 8 - 20)
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_BITRATE_RE = re.compile(r"\d+(\.\d+)?[KMGTkmgt]?")
+
+_SCHEMA: dict[str, tuple[str, ...]] = {
+    "workload": ("name", "description", "repetitions", "duration_s", "warmup_s",
+                 "lock_stats", "udp_bitrate"),
+    "machine": ("vcpus", "memory_mib", "accel", "image", "os"),
+    "matrix": ("nic", "queues", "procs", "streams", "proto", "msg_size"),
+}
+
+
+@dataclass(frozen=True)
+class Machine:
+    vcpus: int
+    memory_mib: int
+    accel: str
+    image: str
+    os: str
+
+
+@dataclass(frozen=True)
+class Matrix:
+    nic: tuple[str, ...]
+    queues: tuple[int, ...]
+    procs: tuple[int, ...]
+    streams: tuple[int, ...]
+    proto: tuple[str, ...]
+    msg_size: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Workload:
+    path: Path          # as given by the user
+    sha256: str         # of the file bytes, recorded in the run manifest
+    name: str
+    description: str
+    repetitions: int
+    duration_s: int
+    warmup_s: int
+    lock_stats: bool
+    udp_bitrate: str
+    machine: Machine
+    matrix: Matrix
+
+
+@dataclass(frozen=True)
+class BootKey:
+    """Everything that needs its own VM boot. Cells with equal keys share one VM.
+
+    ``queues`` is the TX queue count the VM boots with: for NICs whose queue count changes at
+    run time it is the largest any cell of that NIC needs (the guest driver selects fewer);
+    otherwise it is the cell's own count.
+    """
+    image: str
+    os: str
+    nic: str
+    vcpus: int
+    memory_mib: int
+    accel: str
+    queues: int
+
+    @property
+    def label(self) -> str:
+        return (f"{self.image}.{self.nic}.q{self.queues}.c{self.vcpus}"
+                f".m{self.memory_mib}.{self.accel}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    cell_id: str        # stable and readable: "<nic>.q<queues>.p<procs>.s<streams>.<proto>.m<msg_size>"
+    nic: str
+    queues: int
+    procs: int
+    streams: int
+    proto: str
+    msg_size: int       # 0 = iperf3 default
+    duration_s: int
+    warmup_s: int
+    udp_bitrate: str
+    boot_key: BootKey
+
+
+@dataclass(frozen=True)
+class CellRun:
+    cell: Cell
+    rep: int            # 0-based
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.cell.cell_id}.r{self.rep}"
+
+
+@dataclass(frozen=True)
+class SkippedCell:
+    cell: Cell
+    reason: str
+
+
+class Expansion(NamedTuple):
+    runs: list[CellRun]
+    skipped: list[SkippedCell]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_workload(path: str | os.PathLike[str]) -> Workload:
+    """Read and validate a workload file; raise InputError on any problem."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise InputError(path, "", f"cannot read workload file: {e.strerror or e}") from None
+    return parse_workload(data, path)
+
+
+def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
+    """Validate the bytes of a workload file; ``path`` is only used in messages and kept."""
+    v = _Validator(os.fspath(path))
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise v.error(f"line {line}", "not UTF-8 text; TOML files must be UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise v.syntax_error(str(e)) from None
+
+    for table in doc:
+        if table not in _SCHEMA:
+            what = "table" if isinstance(doc[table], dict) else "top-level key"
+            raise v.error(table, f"unknown {what}; allowed tables: {', '.join(sorted(_SCHEMA))}")
+    tables = {t: v.table(doc, t) for t in _SCHEMA}
+    for t, keys in _SCHEMA.items():
+        for k in tables[t]:
+            if k not in keys:
+                raise v.error(f"{t}.{k}", f"unknown key; allowed: {', '.join(sorted(keys))}")
+
+    w, m, x = tables["workload"], tables["machine"], tables["matrix"]
+    name = v.required(w, "workload", "name", 'e.g. name = "default"')
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise v.error("workload.name", "expected a string of 1..64 letters, digits, '.', '_' or '-'"
+                      f" starting with a letter or digit, got {_describe(name)}")
+    description = v.string(w, "workload.description", "")
+    repetitions = v.integer(w, "workload.repetitions", REPETITIONS, 1)
+    duration_s = v.integer(w, "workload.duration_s", DURATION_S, 10)
+    warmup_s = v.integer(w, "workload.warmup_s", WARMUP_S, 1)
+    lock_stats = v.boolean(w, "workload.lock_stats", False)
+    udp_bitrate = w.get("udp_bitrate", "0")
+    if not isinstance(udp_bitrate, str) or not _BITRATE_RE.fullmatch(udp_bitrate):
+        raise v.error("workload.udp_bitrate", 'expected an iperf3 -b rate as a string such as '
+                      f'"0" (unlimited), "500M" or "1.5G", got {_describe(udp_bitrate)}')
+
+    vcpus = v.integer(m, "machine.vcpus", VCPUS, 2)
+    memory_mib = v.integer(m, "machine.memory_mib", MEMORY_MIB, 1024)
+    accel = v.choice(m, "machine.accel", ACCELS, "auto", "accelerator")
+    image = v.choice(m, "machine.image", tuple(KNOWN_IMAGES), "linux-deb", "image")
+    os_name = v.choice(m, "machine.os", OSES, KNOWN_IMAGES[image], "OS")
+    if os_name != KNOWN_IMAGES[image]:
+        raise v.error("machine.os", f'"{os_name}" does not match image "{image}" '
+                      f'(a {KNOWN_IMAGES[image]} image); allowed: {KNOWN_IMAGES[image]}')
+
+    nic = v.required(x, "matrix", "nic", 'e.g. nic = ["virtio-net"]')
+    nic = v.choice_list("matrix.nic", nic, tuple(NICS), "NIC")
+    queues = v.int_list(x, "matrix.queues", (1, vcpus), [1], "at most machine.vcpus")
+    procs = v.int_list(x, "matrix.procs", PROCS, [1])
+    streams = v.int_list(x, "matrix.streams", STREAMS, [1])
+    proto = v.choice_list("matrix.proto", x.get("proto", ["tcp"]), PROTOS, "protocol")
+    if "udp" in proto:
+        msg_size = v.int_list(x, "matrix.msg_size", UDP_MSG_SIZE, [],
+                              'iperf3 UDP datagram size, as matrix.proto has "udp"',
+                              required=True)
+    else:
+        msg_size = v.int_list(x, "matrix.msg_size", TCP_MSG_SIZE, [0], "0 = iperf3 default")
+
+    wl = Workload(
+        path=Path(path), sha256=hashlib.sha256(data).hexdigest(), name=name,
+        description=description, repetitions=repetitions, duration_s=duration_s,
+        warmup_s=warmup_s, lock_stats=lock_stats, udp_bitrate=udp_bitrate,
+        machine=Machine(vcpus, memory_mib, accel, image, os_name),
+        matrix=Matrix(nic, queues, procs, streams, proto, msg_size),
+    )
+    if not expand(wl).runs:
+        allowed = "; ".join(f"{n} {_queue_counts(NICS[n], os_name, vcpus)}" for n in nic)
+        raise v.error("matrix.queues", f"no (nic, queues) pair can run on {os_name}; "
+                      f"TX queue counts per NIC: {allowed}")
+    return wl
+
+
+def _queue_counts(nic: NicModel, os_name: str, vcpus: int) -> str:
+    ok = [q for q in range(1, vcpus + 1) if nic.queue_skip_reason(os_name, q) is None]
+    if ok == list(range(1, len(ok) + 1)) and len(ok) > 2:
+        return f"1..{ok[-1]}"
+    return ", ".join(map(str, ok)) or "none"
+
+
+def _kind(value: Any) -> str:
+    # bool before int: in Python a bool *is* an int, in TOML it is not.
+    for t, name in ((bool, "boolean"), (int, "integer"), (float, "float"), (str, "string"),
+                    (list, "list"), (dict, "table"), (_dt.date, "date"), (_dt.time, "time")):
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in TOML (short)."""
+    if isinstance(value, (bool, str)):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(x) for x in value) + "]"
+    if isinstance(value, dict):
+        return "{...}"
+    if isinstance(value, (_dt.date, _dt.time)):
+        return value.isoformat()
+    return str(value)
+
+
+def _describe(value: Any) -> str:
+    return f"{_kind(value)} {_show(value)}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Validator:
+    """Small typed getters that raise InputError naming the file and dotted key."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def error(self, key: str, message: str) -> InputError:
+        return InputError(self.path, key, message)
+
+    def syntax_error(self, text: str) -> InputError:
+        # tomllib: "Expected '=' after a key in a key/value pair (at line 3, column 5)"
+        m = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", text)
+        if m:
+            return self.error(f"line {m[2]}", f"TOML syntax error: {m[1]} (column {m[3]})")
+        return self.error("", f"TOML syntax error: {text}")
+
+    def table(self, doc: dict, name: str) -> dict:
+        value = doc.get(name, {})
+        if not isinstance(value, dict):
+            raise self.error(name, f"expected a table [{name}], got {_describe(value)}")
+        return value
+
+    def required(self, table: dict, tname: str, key: str, example: str) -> Any:
+        if key not in table:
+            raise self.error(f"{tname}.{key}", f"missing; required ({example})")
+        return table[key]
+
+    def integer(self, table: dict, dotted: str, bounds: tuple[int, int], default: int) -> int:
+        return self._int(dotted, table.get(dotted.split(".")[-1], default), bounds)
+
+    def _int(self, key: str, value: Any, bounds: tuple[int, int], why: str = "") -> int:
+        lo, hi = bounds
+        note = f" ({why})" if why else ""
+        if not _is_int(value):
+            raise self.error(key, f"expected an integer in {lo}..{hi}{note}, got {_describe(value)}")
+        if not lo <= value <= hi:
+            raise self.error(key, f"{value} is out of range; allowed {lo}..{hi}{note}")
+        return value
+
+    def boolean(self, table: dict, dotted: str, default: bool) -> bool:
+        value = table.get(dotted.split(".")[-1], default)
+        if not isinstance(value, bool):
+            raise self.error(dotted, f"expected true or false, got {_describe(value)}")
+        return value
+
+    def string(self, table: dict, dotted: str, default: str) -> str:
+        value = table.get(dotted.split(".")[-1], default)
+        if not isinstance(value, str):
+            raise self.error(dotted, f"expected a string, got {_describe(value)}")
+        return value
+
+    def _one_of(self, key: str, value: Any, allowed: tuple[str, ...], what: str) -> str:
+        names = ", ".join(sorted(allowed))
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a {what} name, one of: {names}; got {_describe(value)}")
+        if value not in allowed:
+            raise self.error(key, f"unknown {what} {_show(value)}; allowed: {names}")
+        return value
+
+    def choice(self, table: dict, dotted: str, allowed: tuple[str, ...], default: str,
+               what: str) -> str:
+        return self._one_of(dotted, table.get(dotted.split(".")[-1], default), allowed, what)
+
+    def _list(self, key: str, value: Any, want: str) -> list:
+        if not isinstance(value, list):
+            raise self.error(key, f"expected a list of {want}, got {_describe(value)}")
+        if not value:
+            raise self.error(key, f"empty list; expected a non-empty list of {want}")
+        return value
+
+    def _unique(self, key: str, items: list) -> tuple:
+        seen = set()
+        for i, item in enumerate(items):
+            if item in seen:
+                raise self.error(f"{key}[{i}]", f"duplicate value {_show(item)}; "
+                                 "list entries must be unique")
+            seen.add(item)
+        return tuple(items)
+
+    def choice_list(self, key: str, value: Any, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+        items = self._list(key, value, f"{what} names: {', '.join(sorted(allowed))}")
+        items = [self._one_of(f"{key}[{i}]", item, allowed, what) for i, item in enumerate(items)]
+        return self._unique(key, items)
+
+    def int_list(self, table: dict, key: str, bounds: tuple[int, int], default: list[int],
+                 why: str = "", required: bool = False) -> tuple[int, ...]:
+        short = key.split(".")[-1]
+        if required and short not in table:
+            raise self.error(key, f"missing; required ({why}), allowed {bounds[0]}..{bounds[1]}")
+        value = table.get(short, default)
+        items = self._list(key, value, f"integers in {bounds[0]}..{bounds[1]}")
+        items = [self._int(f"{key}[{i}]", item, bounds, why) for i, item in enumerate(items)]
+        return self._unique(key, items)
+
+
+# ---------------------------------------------------------------------------------------------
+# Expansion
+
+
+def expand(workload: Workload) -> Expansion:
+    """All cell runs of the workload in execution order, and the cells skipped with reasons.
+
+    Order: boot groups in order of first appearance in the matrix (nic outermost, then queues,
+    procs, streams, proto, msg_size as listed); within a group, repetitions are INTERLEAVED —
+    rep 0 of every cell, then rep 1 of every cell, ... Slow drift inside a VM's life (host
+    load, thermal state, guest memory and socket state ageing) then spreads evenly over all
+    cells of the group instead of loading onto the cells that happen to run last, and a run
+    cut short still has every cell measured at least once.
+    """
+    wl, mc, mx = workload, workload.machine, workload.matrix
+    # The largest queue count each runtime-changeable NIC needs: its VM boots with that.
+    boot_queues: dict[str, int] = {}
+    combos: list[tuple[Any, ...]] = []
+    skipped: list[SkippedCell] = []
+    for nic_name, q, p, s, proto, size in itertools.product(
+            mx.nic, mx.queues, mx.procs, mx.streams, mx.proto, mx.msg_size):
+        reason = NICS[nic_name].queue_skip_reason(mc.os, q)
+        combos.append((nic_name, q, p, s, proto, size, reason))
+        if reason is None:
+            boot_queues[nic_name] = max(boot_queues.get(nic_name, 0), q)
+
+    groups: dict[BootKey, list[Cell]] = {}
+    for nic_name, q, p, s, proto, size, reason in combos:
+        nic = NICS[nic_name]
+        bq = boot_queues[nic_name] if nic.runtime_queue_change(mc.os) and reason is None else q
+        key = BootKey(mc.image, mc.os, nic_name, mc.vcpus, mc.memory_mib, mc.accel, bq)
+        cell = Cell(
+            cell_id=f"{nic_name}.q{q}.p{p}.s{s}.{proto}.m{size}", nic=nic_name, queues=q,
+            procs=p, streams=s, proto=proto, msg_size=size, duration_s=wl.duration_s,
+            warmup_s=wl.warmup_s, udp_bitrate=wl.udp_bitrate, boot_key=key)
+        if reason is None:
+            groups.setdefault(key, []).append(cell)
+        else:
+            skipped.append(SkippedCell(cell, reason))
+
+    runs = [CellRun(cell, rep)
+            for cells in groups.values()
+            for rep in range(wl.repetitions)
+            for cell in cells]
+    return Expansion(runs, skipped)
