@@ -45,9 +45,9 @@ class CellFailure(RuntimeError):
 
 class Runner:
     def __init__(self, workload, results_root: Path, shard=None, log=print, progress=None,
-                 image: GuestImage | None = None):
+                 image: GuestImage | None = None, on_plan=None):
         self.workload, self.results_root, self.shard = workload, results_root, shard
-        self.log, self.progress = log, progress
+        self.log, self.progress, self.on_plan = log, progress, on_plan
         self.image = image
         self.timings: dict[str, float] = defaultdict(float)
         self.cell_overheads: list[float] = []
@@ -62,6 +62,8 @@ class Runner:
             self.timings["image"] = time.monotonic() - t0
         supported = qemu_supported_devices(device_help())
         self.plan: Plan = make_plan(wl, supported, self.shard)
+        if self.on_plan:
+            self.on_plan(self.plan)
         t0 = time.monotonic()
         if wl.machine.accel == "auto":
             self.accel, accel_reason = probe_accel(self.image.kernel, self.image.initrd)

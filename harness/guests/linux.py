@@ -65,8 +65,10 @@ class LinuxGuest:
         return "\n".join(lines)
 
     def lock_start_script(self) -> str:
-        return "\n".join(f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path}"
-                         for path, text in P.LOCK_HIST_SETUP)
+        required = [f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path}" for path, text in P.LOCK_HIST_SETUP]
+        optional = [f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path} 2>/dev/null || true"
+                    for path, text in P.LOCK_HIST_SETUP_OPTIONAL]
+        return "set -e\n" + "\n".join(required + optional)
 
     def lock_read_script(self) -> str:
         return "; ".join(f"echo '{SECTION}{name}'; cat /sys/kernel/tracing/{path}"
@@ -132,7 +134,7 @@ class LinuxGuest:
     @staticmethod
     def parse_locks(raw: dict[str, str], method: str):
         waits = P.parse_lock_wait_hist(raw.get("wait", ""))
-        stacks = P.parse_lock_stack_hist(raw.get("stacks", ""))
+        stacks = P.parse_lock_stack_hist(raw.get("stack", ""))
         recs = P.summarize_locks(waits, stacks)
         for r in recs:
             r.method = method

@@ -1,0 +1,51 @@
+# xmitbench: `make bench` and `make test` do all set-up on a fresh Debian 12/13 machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKLOAD ?= workloads/default.toml
+# Debian packages the harness runs on the host (QEMU, iperf3 peers, namespaces) and uses to
+# build the guest (apt-get download, dpkg-deb, ldconfig).
+SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-venv dpkg apt libc-bin
+SYSTEM_TOOLS := qemu-system-x86_64 qemu-img iperf3 ip ss dpkg-deb apt-get
+
+.PHONY: bench test setup system-deps venv smoke clean-stale
+
+bench: setup
+	$(VENV)/bin/xmitbench images build linux-deb
+	$(VENV)/bin/xmitbench run $(WORKLOAD)
+
+smoke: setup
+	$(VENV)/bin/xmitbench run workloads/smoke.toml
+
+test: setup
+	$(VENV)/bin/pytest -q -ra
+
+setup: system-deps venv
+
+# Installs system packages when root; otherwise prints the exact command and stops.
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || [ -x /sbin/$$t ] || missing="$$missing $$t"; done; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages (missing:$$missing)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); \
+	  else \
+	    echo "missing:$$missing"; \
+	    echo "run: sudo apt-get update && sudo apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES)"; \
+	    exit 1; \
+	  fi; \
+	fi; \
+	if [ "$$(id -u)" = 0 ] && ! apt-get download --print-uris linux-image-amd64 >/dev/null 2>&1; then apt-get update -q; fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+clean-stale: venv
+	$(VENV)/bin/xmitbench clean
