@@ -19,6 +19,19 @@ def _require_root(what: str) -> None:
                          f"run: sudo {shlex.join(sys.argv)}")
 
 
+def _stop_on_signals() -> None:
+    """SIGINT/SIGTERM unwind the runner (its finally blocks stop QEMU, iperf3, namespace);
+    a second signal while unwinding is the default action: immediate exit."""
+    import signal
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def cmd_run(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -30,7 +43,8 @@ def cmd_run(args) -> int:
     wl = load_workload(args.workload)           # bad input: InputError -> exit 2, nothing started
     shard = parse_shard(args.shard) if args.shard else None
     _require_root("run")
-    console = Console(stderr=False)
+    _stop_on_signals()
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("cells"), TimeRemainingColumn(), console=console,
                   disable=not console.is_terminal) as prog:

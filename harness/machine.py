@@ -242,5 +242,6 @@ def probe_accel(kernel: Path, initrd: Path, timeout: float = 20.0) -> tuple[str,
         if ok:
             return "kvm", f"KVM probe boot reached init in {time.monotonic() - t0:.1f} s"
         err = proc.stderr.read().decode(errors="replace").strip()[-200:] if proc.stderr else ""
-        return "tcg", (f"KVM probe boot did not reach init within {timeout:.0f} s"
-                       + (f" ({err})" if err else "") + "; using TCG")
+        what = (f"QEMU exited ({proc.returncode}) before the guest reached init" if proc.returncode not in (None, -9)
+                else f"guest did not reach init within {timeout:.0f} s")
+        return "tcg", f"KVM probe boot: {what}" + (f" ({err})" if err else "") + "; using TCG"

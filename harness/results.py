@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 METRIC_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "driver", "queues", "streams", "procs",
-                  "proto", "msg_size", "accel", "queue", "metric", "value", "unit", "source", "native_name"]
+                  "proto", "msg_size", "accel", "queue", "cpu", "metric", "value", "unit", "source", "native_name"]
 LOCK_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "queues", "procs", "accel", "lock", "caller",
                 "kind", "contentions", "wait_ns_total", "wait_ns_max", "method"]
 CELL_COLUMNS = ["run_id", "cell", "rep", "attempt", "status", "reason", "os", "kernel", "nic", "driver",
@@ -133,6 +133,7 @@ class RunDir:
             df = pd.DataFrame(rows, columns=cols)
             if name == "metrics":
                 df["queue"] = df["queue"].astype("Int64")
+                df["cpu"] = df["cpu"].astype("Int64")
                 df["value"] = df["value"].astype("float64")
             if name == "cells":
                 df["validity"] = df["validity"].map(lambda v: json.dumps(v) if isinstance(v, dict) else v)

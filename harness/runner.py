@@ -281,7 +281,7 @@ class Runner:
         driver = boot["driver"]
         samples = delta(LinuxGuest.parse_snapshot(before, driver), LinuxGuest.parse_snapshot(after, driver))
         ctx = self._ctx(cell, rep, boot)
-        rows = [{**ctx, "queue": s.queue, "metric": s.metric, "value": s.value, "unit": s.unit,
+        rows = [{**ctx, "queue": s.queue, "cpu": s.cpu, "metric": s.metric, "value": s.value, "unit": s.unit,
                  "source": s.source, "native_name": s.native_name} for s in samples]
         sent_bps = sum(r.sent_bps for r in results)
         rows.append({**ctx, "queue": None, "metric": "throughput_bps", "value": float(sent_bps),

@@ -135,10 +135,7 @@ class LinuxGuest:
     def parse_locks(raw: dict[str, str], method: str):
         waits = P.parse_lock_wait_hist(raw.get("wait", ""))
         stacks = P.parse_lock_stack_hist(raw.get("stack", ""))
-        recs = P.summarize_locks(waits, stacks)
-        for r in recs:
-            r.method = method
-        return recs
+        return P.summarize_locks(waits, stacks, method=method)
 
     @staticmethod
     def parse_senders(raw: dict[str, str]):
