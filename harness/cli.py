@@ -71,8 +71,8 @@ def cmd_plan(args) -> int:
     wl = load_workload(args.workload)
     shard = parse_shard(args.shard) if args.shard else None
     p = plan(wl, qemu_supported_devices(device_help()), shard)
-    tools = {"ip": "/bin/ip", "tc": "/sbin/tc", "ethtool": "/sbin/ethtool", "iperf3": "/usr/bin/iperf3"}
-    guest = LinuxGuest(None, tools)
+    from .guestimage import known_tools
+    guest = LinuxGuest(None, known_tools())
     print(f"workload {wl.path} ({wl.sha256[:12]}): {len(p.runs)} cell runs in {len(p.groups)} boot groups, "
           f"{len(p.skipped)} skipped; ETA {p.eta_s / 60:.1f} min")
     for gi, g in enumerate(p.groups):

@@ -77,7 +77,8 @@ def build_argv(spec: MachineSpec) -> list[str]:
         "-monitor", "none",
         "-netdev", (f"user,id=mgmt,net=198.19.0.0/24,host=198.19.0.2,restrict=on,"
                     f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-{GUEST_MGMT_IP}:22"),
-        "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC}",
+        # romfile= : no iPXE option ROM; direct kernel boot never network-boots (saves ~1 s)
+        "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC},romfile=",
     ]
     if spec.qmp_socket:
         argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
@@ -89,7 +90,7 @@ def build_argv(spec: MachineSpec) -> list[str]:
 
 
 def data_device(qemu_device: str, queues: int) -> str:
-    dev = f"{qemu_device},netdev=data,mac={DATA_MAC}"
+    dev = f"{qemu_device},netdev=data,mac={DATA_MAC},romfile="
     if qemu_device == "virtio-net-pci" and queues > 1:
         # one vector per TX and RX queue, plus config and control
         dev += f",mq=on,vectors={2 * queues + 2}"

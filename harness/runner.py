@@ -173,6 +173,8 @@ class Runner:
         boot["kernel"] = guest.kernel_release()
         boot["driver"] = guest.nic_driver()
         boot["tx_queues_at_boot"] = guest.tx_queue_count()
+        if self.workload.lock_stats:
+            guest.lock_stats_enable()
         self.timings["boot"] += time.monotonic() - t0
         self.log(f"booted {bk.label}: {boot['kernel']} {boot['driver']} "
                  f"in {boot['boot_to_ssh_s']} s (QEMU pid {m.pid})")
@@ -243,8 +245,6 @@ class Runner:
                                       cell.streams, cell.proto, cell.msg_size, cell.udp_bitrate)
         before = guest.snapshot()
         tap_before = self.dp.tap_stats()
-        if wl.lock_stats:
-            guest.lock_stats_start()
         self.timings["setup"] += time.monotonic() - t0
         t_meas = time.monotonic()
         started = time.time()
@@ -252,7 +252,6 @@ class Runner:
         measured = time.monotonic() - t_meas
         self.timings["measure"] += measured
         t1 = time.monotonic()
-        locks_raw = guest.lock_stats_stop() if wl.lock_stats else {}
         after = guest.snapshot()
         tap_after = self.dp.tap_stats()
         self.dp.stop_servers()
@@ -263,14 +262,12 @@ class Runner:
             rd.save_raw(cell.cell_id, rep, f"after.{name}.txt", text)
         for name, text in senders.items():
             rd.save_raw(cell.cell_id, rep, f"{name}.json", text)
-        for name, text in locks_raw.items():
-            rd.save_raw(cell.cell_id, rep, f"lock_hist.{name}.txt", text)
         rd.save_raw(cell.cell_id, rep, "peer_tap.json", json.dumps({"before": tap_before, "after": tap_after}))
         rd.save_raw(cell.cell_id, rep, "commands.sh", "\n".join([
             "# queue setup", guest.set_queues_command(cell.queues), "# snapshot (before and after)",
-            guest.snapshot_command(), "# lock statistics start", guest.lock_start_script(),
-            "# senders", script, "# lock statistics read + stop", guest.lock_read_script(),
-            guest.lock_stop_script()]) + "\n")
+            guest.snapshot_command(locks=wl.lock_stats),
+            "# lock statistics (installed once per boot, read by the snapshots)", guest.lock_start_script(),
+            "# senders", script]) + "\n")
 
         results = LinuxGuest.parse_senders(senders)
         errors = [r.error for r in results if r.error]
@@ -305,7 +302,7 @@ class Runner:
         lock_rows = []
         if wl.lock_stats:
             method = self.rd.manifest["lock_method"]
-            for rec in LinuxGuest.parse_locks(locks_raw, method):
+            for rec in LinuxGuest.parse_locks(before, after, method):
                 lock_rows.append({**{k: ctx[k] for k in ("cell", "rep", "os", "kernel", "nic", "queues",
                                                          "procs", "accel")},
                                   "lock": rec.lock, "caller": rec.caller, "kind": rec.kind,

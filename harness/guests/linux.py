@@ -26,7 +26,7 @@ class LinuxGuest:
         self._lock_tracing_on = False
 
     # -- pure command builders (also used by `plan`) ---------------------------------
-    def snapshot_command(self) -> str:
+    def snapshot_command(self, locks: bool = False) -> str:
         t, i = self.tools, self.iface
         parts = {
             "ethtool_S": f"{t['ethtool']} -S {i}",
@@ -36,6 +36,9 @@ class LinuxGuest:
             "interrupts": "cat /proc/interrupts",
             "proc_stat": "cat /proc/stat",
         }
+        if locks:
+            parts.update({f"lock_{name}": f"cat /sys/kernel/tracing/{path}"
+                          for name, path in P.LOCK_HIST_READ.items()})
         return "; ".join(f"echo '{SECTION}{k}'; {v} 2>&1" for k, v in parts.items())
 
     def set_queues_command(self, queues: int) -> str:
@@ -70,10 +73,6 @@ class LinuxGuest:
                     for path, text in P.LOCK_HIST_SETUP_OPTIONAL]
         return "set -e\n" + "\n".join(required + optional)
 
-    def lock_read_script(self) -> str:
-        return "; ".join(f"echo '{SECTION}{name}'; cat /sys/kernel/tracing/{path}"
-                         for name, path in P.LOCK_HIST_READ.items())
-
     def lock_stop_script(self) -> str:
         return "\n".join(f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path} 2>/dev/null"
                          for path, text in P.LOCK_HIST_TEARDOWN)
@@ -103,18 +102,12 @@ class LinuxGuest:
             raise RuntimeError(f"asked for {queues} TX queues, device has {got}")
 
     def snapshot(self) -> dict[str, str]:
-        return split_sections(self.run(self.snapshot_command()))
+        return split_sections(self.run(self.snapshot_command(locks=self._lock_tracing_on)))
 
-    def lock_stats_start(self) -> None:
-        self.run(self.lock_stop_script(), check=False)  # leftovers from a failed cell
+    def lock_stats_enable(self) -> None:
+        """Install the lock hist triggers once per boot; cells read them before and after."""
         self.run(self.lock_start_script())
         self._lock_tracing_on = True
-
-    def lock_stats_stop(self) -> dict[str, str]:
-        raw = split_sections(self.run(self.lock_read_script()))
-        self.run(self.lock_stop_script(), check=False)
-        self._lock_tracing_on = False
-        return raw
 
     def run_senders(self, script: str, timeout: float) -> dict[str, str]:
         return split_sections(self.run(script, timeout=timeout))
@@ -132,9 +125,10 @@ class LinuxGuest:
         return out
 
     @staticmethod
-    def parse_locks(raw: dict[str, str], method: str):
-        waits = P.parse_lock_wait_hist(raw.get("wait", ""))
-        stacks = P.parse_lock_stack_hist(raw.get("stack", ""))
+    def parse_locks(before: dict[str, str], after: dict[str, str], method: str):
+        waits, stacks = P.lock_hist_delta(
+            P.parse_lock_wait_hist(before.get("lock_wait", "")), P.parse_lock_wait_hist(after.get("lock_wait", "")),
+            P.parse_lock_stack_hist(before.get("lock_stack", "")), P.parse_lock_stack_hist(after.get("lock_stack", "")))
         return P.summarize_locks(waits, stacks, method=method)
 
     @staticmethod

@@ -568,3 +568,29 @@ def lock_samples(records: list[LockRecord]) -> list[Sample]:
                               metric, float(value), S.METRIC_UNITS[metric],
                               kind="gauge" if field == "wait_ns_max" else "counter"))
     return out
+
+
+def lock_hist_delta(waits_before: list[LockWait], waits_after: list[LockWait],
+                    stacks_before: list[LockStack], stacks_after: list[LockStack]
+                    ) -> tuple[list[LockWait], list[LockStack]]:
+    """Per-interval lock records from two readings of triggers that stay installed.
+
+    The triggers are installed once per boot (installing and removing hist triggers on
+    lock:contention_* for every cell hung a 6.1 guest here), so a cell's numbers are the
+    difference of cumulative tables, matched by lock address (and stack). A maximum is
+    not a counter: it is kept only for locks first seen during the interval."""
+    wb = {w.lock_addr: w for w in waits_before}
+    waits = []
+    for w in waits_after:
+        b = wb.get(w.lock_addr)
+        n = w.contentions - (b.contentions if b else 0)
+        if n > 0:
+            waits.append(LockWait(w.lock_addr, n, w.wait_ns - (b.wait_ns if b else 0),
+                                  w.wait_ns_max if b is None else None))
+    sb = {(s.lock_addr, s.flags, s.frames): s.hits for s in stacks_before}
+    stacks = []
+    for s in stacks_after:
+        n = s.hits - sb.get((s.lock_addr, s.flags, s.frames), 0)
+        if n > 0:
+            stacks.append(LockStack(s.lock_addr, s.flags, s.frames, n))
+    return waits, stacks

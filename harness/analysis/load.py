@@ -1,0 +1,432 @@
+"""Open run directories (DuckDB over their Parquet tables) into pandas, and derive the
+per-(run, cell, rep) wide table every notebook and ``xmitbench compare`` work from.
+
+Counting rules (each written once, here):
+* throughput: iperf3 ``throughput_bps`` (sum over sender processes, warm-up omitted).
+* TX packets/bytes: sum of the per-queue ``ethtool -S`` rows; when a driver has none
+  (e1000e) its ``ethtool -S`` interface total; else ``ip -s -j link``; else any queue-null
+  row of the metric (FreeBSD netstat). Note virtio_net counts a TSO/GSO super-frame as one.
+* qdisc requeues/drops/packets: only the ROOT qdisc (queue null, no `` parent `` in the native
+  name). An mq root already holds the sum of its children; children are never added.
+* driver counters (tx_restarts, tx_ring_stalls, tx_drops_ring): per-queue rows summed, or the
+  interface row when the driver has no per-queue counter.
+* CPU: /proc/stat all-CPU line (jiffies, USER_HZ=100). busy = user+nice+system+irq+softirq+steal,
+  total = busy + idle + iowait (guest time is already inside user/nice). ``cpu_busy_pct`` is
+  busy share x CPUs x 100 (100 = one CPU busy for the whole snapshot interval).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import InputError
+
+from . import stats as S
+
+TABLES = ("metrics", "locks", "cells")
+REQUIRED = ("metrics", "cells")
+KEY = ["run_id", "cell", "rep"]
+CONFIG = ["os", "kernel", "nic", "driver", "queues", "streams", "procs", "proto", "msg_size", "accel"]
+BUSY_MODES = ("cpu_user", "cpu_nice", "cpu_system", "cpu_irq", "cpu_softirq", "cpu_steal")
+IDLE_MODES = ("cpu_idle", "cpu_iowait")
+
+# Metrics of the wide table: name -> (unit, higher_is_better, caption of the kernel mechanism).
+WIDE_METRICS: dict[str, tuple[str, bool, str]] = {
+    "throughput_bps": ("bit/s", True, "iperf3 goodput summed over sender processes"),
+    "gbit_s": ("Gbit/s", True, "iperf3 goodput summed over sender processes"),
+    "tx_packets": ("packets", True, "packets the driver put on its TX rings"),
+    "tx_bytes": ("bytes", True, "bytes the driver put on its TX rings"),
+    "tx_requeues": ("count", False, "qdisc requeues: driver returned NETDEV_TX_BUSY or queue stopped"),
+    "qdisc_drops": ("packets", False, "packets the root qdisc dropped (queue limit / AQM)"),
+    "tx_drops_ring": ("packets", False, "packets a driver ring dropped (FreeBSD buf_ring/mp_ring)"),
+    "tx_restarts": ("count", False, "driver restarted a TX queue stopped for lack of descriptors"),
+    "tx_ring_stalls": ("count", False, "driver found its TX ring full"),
+    "lock_wait_ns": ("ns", False, "time spent waiting for contended kernel locks"),
+    "lock_contentions": ("count", False, "contended lock acquisitions"),
+    "cpu_busy_pct": ("% of one CPU", False, "guest CPU busy time during the cell"),
+    "requeues_per_mpkt": ("per Mpkt", False, "qdisc requeues per million TX packets"),
+    "drops_per_mpkt": ("per Mpkt", False, "qdisc + ring drops per million TX packets"),
+    "restarts_per_mpkt": ("per Mpkt", False, "TX queue restarts per million TX packets"),
+    "ring_stalls_per_mpkt": ("per Mpkt", False, "TX ring-full events per million TX packets"),
+    "lock_wait_ns_per_pkt": ("ns/packet", False, "lock wait per TX packet"),
+    "cpu_pct_per_gbit": ("% CPU per Gbit/s", False, "CPU cost of one Gbit/s"),
+    "jain": ("index", True, "Jain fairness over per-sender throughput"),
+    "tcp_retransmits": ("count", False, "TCP retransmissions reported by iperf3"),
+}
+
+
+@dataclass
+class Runs:
+    """The tables of one or many run dirs, concatenated (``run_id`` tells them apart)."""
+    paths: list[Path]
+    manifests: dict[str, dict]
+    metrics: pd.DataFrame
+    locks: pd.DataFrame
+    cells: pd.DataFrame
+    _wide: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return list(self.manifests)
+
+    @property
+    def accels(self) -> set[str]:
+        acc = {str(m.get("accel")) for m in self.manifests.values() if m.get("accel")}
+        acc |= set(self.cells["accel"].dropna().astype(str)) if "accel" in self.cells else set()
+        return acc
+
+    @property
+    def emulated(self) -> bool:
+        """True when any number comes from a TCG (software-emulated CPU) guest."""
+        return "tcg" in self.accels or any(m.get("emulated") for m in self.manifests.values())
+
+    @property
+    def tcg_run_ids(self) -> list[str]:
+        out = [r for r, m in self.manifests.items() if m.get("accel") == "tcg" or m.get("emulated")]
+        if "accel" in self.cells:
+            out += sorted(set(self.cells.loc[self.cells.accel == "tcg", "run_id"]) - set(out))
+        return out
+
+    def run_dir(self, run_id: str) -> Path:
+        return Path(self.manifests[run_id]["_path"])
+
+    def wide(self, only_ok: bool = True) -> pd.DataFrame:
+        if self._wide is None:
+            self._wide = wide_table(self)
+        w = self._wide
+        return w[w.status == "ok"].reset_index(drop=True) if only_ok else w
+
+    def runs_table(self) -> pd.DataFrame:
+        """One row per run: when, what, on which kernel and accel, how many cells fared how."""
+        rows = []
+        for rid, m in self.manifests.items():
+            c = self.cells[self.cells.run_id == rid]
+            started = pd.to_numeric(c.get("started"), errors="coerce").min() if len(c) else math.nan
+            rows.append({
+                "run_id": rid,
+                "started": pd.to_datetime(started, unit="s") if not pd.isna(started) else _time_from_id(rid),
+                "workload": (m.get("workload") or {}).get("name"),
+                "kernel": (m.get("guest_image") or {}).get("kernel_release"),
+                "os": ",".join(sorted(set(c["os"].dropna().astype(str)))) if len(c) else "",
+                "accel": m.get("accel"),
+                "complete": bool(m.get("complete")),
+                "git": ((m.get("tool") or {}).get("git_revision") or "")[:12],
+                "ok": int((c.status == "ok").sum()),
+                "failed": int((c.status == "failed").sum()),
+                "skipped": int((c.status == "skipped").sum()),
+                "path": m.get("_path"),
+            })
+        df = pd.DataFrame(rows)
+        return df.sort_values(["started", "run_id"]).reset_index(drop=True) if len(df) else df
+
+
+def _time_from_id(run_id: str):
+    try:
+        return pd.to_datetime(run_id[:15], format="%Y%m%d-%H%M%S")
+    except (ValueError, TypeError):
+        return pd.NaT
+
+
+def expand_run_dirs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Run dirs named directly, or a results root whose children are run dirs (sorted by
+    name, which starts with the run's time). Duplicates (same resolved path) are dropped."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise InputError(p, "", "run directory does not exist")
+        if not p.is_dir():
+            raise InputError(p, "", "not a directory; expected a run dir with manifest.json and *.parquet")
+        if (p / "manifest.json").exists() or any((p / f"{t}.parquet").exists() for t in TABLES):
+            found = [p]
+        else:
+            found = sorted(c for c in p.iterdir() if c.is_dir() and (c / "manifest.json").exists())
+            if not found:
+                raise InputError(p, "", "no manifest.json here nor in any subdirectory: not a run dir "
+                                        "or a results root")
+        for f in found:
+            r = f.resolve()
+            if r not in seen:
+                seen.add(r)
+                out.append(f)
+    if not out:
+        raise InputError("run dirs", "", "no run directory given")
+    return out
+
+
+def _read_manifest(p: Path) -> dict:
+    f = p / "manifest.json"
+    if not f.exists():
+        raise InputError(p, "manifest.json", "missing: not a run dir written by `xmitbench run`")
+    try:
+        m = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f, "", f"unreadable manifest: {e}") from None
+    if not isinstance(m, dict) or "run_id" not in m:
+        raise InputError(f, "run_id", "missing: not a run manifest")
+    return m
+
+
+def _duckdb_concat(files: list[Path], keys: list[str]) -> pd.DataFrame:
+    import duckdb
+    con = duckdb.connect()
+    try:
+        rel = con.sql("SELECT * FROM read_parquet($files, union_by_name=true, filename=true)",
+                      params={"files": [str(f) for f in files]})
+        df = rel.df()
+    finally:
+        con.close()
+    # run_id comes from the manifest's key (a copied run dir keeps its run_id inside)
+    by_file = {str(f): k for f, k in zip(files, keys)}
+    df["run_id"] = df.pop("filename").map(by_file)
+    return df
+
+
+def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
+    """Load one or many run dirs (or results roots holding run dirs).
+
+    Raises InputError for a missing dir, a missing manifest or a missing metrics/cells
+    table. Two dirs with the same run_id (a copy) are kept apart as ``<run_id>~2`` etc.
+    """
+    dirs = expand_run_dirs(paths)
+    manifests: dict[str, dict] = {}
+    keys: list[str] = []
+    for d in dirs:
+        m = _read_manifest(d)
+        for t in REQUIRED:
+            if not (d / f"{t}.parquet").exists():
+                raise InputError(d, f"{t}.parquet", "missing: the run wrote no table (killed before its "
+                                                    "first cell?)")
+        key = str(m["run_id"])
+        i = 1
+        while key in manifests:
+            i += 1
+            key = f"{m['run_id']}~{i}"
+        manifests[key] = {**m, "_path": str(d)}
+        keys.append(key)
+    tables: dict[str, pd.DataFrame] = {}
+    for t in TABLES:
+        pairs = [(d / f"{t}.parquet", k) for d, k in zip(dirs, keys) if (d / f"{t}.parquet").exists()]
+        if not pairs:
+            tables[t] = _empty(t)
+            continue
+        try:
+            tables[t] = _duckdb_concat([p for p, _ in pairs], [k for _, k in pairs])
+        except Exception as e:  # noqa: BLE001 - report which file, as an input error
+            raise InputError(pairs[0][0].parent, f"{t}.parquet", f"cannot read: {e}") from None
+    return Runs(dirs, manifests, _normalise_metrics(tables["metrics"]), _normalise_locks(tables["locks"]),
+                _normalise_cells(tables["cells"]))
+
+
+def _empty(t: str) -> pd.DataFrame:
+    from harness.results import CELL_COLUMNS, LOCK_COLUMNS, METRIC_COLUMNS
+    return pd.DataFrame(columns={"metrics": METRIC_COLUMNS, "locks": LOCK_COLUMNS, "cells": CELL_COLUMNS}[t])
+
+
+def _normalise_metrics(m: pd.DataFrame) -> pd.DataFrame:
+    for col in ("queue", "cpu"):
+        m[col] = (m[col] if col in m else pd.Series(pd.NA, index=m.index)).astype("Int64")
+    m["value"] = pd.to_numeric(m["value"], errors="coerce").astype("float64")
+    for col in ("rep", "queues", "streams", "procs", "msg_size"):
+        if col in m:
+            m[col] = pd.to_numeric(m[col], errors="coerce").astype("Int64")
+    for col in ("source", "metric", "native_name", "cell", "run_id"):
+        if col in m:
+            m[col] = m[col].astype(object)
+    return m
+
+
+def _normalise_locks(lk: pd.DataFrame) -> pd.DataFrame:
+    for col in ("contentions", "wait_ns_total", "wait_ns_max"):
+        if col in lk:
+            lk[col] = pd.to_numeric(lk[col], errors="coerce").astype("float64")
+    for col in ("rep", "queues", "procs"):
+        if col in lk:
+            lk[col] = pd.to_numeric(lk[col], errors="coerce").astype("Int64")
+    return lk
+
+
+def _normalise_cells(c: pd.DataFrame) -> pd.DataFrame:
+    for col in ("rep", "queues", "streams", "procs", "msg_size", "attempt"):
+        if col in c:
+            c[col] = pd.to_numeric(c[col], errors="coerce").astype("Int64")
+    c["validity"] = c["validity"].map(_parse_validity) if "validity" in c else [{}] * len(c)
+    return c
+
+
+def _parse_validity(v) -> dict:
+    if isinstance(v, dict):
+        return v
+    if isinstance(v, str) and v.strip():
+        try:
+            out = json.loads(v)
+            return out if isinstance(out, dict) else {}
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+# ---------------------------------------------------------------------------------------
+# The wide table
+# ---------------------------------------------------------------------------------------
+def _sum_by_key(d: pd.DataFrame) -> pd.Series:
+    if d.empty:
+        return pd.Series(dtype=float, index=pd.MultiIndex.from_tuples([], names=KEY))
+    return d.groupby(KEY, sort=False)["value"].sum(min_count=1)
+
+
+def _first_available(*series: pd.Series) -> pd.Series:
+    out = series[0]
+    for s in series[1:]:
+        out = out.combine_first(s)
+    return out
+
+
+def _driver_total(m: pd.DataFrame, metric: str, sources: Iterable[str] | None = None) -> pd.Series:
+    """Per-queue rows summed; where a (run, cell, rep) has none, its queue-null rows."""
+    d = m[m.metric == metric]
+    if sources is not None:
+        d = d[d.source.isin(list(sources))]
+    d = d[~d.source.isin(["tc -s -j qdisc"])]
+    per_q = _sum_by_key(d[d["queue"].notna()])
+    total = _sum_by_key(d[d["queue"].isna()])
+    return _first_available(per_q, total)
+
+
+def root_qdisc(m: pd.DataFrame, metric: str) -> pd.Series:
+    """Root qdisc rows only: an mq root already sums its children (never add them)."""
+    d = m[(m.source == "tc -s -j qdisc") & (m.metric == metric) & m["queue"].isna()]
+    d = d[~d.native_name.astype(str).str.contains(" parent ", regex=False)]
+    return _sum_by_key(d)
+
+
+def packets_total(m: pd.DataFrame, what: str = "tx_packets") -> pd.Series:
+    eth = m[(m.source == "ethtool -S") & (m.metric == what)]
+    link = m[(m.source == "ip -s -j link") & (m.metric == what) & m["queue"].isna()]
+    other = m[(m.metric == what) & m["queue"].isna() & ~m.source.isin(["ethtool -S", "ip -s -j link"])
+              & ~m.source.str.startswith("peer")]
+    return _first_available(_sum_by_key(eth[eth["queue"].notna()]), _sum_by_key(eth[eth["queue"].isna()]),
+                            _sum_by_key(link), _sum_by_key(other))
+
+
+def cpu_table(m: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, cell, rep): busy/total jiffies, CPU count, busy % and per-mode %."""
+    d = m[m.source == "/proc/stat"]
+    if d.empty:
+        return pd.DataFrame(columns=["cpu_busy_pct", "ncpus"], index=pd.MultiIndex.from_tuples([], names=KEY))
+    agg = d[d["queue"].isna()].pivot_table(index=KEY, columns="metric", values="value", aggfunc="sum")
+    per = d[d["queue"].notna()]
+    ncpu = per.groupby(KEY)["queue"].nunique().rename("ncpus")
+    per_sum = per.pivot_table(index=KEY, columns="metric", values="value", aggfunc="sum")
+    modes = agg.combine_first(per_sum)
+    for c in BUSY_MODES + IDLE_MODES:
+        if c not in modes:
+            modes[c] = 0.0
+    busy = modes[list(BUSY_MODES)].sum(axis=1)
+    total = busy + modes[list(IDLE_MODES)].sum(axis=1)
+    out = pd.DataFrame({"busy_jiffies": busy, "total_jiffies": total}).join(ncpu, how="left")
+    out["ncpus"] = out["ncpus"].fillna(1)
+    out["cpu_busy_pct"] = S.cpu_busy_pct(out.busy_jiffies, out.total_jiffies, out.ncpus)
+    for mode in ("cpu_user", "cpu_system", "cpu_softirq", "cpu_irq"):
+        out[mode + "_pct"] = S.cpu_busy_pct(modes[mode], total, out.ncpus)
+    return out
+
+
+def sender_table(m: pd.DataFrame) -> pd.DataFrame:
+    """Long table of per-sender-process throughput: run_id, cell, rep, sender, bps."""
+    d = m[(m.source == "iperf3") & m.metric.str.fullmatch(r"sender\d+_bps")].copy()
+    d["sender"] = d.metric.str.extract(r"sender(\d+)_bps", expand=False).astype(int)
+    return d[KEY + ["sender", "value"]].rename(columns={"value": "bps"}).reset_index(drop=True)
+
+
+def queue_table(m: pd.DataFrame) -> pd.DataFrame:
+    """Per TX queue packets/bytes (``ethtool -S`` per-queue rows) and each queue's share."""
+    d = m[(m.source == "ethtool -S") & m["queue"].notna() & m.metric.isin(["tx_packets", "tx_bytes"])]
+    if d.empty:
+        return pd.DataFrame(columns=KEY + ["queue", "tx_packets", "tx_bytes", "share"])
+    q = d.pivot_table(index=KEY + ["queue"], columns="metric", values="value", aggfunc="sum").reset_index()
+    for c in ("tx_packets", "tx_bytes"):
+        if c not in q:
+            q[c] = np.nan
+    tot = q.groupby(KEY)["tx_packets"].transform("sum")
+    q["share"] = q.tx_packets / tot.where(tot > 0)
+    q.columns.name = None
+    return q
+
+
+def wide_table(runs: Runs) -> pd.DataFrame:
+    """One row per (run, cell, rep) run attempt recorded in cells.parquet, key metrics as columns."""
+    m = runs.metrics
+    cells = runs.cells.copy()
+    if cells.empty:
+        return pd.DataFrame(columns=KEY + CONFIG + ["status"] + list(WIDE_METRICS))
+    # one row per (run, cell, rep): the last attempt wins
+    if "attempt" in cells:
+        cells = cells.sort_values("attempt")
+    cells = cells.drop_duplicates(KEY, keep="last")
+    base = cells[[c for c in KEY + CONFIG + ["status", "reason", "duration_s", "measured_s", "started",
+                                             "boot_group", "validity"] if c in cells]].set_index(KEY)
+    q = lambda metric, source=None: _sum_by_key(  # noqa: E731
+        m[(m.metric == metric) & m["queue"].isna() & ((m.source == source) if source else True)])
+    cols = {
+        "throughput_bps": q("throughput_bps", "iperf3"),
+        "app_bytes": q("app_bytes", "iperf3"),
+        "tcp_retransmits": q("tcp_retransmits", "iperf3"),
+        "tx_packets": packets_total(m, "tx_packets"),
+        "tx_bytes": packets_total(m, "tx_bytes"),
+        "tx_requeues": root_qdisc(m, "tx_requeues"),
+        "qdisc_drops": root_qdisc(m, "qdisc_drops"),
+        "qdisc_packets": root_qdisc(m, "qdisc_packets"),
+        "tx_drops_ring": _driver_total(m, "tx_drops_ring"),
+        "if_tx_drops": q("tx_drops", "ip -s -j link"),
+        "tx_restarts": _driver_total(m, "tx_restarts"),
+        "tx_ring_stalls": _driver_total(m, "tx_ring_stalls"),
+        "lock_wait_ns": q("lock_wait_ns"),
+        "lock_contentions": q("lock_contentions"),
+        "peer_rx_packets": q("peer_rx_packets"),
+    }
+    w = base.join(pd.DataFrame(cols), how="left").join(cpu_table(m), how="left")
+    snd = sender_table(m)
+    if len(snd):
+        g = snd.groupby(KEY)["bps"]
+        w = w.join(pd.DataFrame({"n_senders": g.size(), "jain": g.apply(S.jain_index)}), how="left")
+    else:
+        w["n_senders"], w["jain"] = np.nan, np.nan
+    w = w.reset_index()
+    w["gbit_s"] = w.throughput_bps / 1e9
+    drops = w[["qdisc_drops", "tx_drops_ring"]].sum(axis=1, min_count=1)
+    w["drops"] = drops
+    w["requeues_per_mpkt"] = S.per_million(w.tx_requeues, w.tx_packets)
+    w["drops_per_mpkt"] = S.per_million(drops, w.tx_packets)
+    w["restarts_per_mpkt"] = S.per_million(w.tx_restarts, w.tx_packets)
+    w["ring_stalls_per_mpkt"] = S.per_million(w.tx_ring_stalls, w.tx_packets)
+    w["lock_wait_ns_per_pkt"] = S.per_packet(w.lock_wait_ns, w.tx_packets)
+    w["cpu_pct_per_gbit"] = S.cpu_pct_per_gbit(w.cpu_busy_pct, w.throughput_bps)
+    v = w.pop("validity") if "validity" in w else pd.Series([{}] * len(w))
+    w["conservation_ratio"] = [((x or {}).get("conservation") or {}).get("ratio") for x in v]
+    w["conservation_ok"] = [((x or {}).get("conservation") or {}).get("ok") for x in v]
+    w["queue_spread_ok"] = [((x or {}).get("queue_spread") or {}).get("ok") for x in v]
+    w["saturated"] = [((x or {}).get("sender_saturation") or {}).get("saturated") for x in v]
+    w["conservation_ratio"] = pd.to_numeric(w["conservation_ratio"], errors="coerce")
+    for c in WIDE_METRICS:
+        if c not in w:
+            w[c] = np.nan
+    return w
+
+
+def config_label(row, keys: Sequence[str] = ("os", "kernel", "nic", "queues")) -> str:
+    parts = []
+    for k in keys:
+        v = row[k]
+        parts.append(f"q{v}" if k == "queues" else f"p{v}" if k == "procs" else str(v))
+    return " ".join(parts)

@@ -1,0 +1,335 @@
+"""Statistics over repetitions: pure functions of numbers, no I/O, no pandas required.
+
+Conventions
+-----------
+* Every resampling function takes a ``seed`` and gives the same answer for the same seed.
+* Too few repetitions are reported as such, never papered over with a number that looks
+  like a result: ``bootstrap_ci`` of one value is (nan, nan); ``ab_test`` below three
+  repetitions on either side gives ``test="none"`` and ``verdict="insufficient reps"``.
+
+A/B test choice (``ab_test``)
+-----------------------------
+* n >= 5 on both sides: two-sided Mann-Whitney U (scipy, exact when there are no ties).
+  It assumes nothing about the distribution of a benchmark's repetitions.
+* 3 <= n < 5 on either side: Welch's t-test. Mann-Whitney cannot reach p < 0.05 there or
+  barely can: its smallest attainable two-sided p is 2 / C(n1 + n2, n1), i.e. 0.33 at 2 vs 2,
+  0.10 at 3 vs 3, 0.057 at 3 vs 4, 0.029 at 4 vs 4. Welch assumes roughly normal
+  repetitions, which throughput of a fixed configuration usually is; the result says so.
+* n < 3 on either side (n = 2 included): no test. With two values a variance estimate has one
+  degree of freedom and any p-value would be noise presented as evidence, so the verdict is
+  "insufficient reps" and only the medians and the relative delta are reported.
+Effect sizes: Cliff's delta (ordinal, pairs with Mann-Whitney) and Hedges' g (standardised
+mean difference with the small-sample correction).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+USER_HZ = 100
+DEFAULT_SEED = 20261123
+N_BOOT = 4000
+MIN_REPS_TEST = 3      # below this on either side: no significance test at all
+MIN_REPS_MWU = 5       # from this on both sides: Mann-Whitney U instead of Welch
+
+
+def _arr(values: Iterable[float]) -> np.ndarray:
+    a = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float)
+    return a[~np.isnan(a)]
+
+
+# ---------------------------------------------------------------------------------------
+# Location and confidence
+# ---------------------------------------------------------------------------------------
+def bootstrap_ci(values: Iterable[float], stat: Callable = np.median, conf: float = 0.95,
+                 n_boot: int = N_BOOT, seed: int = DEFAULT_SEED) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``stat`` (default: the median).
+
+    NaNs are ignored. One value (or none) gives (nan, nan): there is nothing to resample.
+    With two values the interval is their range, which is all two values can say.
+    Deterministic for a given seed.
+    """
+    a = _arr(values)
+    if a.size < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, a.size, size=(n_boot, a.size))
+    boot = stat(a[idx], axis=1)
+    lo, hi = np.quantile(boot, [(1 - conf) / 2, 1 - (1 - conf) / 2])
+    return (float(lo), float(hi))
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    median: float
+    ci_lo: float
+    ci_hi: float
+    mean: float
+    std: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(values: Iterable[float], conf: float = 0.95, seed: int = DEFAULT_SEED) -> Summary:
+    """Median with a bootstrap CI over repetitions (NaNs dropped)."""
+    a = _arr(values)
+    if a.size == 0:
+        return Summary(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+    lo, hi = bootstrap_ci(a, conf=conf, seed=seed)
+    return Summary(int(a.size), float(np.median(a)), lo, hi, float(a.mean()),
+                   float(a.std(ddof=1)) if a.size > 1 else math.nan)
+
+
+# ---------------------------------------------------------------------------------------
+# Effect sizes
+# ---------------------------------------------------------------------------------------
+def cliffs_delta(base: Iterable[float], cand: Iterable[float]) -> float:
+    """P(cand > base) - P(cand < base) over all pairs, in [-1, 1]; nan if a side is empty."""
+    a, b = _arr(base), _arr(cand)
+    if a.size == 0 or b.size == 0:
+        return math.nan
+    diff = b[:, None] - a[None, :]
+    return float((np.sign(diff)).mean())
+
+
+def hedges_g(base: Iterable[float], cand: Iterable[float]) -> float:
+    """(mean(cand) - mean(base)) / pooled SD, times the small-sample correction
+    J = 1 - 3 / (4 (n1 + n2) - 9). nan with fewer than 2 values a side or zero spread."""
+    a, b = _arr(base), _arr(cand)
+    n1, n2 = a.size, b.size
+    if n1 < 2 or n2 < 2:
+        return math.nan
+    sp = math.sqrt(((n1 - 1) * a.var(ddof=1) + (n2 - 1) * b.var(ddof=1)) / (n1 + n2 - 2))
+    if sp == 0:
+        return math.nan
+    j = 1 - 3 / (4 * (n1 + n2) - 9)
+    return float((b.mean() - a.mean()) / sp * j)
+
+
+def mwu_min_p(n1: int, n2: int) -> float:
+    """Smallest two-sided p an exact Mann-Whitney U test can give for sample sizes n1, n2."""
+    if n1 < 1 or n2 < 1:
+        return 1.0
+    return min(1.0, 2 / math.comb(n1 + n2, n1))
+
+
+# ---------------------------------------------------------------------------------------
+# A/B comparison
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ABResult:
+    n_base: int
+    n_cand: int
+    median_base: float
+    median_cand: float
+    delta_rel: float          # median(cand) / median(base) - 1
+    ci_lo: float              # bootstrap CI of delta_rel (nan below 2 reps a side)
+    ci_hi: float
+    test: str                 # "mann-whitney" | "welch" | "none"
+    p_value: float
+    cliffs_delta: float
+    hedges_g: float
+    significant: bool
+    worse: bool               # delta in the bad direction by more than the threshold
+    verdict: str              # "regression" | "improvement" | "no significant change" |
+                              # "change below threshold" | "insufficient reps"
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rel(cand: float, base: float) -> float:
+    if base == 0:
+        return 0.0 if cand == 0 else math.copysign(math.inf, cand)
+    return cand / base - 1
+
+
+def delta_ci(base: Iterable[float], cand: Iterable[float], conf: float = 0.95, n_boot: int = N_BOOT,
+             seed: int = DEFAULT_SEED) -> tuple[float, float]:
+    """Bootstrap CI of median(cand)/median(base) - 1, each side resampled on its own."""
+    a, b = _arr(base), _arr(cand)
+    if a.size < 2 or b.size < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    ma = np.median(a[rng.integers(0, a.size, size=(n_boot, a.size))], axis=1)
+    mb = np.median(b[rng.integers(0, b.size, size=(n_boot, b.size))], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(ma == 0, np.where(mb == 0, 0.0, np.sign(mb) * np.inf), mb / ma - 1)
+    lo, hi = np.quantile(d, [(1 - conf) / 2, 1 - (1 - conf) / 2])
+    return (float(lo), float(hi))
+
+
+def ab_test(base: Sequence[float], cand: Sequence[float], higher_is_better: bool = True,
+            threshold: float = 0.05, alpha: float = 0.05, seed: int = DEFAULT_SEED) -> ABResult:
+    """Compare repetitions of one metric of one cell between a baseline and a candidate.
+
+    ``significant`` means p < alpha with the test chosen as described in the module doc.
+    ``worse`` means the relative median delta goes the bad way by more than ``threshold``.
+    A regression is both; an improvement the mirror image.
+    """
+    from scipy import stats as st
+
+    a, b = _arr(base), _arr(cand)
+    n1, n2 = int(a.size), int(b.size)
+    med_a = float(np.median(a)) if n1 else math.nan
+    med_b = float(np.median(b)) if n2 else math.nan
+    d = _rel(med_b, med_a) if n1 and n2 else math.nan
+    lo, hi = delta_ci(a, b, seed=seed)
+    cd, g = cliffs_delta(a, b), hedges_g(a, b)
+    bad = (-d if higher_is_better else d) if not math.isnan(d) else math.nan
+    worse = bool(not math.isnan(bad) and bad > threshold)
+    better = bool(not math.isnan(bad) and -bad > threshold)
+    note = ""
+    if min(n1, n2) < MIN_REPS_TEST:
+        test, p = "none", math.nan
+        note = (f"n={n1} vs {n2}: no significance test below {MIN_REPS_TEST} repetitions a side "
+                f"(Mann-Whitney could not go below p={mwu_min_p(n1, n2):.2g})")
+    elif min(n1, n2) >= MIN_REPS_MWU:
+        test = "mann-whitney"
+        if np.all(a == a[0]) and np.all(b == a[0]):
+            p = 1.0
+        else:
+            p = float(st.mannwhitneyu(b, a, alternative="two-sided").pvalue)
+    else:
+        test = "welch"
+        va, vb = a.var(ddof=1), b.var(ddof=1)
+        if va == 0 and vb == 0:
+            p = 1.0 if med_a == med_b else math.nan
+            if math.isnan(p):
+                note = "every repetition identical within each side but different between: no spread to test"
+        else:
+            p = float(st.ttest_ind(b, a, equal_var=False).pvalue)
+    significant = bool(not math.isnan(p) and p < alpha)
+    if test == "none":
+        verdict = "insufficient reps"
+    elif significant and worse:
+        verdict = "regression"
+    elif significant and better:
+        verdict = "improvement"
+    elif significant:
+        verdict = "change below threshold"
+    else:
+        verdict = "no significant change"
+    return ABResult(n1, n2, med_a, med_b, d, lo, hi, test, p, cd, g, significant, worse, verdict, note)
+
+
+# ---------------------------------------------------------------------------------------
+# Fairness and scaling
+# ---------------------------------------------------------------------------------------
+def jain_index(x: Iterable[float]) -> float:
+    """Jain's fairness index (sum x)^2 / (n * sum x^2): 1 = all equal, 1/n = one takes all.
+    nan for no values or all zero."""
+    a = _arr(x)
+    if a.size == 0:
+        return math.nan
+    s2 = float((a ** 2).sum())
+    if s2 == 0:
+        return math.nan
+    return float(a.sum() ** 2 / (a.size * s2))
+
+
+def scaling_efficiency(multi: float, queues: int, single: float) -> float:
+    """multi-queue throughput / (queues x single-queue throughput): 1 = perfect scaling."""
+    if not queues or not single or math.isnan(single) or math.isnan(multi):
+        return math.nan
+    return float(multi / (queues * single))
+
+
+def usl(n, lam: float, sigma: float, kappa: float):
+    """Universal Scalability Law X(N) = lam N / (1 + sigma (N - 1) + kappa N (N - 1))."""
+    n = np.asarray(n, dtype=float)
+    return lam * n / (1 + sigma * (n - 1) + kappa * n * (n - 1))
+
+
+@dataclass(frozen=True)
+class USLFit:
+    ok: bool
+    lam: float        # throughput of one sender (the fit's X(1))
+    sigma: float      # contention: serialised fraction (a shared lock, one queue)
+    kappa: float      # coherency: cross-talk that grows with N^2 (cache-line bouncing)
+    r2: float
+    residuals: tuple[float, ...]
+    n_points: int
+    n_levels: int
+    peak_n: float     # N of maximum throughput, sqrt((1 - sigma) / kappa); inf if kappa == 0
+    message: str = ""
+
+    def predict(self, n):
+        return usl(n, self.lam, self.sigma, self.kappa)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["residuals"] = list(self.residuals)
+        return d
+
+
+def fit_usl(n: Sequence[float], x: Sequence[float]) -> USLFit:
+    """Least-squares USL fit of throughput ``x`` at concurrency ``n`` (repetitions may repeat
+    an N), with lam > 0, sigma >= 0, kappa >= 0. Needs at least 3 distinct N: with two
+    levels the three parameters are not identified, and the result says so (ok=False)."""
+    from scipy.optimize import curve_fit
+
+    n_a = np.asarray(n, dtype=float)
+    x_a = np.asarray(x, dtype=float)
+    keep = ~(np.isnan(n_a) | np.isnan(x_a))
+    n_a, x_a = n_a[keep], x_a[keep]
+    levels = np.unique(n_a)
+    nan_fit = USLFit(False, math.nan, math.nan, math.nan, math.nan, (), int(n_a.size), int(levels.size), math.nan)
+    if levels.size < 3:
+        return USLFit(**{**nan_fit.as_dict(), "residuals": (),
+                         "message": f"needs >= 3 distinct sender counts, have {levels.size} "
+                                    f"({', '.join(str(int(v)) for v in levels)})"})
+    one = x_a[n_a == levels.min()]
+    lam0 = float(np.median(one) / levels.min()) if one.size else float(np.median(x_a / n_a))
+    lam0 = max(lam0, 1e-12)
+    try:
+        popt, _ = curve_fit(usl, n_a, x_a, p0=[lam0, 0.01, 0.0001],
+                            bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, np.inf]), maxfev=20000)
+    except (RuntimeError, ValueError) as e:
+        return USLFit(**{**nan_fit.as_dict(), "residuals": (), "message": f"fit failed: {e}"})
+    lam, sigma, kappa = (float(v) for v in popt)
+    pred = usl(n_a, lam, sigma, kappa)
+    res = x_a - pred
+    ss_res = float((res ** 2).sum())
+    ss_tot = float(((x_a - x_a.mean()) ** 2).sum())
+    r2 = 1 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else math.nan)
+    peak = math.sqrt((1 - sigma) / kappa) if kappa > 0 and sigma < 1 else math.inf
+    return USLFit(True, lam, sigma, kappa, float(r2), tuple(float(v) for v in res), int(n_a.size),
+                  int(levels.size), peak)
+
+
+# ---------------------------------------------------------------------------------------
+# Normalised rates
+# ---------------------------------------------------------------------------------------
+def _ratio(num, den, scale: float = 1.0):
+    num = np.asarray(num, dtype=float)
+    den = np.asarray(den, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(den > 0, num / np.where(den > 0, den, 1) * scale, np.nan)
+    return float(r) if r.ndim == 0 else r
+
+
+def per_million(count, packets):
+    """Events per million packets (drops, requeues, restarts, ring stalls); nan without packets."""
+    return _ratio(count, packets, 1e6)
+
+
+def per_packet(value, packets):
+    """E.g. lock wait ns per packet; nan without packets."""
+    return _ratio(value, packets)
+
+
+def cpu_pct_per_gbit(cpu_pct, throughput_bps):
+    """CPU percent (100 = one CPU busy) per Gbit/s of throughput; nan without throughput."""
+    return _ratio(cpu_pct, np.asarray(throughput_bps, dtype=float) / 1e9)
+
+
+def cpu_busy_pct(busy_jiffies, total_jiffies, ncpus):
+    """Busy share of the interval x CPUs x 100 (jiffies cancel, USER_HZ does not matter)."""
+    return _ratio(np.asarray(busy_jiffies, dtype=float) * np.asarray(ncpus, dtype=float), total_jiffies, 100.0)
