@@ -75,3 +75,17 @@ def test_real_iperf3_json_from_guest():
 def test_split_sections():
     text = f"{SECTION}a\n1\n2\n{SECTION}b\n{SECTION}c\nx\n"
     assert split_sections(text) == {"a": "1\n2\n", "b": "", "c": "x\n"}
+
+
+def test_lock_hist_delta_between_two_readings():
+    waits = P.parse_lock_wait_hist(read("e1000e", "hist_xb_lock_wait.txt"))
+    stacks = P.parse_lock_stack_hist(read("e1000e", "hist_contention_begin.txt"))
+    # same reading twice: nothing happened in between
+    assert P.lock_hist_delta(waits, waits, stacks, stacks) == ([], [])
+    # from empty tables: everything is new
+    w, s = P.lock_hist_delta([], waits, [], stacks)
+    assert sum(x.contentions for x in w) == 22 and sum(x.hits for x in s) == sum(x.hits for x in stacks)
+    # a lock that gained 2 waits of 100 ns in total
+    grown = [P.LockWait(waits[0].lock_addr, waits[0].contentions + 2, waits[0].wait_ns + 100)] + waits[1:]
+    w, _ = P.lock_hist_delta(waits, grown, stacks, stacks)
+    assert w == [P.LockWait(waits[0].lock_addr, 2, 100, None)]
