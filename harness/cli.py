@@ -39,9 +39,22 @@ def cmd_run(args) -> int:
     from .plan import parse_shard
     from .runner import Runner
     from .summary import render
-    from .workload import load_workload
-    wl = load_workload(args.workload)           # bad input: InputError -> exit 2, nothing started
-    shard = parse_shard(args.shard) if args.shard else None
+    from .workload import load_workload, parse_workload
+    resume = Path(args.resume) if args.resume else None
+    if resume:
+        import json
+        man_path = resume / "manifest.json"
+        if not man_path.is_file():
+            raise InputError(str(resume), "--resume", "not a run dir (no manifest.json)")
+        man = json.loads(man_path.read_text())
+        # the workload exactly as the run recorded it, not whatever the file says now
+        wl = parse_workload(man["workload"]["text"].encode(), man["workload"]["path"])
+        shard = tuple(man["shard"]) if man.get("shard") else None
+    elif not args.workload:
+        raise InputError("xmitbench run", "WORKLOAD", "give a workload TOML file (or --resume RUN_DIR)")
+    else:
+        wl = load_workload(args.workload)           # bad input: InputError -> exit 2, nothing started
+        shard = parse_shard(args.shard) if args.shard else None
     _require_root("run")
     _stop_on_signals()
     console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
@@ -54,11 +67,18 @@ def cmd_run(args) -> int:
             prog.update(task, advance=1, description=f"{wl.name}: {cr.run_id}")
 
         runner = Runner(wl, Path(args.results), shard=shard, log=console.print, progress=on_cell,
-                        on_plan=lambda p: prog.update(task, total=len(p.runs)))
-        rd = runner.run()
+                        on_plan=lambda p: prog.update(task, total=len(p.runs)), resume=resume)
+        try:
+            rd = runner.run()
+        except KeyboardInterrupt as e:
+            where = runner.rd.path if getattr(runner, "rd", None) else "(no run dir yet)"
+            print(f"xmitbench: interrupted ({e or 'SIGINT'}); everything this run started is stopped; "
+                  f"run dir {where}; continue with: xmitbench run --resume {where}", file=sys.stderr)
+            return 130
     render(rd.path, console)
     cells = __import__("pandas").read_parquet(rd.path / "cells.parquet")
-    return 0 if (cells.status == "ok").any() else 1
+    final = cells.sort_values("attempt").groupby(["cell", "rep"]).tail(1)
+    return 1 if (final.status == "failed").any() else 0
 
 
 def cmd_plan(args) -> int:
@@ -150,8 +170,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="xmitbench", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a workload and write a run dir")
-    r.add_argument("workload")
+    r.add_argument("workload", nargs="?")
     r.add_argument("--results", default=str(DEFAULT_RESULTS))
+    r.add_argument("--resume", metavar="RUN_DIR", help="re-run only the cells of RUN_DIR not yet ok")
     r.add_argument("--shard", help="K/N: run part K of N (boot groups kept whole)")
     r.set_defaults(fn=cmd_run)
     p = sub.add_parser("plan", help="show cells, boot groups, QEMU argv and guest commands")

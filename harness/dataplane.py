@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from .machine import DATA_PREFIX, PEER_DATA_IP
+from .machine import DATA_PREFIX, PEER_DATA_IP, die_with_parent
 
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454CA
@@ -130,7 +130,7 @@ class DataPlane:
             self.servers.append(subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, "iperf3", "-s", "-1", "-B", PEER_DATA_IP,
                  "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL, start_new_session=True))
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ss = subprocess.run(["ip", "netns", "exec", self.netns, "ss", "-Htln"],

@@ -308,7 +308,8 @@ mkdir -p /root/.ssh /etc/dropbear && chmod 700 /root/.ssh
 echo "ssh-ed25519 $(arg xb.key) xmitbench" > /root/.ssh/authorized_keys
 chmod 600 /root/.ssh/authorized_keys
 # -s: no password logins; -R: make host keys now; -E: log to stderr (the console).
-@dropbear@ -R -s -E -p 22 2>/dev/console
+# xb.nossh=1 exists for the fault-injection test of a guest whose SSH never comes up.
+[ "$(arg xb.nossh)" = 1 ] || @dropbear@ -R -s -E -p 22 2>/dev/console
 echo "xmitbench: ready $(cat /proc/uptime)" > /dev/console
 while :; do sleep 3600; done
 """

@@ -102,6 +102,13 @@ def tap_queues(qemu_device: str, queues: int) -> int:
     return queues if qemu_device == "virtio-net-pci" else 1
 
 
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the harness dies, even by SIGKILL, so a
+    crashed harness never leaves a QEMU or iperf3 running (PR_SET_PDEATHSIG = 1)."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,7 +148,7 @@ class Machine:
     def start(self) -> None:
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, pass_fds=self.spec.tap_fds,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
 
     @property
     def pid(self) -> int | None:
@@ -158,6 +165,31 @@ class Machine:
             return "running"
         err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
         return f"QEMU exited with status {rc}" + (f": {err[-300:]}" if err else "")
+
+    def settle(self, timeout: float) -> None:
+        """Give a QEMU that is going down the chance to finish, so its status is known."""
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL our own QEMU (the cell watchdog); stop() then reaps it."""
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+
+    def serial_size(self) -> int:
+        p = self.spec.serial_log
+        return p.stat().st_size if p and p.exists() else 0
+
+    def serial_since(self, offset: int) -> str:
+        p = self.spec.serial_log
+        if not p or not p.exists():
+            return ""
+        with open(p, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
 
     def serial_tail(self, n: int = 40) -> str:
         p = self.spec.serial_log

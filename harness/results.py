@@ -108,6 +108,27 @@ class RunDir:
         (path / "serial").mkdir()
         return cls(path, run_id)
 
+    @classmethod
+    def open(cls, path: Path) -> "RunDir":
+        """An existing run dir, for --resume: its rows are kept and new ones appended."""
+        path = Path(path)
+        man_path = path / "manifest.json"
+        if not man_path.exists():
+            from .errors import InputError
+            raise InputError(str(path), "--resume", "not a run dir (no manifest.json)")
+        man = json.loads(man_path.read_text())
+        rd = cls(path, man["run_id"])
+        rd.manifest = man
+        for name in ("metrics", "locks", "cells"):
+            f = path / f"{name}.parquet"
+            if f.exists():
+                df = pd.read_parquet(f)
+                if name == "cells":
+                    df["validity"] = df["validity"].map(lambda v: json.loads(v) if isinstance(v, str) and v else {})
+                rows = df.drop(columns=["run_id"]).astype(object).where(df.drop(columns=["run_id"]).notna(), None)
+                getattr(rd, name).extend(rows.to_dict("records"))
+        return rd
+
     def raw_dir(self, cell: str, rep: int, attempt: int = 1) -> Path:
         d = self.path / "raw" / cell / (f"r{rep}" if attempt == 1 else f"r{rep}.a{attempt}")
         d.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 import traceback
 from collections import defaultdict
@@ -20,7 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
-from .dataplane import DataPlane
+from .dataplane import DataPlane, clean_stale
+from .faults import Injector, scan_serial
 from .guestimage import GuestImage, build_linux_deb
 from .guests.linux import LinuxGuest
 from .machine import (PEER_DATA_IP, QEMU, Machine, MachineSpec, build_argv, device_help, free_port,
@@ -34,6 +36,7 @@ from .validity import app_bytes_total, conservation, queue_spread, sender_satura
 
 BASE_PORT = 5201
 BOOT_TIMEOUT_S = 120.0
+SSH_TIMEOUT_S = float(os.environ.get("XMITBENCH_SSH_TIMEOUT_S", 30.0))
 TCG_WARNING = ("accel=tcg: QEMU is emulating the CPU in software. Throughput and lock waits are "
                "NOT kernel results; use them only to check that the harness and counters work.")
 REPO = Path(__file__).resolve().parent.parent
@@ -45,12 +48,17 @@ class CellFailure(RuntimeError):
 
 class Runner:
     def __init__(self, workload, results_root: Path, shard=None, log=print, progress=None,
-                 image: GuestImage | None = None, on_plan=None):
+                 image: GuestImage | None = None, on_plan=None, resume: Path | None = None):
         self.workload, self.results_root, self.shard = workload, results_root, shard
         self.log, self.progress, self.on_plan = log, progress, on_plan
         self.image = image
         self.timings: dict[str, float] = defaultdict(float)
         self.cell_overheads: list[float] = []
+        self.resume = resume
+        self.done: set[tuple[str, int]] = set()          # (cell, rep) already ok (resume)
+        self.attempts: dict[tuple[str, int], int] = {}   # attempts made so far (resume)
+        self.injector = Injector()
+        self._last_machine = None
 
     # -- top level ----------------------------------------------------------------------
     def run(self) -> RunDir:
@@ -73,8 +81,16 @@ class Runner:
         if self.accel == "tcg":
             self.log(f"WARNING: {TCG_WARNING} ({accel_reason})")
 
-        rd = self.rd = RunDir.create(self.results_root)
+        removed = clean_stale()
+        if removed:
+            self.log(f"removed namespaces left by crashed runs: {', '.join(removed)}")
+        if self.resume:
+            rd = self.rd = RunDir.open(self.resume)
+            self._load_progress()
+        else:
+            rd = self.rd = RunDir.create(self.results_root)
         self.key_dir = Path(os.environ.get("XMITBENCH_STATE", "/run/xmitbench")) / "keys" / rd.run_id
+        previous = dict(rd.manifest) if self.resume else None
         rd.manifest.update({
             "tool": {"name": "xmitbench", "version": __version__, "git_revision": git_revision(REPO)},
             "command_line": sys.argv,
@@ -95,11 +111,16 @@ class Runner:
             "plan": {"groups": [g.boot_key.label for g in self.plan.groups],
                      "cell_runs": len(self.plan.runs), "skipped": len(self.plan.skipped),
                      "eta_s": self.plan.eta_s},
-            "boots": [],
+            "boots": previous.get("boots", []) if previous else [],
         })
+        if previous:
+            rd.manifest["resumed"] = previous.get("resumed", []) + [
+                {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "command_line": sys.argv,
+                 "already_ok": len(self.done), "previous_timings": previous.get("timings")}]
         for sk in self.plan.skipped:
             for rep in range(wl.repetitions):
-                rd.add(cell=self._cell_row(sk.cell, rep, "skipped", sk.reason, group=None))
+                if (sk.cell.cell_id, rep) not in self.done:
+                    rd.add(cell=self._cell_row(sk.cell, rep, "skipped", sk.reason, group=None))
         rd.flush()
         self.dp = DataPlane(rd.run_id)
         measured = 0.0
@@ -122,6 +143,15 @@ class Runner:
             rd.flush()
         return rd
 
+    def _load_progress(self) -> None:
+        """Resume: cells already ok (or recorded as skipped) are not run again; attempts go on
+        counting from what was recorded."""
+        for c in self.rd.cells:
+            key = (c["cell"], int(c["rep"]))
+            if c["status"] in ("ok", "skipped"):
+                self.done.add(key)
+            self.attempts[key] = max(self.attempts.get(key, 0), int(c["attempt"]))
+
     def _benchmarks(self, wall: float, measured: float) -> dict:
         boots = [b["boot_to_ssh_s"] for b in self.rd.manifest["boots"] if b.get("boot_to_ssh_s")]
         return {
@@ -137,7 +167,7 @@ class Runner:
         }
 
     # -- one VM ---------------------------------------------------------------------------
-    def _boot(self, gi: int, group, boot_no: int):
+    def _boot(self, gi: int, group, boot_no: int, cr, attempt: int):
         bk = group.boot_key
         nic = NICS[bk.nic]
         t0 = time.monotonic()
@@ -149,8 +179,9 @@ class Runner:
         spec = MachineSpec(self.image.kernel, self.image.initrd, nic.qemu_device, bk.queues,
                            vcpus=bk.vcpus, memory_mib=bk.memory_mib, accel=self.accel,
                            ssh_port=free_port(), ssh_pubkey_b64=self.key.public_b64,
-                           serial_log=serial, qmp_socket=qmp_dir / f"boot{boot_no}.sock", tap_fds=fds)
-        m = Machine(spec)
+                           serial_log=serial, qmp_socket=qmp_dir / f"boot{boot_no}.sock", tap_fds=fds,
+                           extra_cmdline="xb.nossh=1" if self.injector.wants("no-ssh", cr.run_id, attempt) else "")
+        m = self._last_machine = Machine(spec)
         boot = {"boot": boot_no, "group": bk.label, "argv": m.argv, "serial_log": str(serial.relative_to(self.rd.path))}
         self.rd.manifest["boots"].append(boot)
         try:
@@ -162,8 +193,8 @@ class Runner:
         try:
             m.wait_serial("xmitbench: ready", BOOT_TIMEOUT_S)
             shell = GuestShell(spec.ssh_port, self.key)
-            shell.connect(timeout=30)
-        except Exception:
+            shell.connect(timeout=SSH_TIMEOUT_S)
+        except BaseException:
             boot["error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
             m.stop()
             raise
@@ -181,55 +212,97 @@ class Runner:
         return m, shell, guest, boot
 
     def _run_group(self, gi: int, group) -> float:
+        """Cells of one boot configuration on one VM; a fault reboots the VM, a failed cell
+        is retried within the budget, and every attempt is recorded."""
         measured = 0.0
-        m = shell = guest = boot = None
+        vm = None  # (machine, shell, guest, boot)
         try:
             for cr in group.runs:
-                if m is None or not m.alive():
-                    if m is not None:
-                        m.stop()
-                    try:
-                        m, shell, guest, boot = self._boot(gi, group, len(self.rd.manifest["boots"]))
-                    except Exception as e:  # noqa: BLE001 — a failed boot fails its cells, not the run
-                        self._record_failure(cr, f"boot failed: {e}", None, gi)
-                        m = None
-                        continue
-                t_cell = time.monotonic()
-                try:
-                    measured += self._run_cell(cr, m, guest, boot, gi)
-                    self.cell_overheads.append(time.monotonic() - t_cell - cr.cell.duration_s - cr.cell.warmup_s)
-                except KeyboardInterrupt:
-                    self._record_failure(cr, "interrupted (SIGINT)", m, gi)
-                    raise
-                except Exception as e:  # noqa: BLE001
-                    self._record_failure(cr, f"{type(e).__name__}: {e}", m, gi)
-                    if m is not None and (not m.alive() or not _shell_ok(shell)):
-                        m.stop()
-                        m = None
+                if (cr.cell.cell_id, cr.rep) in self.done:
+                    continue
+                attempt = self.attempts.get((cr.cell.cell_id, cr.rep), 0)
+                for _ in range(1 + self.workload.retries):
+                    attempt += 1
+                    if vm is None:
+                        try:
+                            vm = self._boot(gi, group, len(self.rd.manifest["boots"]), cr, attempt)
+                        except KeyboardInterrupt:
+                            raise
+                        except Exception as e:  # noqa: BLE001 — a failed boot fails this attempt
+                            self._record_failure(cr, attempt, f"boot failed: {e}", self._last_machine, gi)
+                            continue
+                    ok, vm, secs = self._attempt(cr, attempt, vm, gi)
+                    measured += secs
+                    if ok:
+                        break
                 if self.progress:
                     self.progress(cr)
         finally:
             t0 = time.monotonic()
-            if shell:
-                shell.close()
-            if m:
-                m.stop()
+            if vm:
+                vm[1].close()
+                vm[0].stop()
             self.dp.stop_servers()
             self.timings["teardown"] += time.monotonic() - t0
         return measured
 
-    def _record_failure(self, cr, reason: str, m, gi) -> None:
-        raw = self.rd.raw_dir(cr.cell.cell_id, cr.rep)
+    def _attempt(self, cr, attempt: int, vm, gi: int):
+        """One attempt at one cell run. Returns (ok, vm or None if it must be rebooted, measured s)."""
+        m, shell, guest, boot = vm
+        t_cell = time.monotonic()
+        limit = self.workload.cell_timeout_s or (cr.cell.duration_s + cr.cell.warmup_s + 90)
+        expired = threading.Event()
+
+        def expire():  # the cell watchdog: stop our own QEMU by PID; the cell's commands then fail
+            expired.set()
+            m.kill()
+        watchdog = threading.Timer(limit, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        serial_mark = m.serial_size()
+        self.injector.arm(cr.run_id, attempt, m, shell)
+        try:
+            secs = self._run_cell(cr, attempt, m, guest, boot, gi)
+            faults = scan_serial(m.serial_since(serial_mark))
+            if faults:
+                raise CellFailure(f"guest kernel {faults[0].kind}: {faults[0].line}")
+            self.cell_overheads.append(time.monotonic() - t_cell - cr.cell.duration_s - cr.cell.warmup_s)
+            return True, vm, secs
+        except KeyboardInterrupt as e:
+            self._record_failure(cr, attempt, f"interrupted ({e or 'SIGINT'})", m, gi)
+            raise
+        except Exception as e:  # noqa: BLE001 — any fault becomes a failed row; the matrix goes on
+            reason = f"{type(e).__name__}: {e}"
+            m.settle(3.0)  # a dying QEMU drops SSH a moment before its exit status is visible
+            faults = scan_serial(m.serial_since(serial_mark))
+            if expired.is_set():
+                reason = f"cell timed out after {limit} s (QEMU stopped by the watchdog); {reason}"
+            elif faults:
+                reason = f"guest kernel {faults[0].kind}: {faults[0].line}"
+            elif not m.alive():
+                reason = f"{m.exit_reason()}; during: {reason}"
+            self._record_failure(cr, attempt, reason, m, gi)
+            if m.alive() and not faults and _shell_ok(shell):
+                return False, vm, 0.0
+            shell.close()
+            m.stop()
+            return False, None, 0.0
+        finally:
+            watchdog.cancel()
+            self.injector.disarm()
+
+    def _record_failure(self, cr, attempt: int, reason: str, m, gi) -> None:
+        raw = self.rd.raw_dir(cr.cell.cell_id, cr.rep, attempt)
         tail = m.serial_tail() if m is not None else ""
         if tail:
             (raw / "serial_tail.txt").write_text(tail)
-        self.log(f"cell {cr.cell.cell_id} rep {cr.rep} FAILED: {reason}")
-        self.rd.add(cell=self._cell_row(cr.cell, cr.rep, "failed", reason, gi,
+        self.log(f"cell {cr.run_id} attempt {attempt} FAILED: {reason}")
+        self.rd.add(cell=self._cell_row(cr.cell, cr.rep, "failed", reason, gi, attempt=attempt,
                                         raw_dir=str(raw.relative_to(self.rd.path))))
         self.rd.flush()
 
     # -- one cell ----------------------------------------------------------------------
-    def _run_cell(self, cr, m: Machine, guest: LinuxGuest, boot: dict, gi: int) -> float:
+    def _run_cell(self, cr, attempt: int, m: Machine, guest: LinuxGuest, boot: dict, gi: int) -> float:
         cell, rep, wl = cr.cell, cr.rep, self.workload
         rd = self.rd
         t0 = time.monotonic()
@@ -256,14 +329,17 @@ class Runner:
         tap_after = self.dp.tap_stats()
         self.dp.stop_servers()
 
+        def save(name: str, text: str) -> None:
+            rd.save_raw(cell.cell_id, rep, name, text, attempt=attempt)
+
         for name, text in before.items():
-            rd.save_raw(cell.cell_id, rep, f"before.{name}.txt", text)
+            save(f"before.{name}.txt", text)
         for name, text in after.items():
-            rd.save_raw(cell.cell_id, rep, f"after.{name}.txt", text)
+            save(f"after.{name}.txt", text)
         for name, text in senders.items():
-            rd.save_raw(cell.cell_id, rep, f"{name}.json", text)
-        rd.save_raw(cell.cell_id, rep, "peer_tap.json", json.dumps({"before": tap_before, "after": tap_after}))
-        rd.save_raw(cell.cell_id, rep, "commands.sh", "\n".join([
+            save(f"{name}.json", text)
+        save("peer_tap.json", json.dumps({"before": tap_before, "after": tap_after}))
+        save("commands.sh", "\n".join([
             "# queue setup", guest.set_queues_command(cell.queues), "# snapshot (before and after)",
             guest.snapshot_command(locks=wl.lock_stats),
             "# lock statistics (installed once per boot, read by the snapshots)", guest.lock_start_script(),
@@ -317,10 +393,10 @@ class Runner:
 
         validity = self._validity(cell, samples, senders, results)
         rd.add(metrics=rows, locks=lock_rows,
-               cell=self._cell_row(cell, rep, "ok", "", gi, kernel=boot["kernel"], driver=driver,
+               cell=self._cell_row(cell, rep, "ok", "", gi, attempt=attempt, kernel=boot["kernel"], driver=driver,
                                    started=started, wall_s=time.monotonic() - t0, measured_s=measured,
                                    validity=validity,
-                                   raw_dir=str(rd.raw_dir(cell.cell_id, rep).relative_to(rd.path))))
+                                   raw_dir=str(rd.raw_dir(cell.cell_id, rep, attempt).relative_to(rd.path))))
         rd.flush()
         self.timings["collect"] += time.monotonic() - t1
         return measured
@@ -353,9 +429,9 @@ class Runner:
                 "driver": boot["driver"], "queues": cell.queues, "streams": cell.streams, "procs": cell.procs,
                 "proto": cell.proto, "msg_size": cell.msg_size, "accel": self.accel}
 
-    def _cell_row(self, cell, rep, status, reason, group, kernel=None, driver=None, started=None,
+    def _cell_row(self, cell, rep, status, reason, group, attempt=1, kernel=None, driver=None, started=None,
                   wall_s=None, measured_s=None, validity=None, raw_dir=None) -> dict:
-        return {"cell": cell.cell_id, "rep": rep, "attempt": 1, "status": status, "reason": reason,
+        return {"cell": cell.cell_id, "rep": rep, "attempt": attempt, "status": status, "reason": reason,
                 "os": cell.boot_key.os, "kernel": kernel, "nic": cell.nic, "driver": driver,
                 "queues": cell.queues, "streams": cell.streams, "procs": cell.procs, "proto": cell.proto,
                 "msg_size": cell.msg_size, "duration_s": cell.duration_s,

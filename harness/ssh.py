@@ -19,6 +19,11 @@ class CommandTimeout(SSHError):
     pass
 
 
+def _short(command: str) -> str:
+    first = command.strip().splitlines()[0] if command.strip() else ""
+    return first[:100] + (" ..." if len(first) > 100 or "\n" in command.strip() else "")
+
+
 @dataclass
 class RunKey:
     private_path: Path
@@ -100,18 +105,25 @@ class GuestShell:
                     break
                 if time.monotonic() > deadline:
                     chan.close()
-                    raise CommandTimeout(f"guest command timed out after {timeout:.0f} s: {command[:120]}")
+                    raise CommandTimeout(f"guest command timed out after {timeout:.0f} s: {_short(command)}")
                 if not self.client.get_transport().is_active():
                     raise SSHError("SSH connection lost")
                 time.sleep(0.01)
             rc = chan.recv_exit_status()
             chan.close()
         except (socket.timeout, EOFError, paramiko.SSHException, OSError) as e:
-            raise SSHError(f"SSH failure during `{command[:120]}`: {e}") from e
+            raise SSHError(f"SSH failure during `{_short(command)}`: {e}") from e
         o, e_ = out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace")
+        if rc == -1:
+            raise SSHError(f"SSH channel closed without an exit status during `{_short(command)}`")
         if check and rc != 0:
-            raise SSHError(f"guest command failed ({rc}): {command[:120]}: {e_.strip()[-300:]}")
+            raise SSHError(f"guest command failed ({rc}): {_short(command)}: {e_.strip()[-300:]}")
         return rc, o, e_
+
+    def run_detached(self, command: str) -> None:
+        """Start a command and do not wait (e.g. one that takes the guest down)."""
+        chan = self.client.get_transport().open_session(timeout=10)
+        chan.exec_command(command)
 
     def close(self) -> None:
         if self.client:

@@ -64,6 +64,8 @@ PROTOS = ("tcp", "udp")
 REPETITIONS = (1, 100)
 DURATION_S = (1, 3600)
 WARMUP_S = (0, 60)
+RETRIES = (0, 3)
+CELL_TIMEOUT_S = (0, 7200)
 VCPUS = (1, 64)
 MEMORY_MIB = (256, 65536)
 PROCS = (1, 64)
@@ -76,7 +78,7 @@ _BITRATE_RE = re.compile(r"\d+(\.\d+)?[KMGTkmgt]?")
 
 _SCHEMA: dict[str, tuple[str, ...]] = {
     "workload": ("name", "description", "repetitions", "duration_s", "warmup_s",
-                 "lock_stats", "udp_bitrate"),
+                 "lock_stats", "udp_bitrate", "retries", "cell_timeout_s"),
     "machine": ("vcpus", "memory_mib", "accel", "image", "os"),
     "matrix": ("nic", "queues", "procs", "streams", "proto", "msg_size"),
 }
@@ -114,6 +116,8 @@ class Workload:
     udp_bitrate: str
     machine: Machine
     matrix: Matrix
+    retries: int = 1            # a failed cell run may be re-run this many times
+    cell_timeout_s: int = 0     # 0 = derived: duration + warm-up + 90 s
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,8 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
     duration_s = v.integer(w, "workload.duration_s", DURATION_S, 10)
     warmup_s = v.integer(w, "workload.warmup_s", WARMUP_S, 1)
     lock_stats = v.boolean(w, "workload.lock_stats", False)
+    retries = v.integer(w, "workload.retries", RETRIES, 1)
+    cell_timeout_s = v.integer(w, "workload.cell_timeout_s", CELL_TIMEOUT_S, 0)
     udp_bitrate = w.get("udp_bitrate", "0")
     if not isinstance(udp_bitrate, str) or not _BITRATE_RE.fullmatch(udp_bitrate):
         raise v.error("workload.udp_bitrate", 'expected an iperf3 -b rate as a string such as '
@@ -251,6 +257,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         warmup_s=warmup_s, lock_stats=lock_stats, udp_bitrate=udp_bitrate,
         machine=Machine(vcpus, memory_mib, accel, image, os_name),
         matrix=Matrix(nic, queues, procs, streams, proto, msg_size),
+        retries=retries, cell_timeout_s=cell_timeout_s,
     )
     if not expand(wl).runs:
         allowed = "; ".join(f"{n} {_queue_counts(NICS[n], os_name, vcpus)}" for n in nic)

@@ -226,7 +226,8 @@ def test_parse_shard_bad(text):
 # Bad inputs: each gives one exact line naming file, key and what is allowed.
 
 ALL_NICS = "e1000e, igb, virtio-net, vmxnet3"
-WORKLOAD_KEYS = "description, duration_s, lock_stats, name, repetitions, udp_bitrate, warmup_s"
+WORKLOAD_KEYS = ("cell_timeout_s, description, duration_s, lock_stats, name, repetitions, retries, "
+                 "udp_bitrate, warmup_s")
 BITRATE = 'expected an iperf3 -b rate as a string such as "0" (unlimited), "500M" or "1.5G"'
 UDP_SIZE = 'allowed 16..65507 (iperf3 UDP datagram size, as matrix.proto has "udp")'
 

@@ -111,7 +111,8 @@ class Runs:
             started = pd.to_numeric(c.get("started"), errors="coerce").min() if len(c) else math.nan
             rows.append({
                 "run_id": rid,
-                "started": pd.to_datetime(started, unit="s") if not pd.isna(started) else _time_from_id(rid),
+                "started": (pd.to_datetime(started, unit="s").floor("s") if not pd.isna(started)
+                            else _time_from_id(rid)),
                 "workload": (m.get("workload") or {}).get("name"),
                 "kernel": (m.get("guest_image") or {}).get("kernel_release"),
                 "os": ",".join(sorted(set(c["os"].dropna().astype(str)))) if len(c) else "",
@@ -369,7 +370,7 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     m = runs.metrics
     cells = runs.cells.copy()
     if cells.empty:
-        return pd.DataFrame(columns=KEY + CONFIG + ["status"] + list(WIDE_METRICS))
+        return pd.DataFrame(columns=KEY + ["workload"] + CONFIG + ["status"] + list(WIDE_METRICS))
     # one row per (run, cell, rep): the last attempt wins
     if "attempt" in cells:
         cells = cells.sort_values("attempt")
@@ -403,6 +404,7 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     else:
         w["n_senders"], w["jain"] = np.nan, np.nan
     w = w.reset_index()
+    w.insert(3, "workload", w.run_id.map(workload_labels(runs.manifests)))
     w["gbit_s"] = w.throughput_bps / 1e9
     drops = w[["qdisc_drops", "tx_drops_ring"]].sum(axis=1, min_count=1)
     w["drops"] = drops
@@ -422,6 +424,17 @@ def wide_table(runs: Runs) -> pd.DataFrame:
         if c not in w:
             w[c] = np.nan
     return w
+
+
+def workload_labels(manifests: dict[str, dict]) -> dict[str, str]:
+    """run_id -> workload name, or ``name@sha8`` when runs of one name used different files
+    (e.g. the same cells at another udp_bitrate): their repetitions must not be pooled."""
+    wl = {rid: ((m.get("workload") or {}).get("name") or "?", ((m.get("workload") or {}).get("sha256") or "")[:8])
+          for rid, m in manifests.items()}
+    shas: dict[str, set] = {}
+    for name, sha in wl.values():
+        shas.setdefault(name, set()).add(sha)
+    return {rid: (f"{name}@{sha}" if len(shas[name]) > 1 else name) for rid, (name, sha) in wl.items()}
 
 
 def config_label(row, keys: Sequence[str] = ("os", "kernel", "nic", "queues")) -> str:

@@ -161,7 +161,8 @@ def delta_ci(base: Iterable[float], cand: Iterable[float], conf: float = 0.95, n
     mb = np.median(b[rng.integers(0, b.size, size=(n_boot, b.size))], axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         d = np.where(ma == 0, np.where(mb == 0, 0.0, np.sign(mb) * np.inf), mb / ma - 1)
-    lo, hi = np.quantile(d, [(1 - conf) / 2, 1 - (1 - conf) / 2])
+        # sorted order statistics, not interpolation: +-inf (a zero baseline) stays inf, not nan
+        lo, hi = np.quantile(d, [(1 - conf) / 2, 1 - (1 - conf) / 2], method="inverted_cdf")
     return (float(lo), float(hi))
 
 
@@ -205,6 +206,8 @@ def ab_test(base: Sequence[float], cand: Sequence[float], higher_is_better: bool
                 note = "every repetition identical within each side but different between: no spread to test"
         else:
             p = float(st.ttest_ind(b, a, equal_var=False).pvalue)
+    if test == "none":      # 1 vs 1 always gives +-1: not an effect size worth printing
+        cd, g = math.nan, math.nan
     significant = bool(not math.isnan(p) and p < alpha)
     if test == "none":
         verdict = "insufficient reps"

@@ -1,0 +1,89 @@
+"""`xmitbench report` and `xmitbench compare`: argparse wiring (``register``) and handlers.
+
+Each handler returns the exit status; bad input raises harness.errors.InputError, which the
+CLI prints on one line and turns into exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from harness.errors import InputError
+
+
+def cmd_report(args) -> int:
+    from .report import ReportError, build_report
+    t0 = time.monotonic()
+    try:
+        out = build_report(args.run_dirs, out=args.out, timeout=args.timeout, save_notebook=args.save_notebook)
+    except ReportError as e:
+        print(f"xmitbench: report: {e}", file=sys.stderr)
+        return 1
+    print(f"report: {out} ({time.monotonic() - t0:.1f} s)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import check_metric, compare_runs, format_table
+    from .load import load_runs
+    metrics = args.metric or ["throughput_bps"]
+    for m in metrics:
+        check_metric(m)
+    if not 0 <= args.threshold < 10:
+        raise InputError("--threshold", "", f"expected a fraction such as 0.05 (5%), got {args.threshold}")
+    if not 0 < args.alpha < 1:
+        raise InputError("--alpha", "", f"expected a probability in (0, 1), got {args.alpha}")
+    base, cand = load_runs([args.base]), load_runs([args.cand])
+    cmp = compare_runs(base, cand, metrics, threshold=args.threshold, alpha=args.alpha, seed=args.seed)
+    if cmp.table.empty:
+        raise InputError(args.cand, "cells", "no cell with status ok in common with " + str(args.base)
+                         + (f"; base has {', '.join(cmp.only_base)}" if cmp.only_base else "")
+                         + (f"; candidate has {', '.join(cmp.only_cand)}" if cmp.only_cand else ""))
+    print(f"base {', '.join(base.run_ids)}  vs  candidate {', '.join(cand.run_ids)}  "
+          f"(regression: worse by > {args.threshold:.0%} AND p < {args.alpha})")
+    for w in cmp.warnings:
+        print(f"warning: {w}")
+    print(format_table(cmp))
+    for c in cmp.only_base:
+        print(f"only in base: {c}")
+    for c in cmp.only_cand:
+        print(f"only in candidate: {c}")
+    notes = sorted({n for n in cmp.table.note if n})
+    for n in notes:
+        print(f"note: {n}")
+    if args.csv:
+        cmp.table.to_csv(args.csv, index=False)
+    if cmp.regressed:
+        print(f"REGRESSION in {len(cmp.regressions)} cell/metric pair(s)")
+        return 1
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `report` and `compare` to the CLI's subparsers."""
+    r = subparsers.add_parser("report", help="execute the analysis notebooks and write report.html",
+                              description="Execute analysis/*.ipynb over the run dirs and write report.html "
+                                          "(figures embedded) into the first run dir.")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run dirs (or a results root holding run dirs)")
+    r.add_argument("--out", help="output file (default: RUN_DIR/report.html of the first run dir)")
+    r.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds (default 600)")
+    r.add_argument("--save-notebook", metavar="PATH", help="also write the executed notebook here")
+    r.set_defaults(fn=cmd_report)
+
+    c = subparsers.add_parser("compare", help="A/B compare two run dirs cell by cell; exit 1 on regression",
+                              description="Per-cell delta with bootstrap CI and a significance test. Exit 1 if a "
+                                          "metric is worse by more than the threshold AND significantly so.",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("base", metavar="BASE", help="baseline run dir")
+    c.add_argument("cand", metavar="CAND", help="candidate run dir")
+    c.add_argument("--metric", action="append",
+                   help="metric of the wide table, repeatable (default throughput_bps); e.g. "
+                        "drops_per_mpkt, requeues_per_mpkt, lock_wait_ns_per_pkt, cpu_pct_per_gbit")
+    c.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (0.05 = 5%%)")
+    c.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    c.add_argument("--seed", type=int, default=20261123, help="bootstrap seed")
+    c.add_argument("--csv", type=Path, help="also write the table as CSV")
+    c.set_defaults(fn=cmd_compare)

@@ -1,0 +1,125 @@
+"""A/B comparison of two sets of runs, cell by cell (``xmitbench compare BASE CAND``).
+
+Cells are matched by cell id (nic, queues, procs, streams, proto, msg_size); the
+repetitions of each side (only status ok) are the samples. Per cell and metric the table gives
+both medians with bootstrap CIs, the relative delta with its bootstrap CI, the test used, p,
+Cliff's delta, and a verdict (see ``stats.ab_test`` for the rules, including why fewer than 3
+repetitions a side give "insufficient reps" rather than a p-value).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from harness.errors import InputError
+
+from . import stats as S
+from .load import WIDE_METRICS, Runs
+
+COMPARABLE = ("os", "kernel", "accel")
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame                  # one row per (cell, metric)
+    only_base: list[str] = field(default_factory=list)
+    only_cand: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    threshold: float = 0.05
+    alpha: float = 0.05
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.table[self.table.verdict == "regression"]
+
+    @property
+    def regressed(self) -> bool:
+        return not self.regressions.empty
+
+
+def check_metric(metric: str, source: str = "--metric") -> str:
+    if metric not in WIDE_METRICS:
+        raise InputError(source, "", f"unknown metric {metric!r}; allowed: {', '.join(WIDE_METRICS)}")
+    return metric
+
+
+def compare_runs(base: Runs, cand: Runs, metrics: list[str] | tuple[str, ...] = ("throughput_bps",),
+                 threshold: float = 0.05, alpha: float = 0.05, seed: int = S.DEFAULT_SEED,
+                 match_on: str = "cell") -> Comparison:
+    """Per matching cell and metric: medians, CIs, delta, test, verdict."""
+    return compare_frames(base.wide(), cand.wide(), metrics, threshold, alpha, seed, match_on)
+
+
+def compare_frames(wb: pd.DataFrame, wc: pd.DataFrame, metrics: list[str] | tuple[str, ...] = ("throughput_bps",),
+                   threshold: float = 0.05, alpha: float = 0.05, seed: int = S.DEFAULT_SEED,
+                   match_on: str = "cell") -> Comparison:
+    """compare_runs over two wide tables (rows with status ok)."""
+    for m in metrics:
+        check_metric(m)
+    bcells, ccells = set(wb[match_on]), set(wc[match_on])
+    common = sorted(bcells & ccells)
+    warnings = []
+    for col in COMPARABLE:
+        vb, vc = sorted(set(wb[col].dropna().astype(str))), sorted(set(wc[col].dropna().astype(str)))
+        if vb != vc:
+            warnings.append(f"{col} differs: base {', '.join(vb) or '-'} vs candidate {', '.join(vc) or '-'}")
+    if "tcg" in set(wb.accel.astype(str)) | set(wc.accel.astype(str)):
+        warnings.append("accel=tcg: software-emulated CPU, these are not kernel results")
+    rows = []
+    for cell in common:
+        b, c = wb[wb[match_on] == cell], wc[wc[match_on] == cell]
+        for m in metrics:
+            higher = WIDE_METRICS[m][1]
+            r = S.ab_test(b[m].tolist(), c[m].tolist(), higher_is_better=higher, threshold=threshold,
+                          alpha=alpha, seed=seed)
+            sb, sc = S.summarize(b[m].tolist(), seed=seed), S.summarize(c[m].tolist(), seed=seed)
+            rows.append({"cell": cell, "metric": m, "unit": WIDE_METRICS[m][0],
+                         "n_base": r.n_base, "n_cand": r.n_cand,
+                         "base_median": r.median_base, "base_ci_lo": sb.ci_lo, "base_ci_hi": sb.ci_hi,
+                         "cand_median": r.median_cand, "cand_ci_lo": sc.ci_lo, "cand_ci_hi": sc.ci_hi,
+                         "delta_pct": r.delta_rel * 100, "delta_ci_lo_pct": r.ci_lo * 100,
+                         "delta_ci_hi_pct": r.ci_hi * 100, "test": r.test, "p_value": r.p_value,
+                         "cliffs_delta": r.cliffs_delta, "hedges_g": r.hedges_g,
+                         "significant": r.significant, "verdict": r.verdict, "note": r.note})
+    table = pd.DataFrame(rows, columns=["cell", "metric", "unit", "n_base", "n_cand", "base_median", "base_ci_lo",
+                                        "base_ci_hi", "cand_median", "cand_ci_lo", "cand_ci_hi", "delta_pct",
+                                        "delta_ci_lo_pct", "delta_ci_hi_pct", "test", "p_value", "cliffs_delta",
+                                        "hedges_g", "significant", "verdict", "note"])
+    return Comparison(table, sorted(bcells - ccells), sorted(ccells - bcells), warnings, threshold, alpha)
+
+
+def _fmt(v: float, unit: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if unit == "bit/s":
+        return f"{v / 1e9:.3f}G"
+    if abs(v) >= 1e6:
+        return f"{v:.3g}"
+    return f"{v:.4g}"
+
+
+def format_table(cmp: Comparison) -> str:
+    """Plain-text table for the terminal (one line per cell and metric)."""
+    t = cmp.table
+    head = ["cell", "metric", "n", "base median [95% CI]", "cand median [95% CI]", "delta [95% CI]",
+            "test", "p", "cliff", "verdict"]
+    lines = []
+    for _, r in t.iterrows():
+        u = r.unit
+
+        def ci(med, lo, hi):
+            return f"{_fmt(med, u)} [{_fmt(lo, u)}, {_fmt(hi, u)}]" if not math.isnan(lo) else _fmt(med, u)
+        delta = "-" if math.isnan(r.delta_pct) else f"{r.delta_pct:+.1f}%"
+        if not math.isnan(r.delta_ci_lo_pct):
+            delta += f" [{r.delta_ci_lo_pct:+.1f}, {r.delta_ci_hi_pct:+.1f}]"
+        lines.append([r.cell, r.metric, f"{r.n_base}/{r.n_cand}",
+                      ci(r.base_median, r.base_ci_lo, r.base_ci_hi), ci(r.cand_median, r.cand_ci_lo, r.cand_ci_hi),
+                      delta, r.test, "-" if math.isnan(r.p_value) else f"{r.p_value:.3g}",
+                      "-" if math.isnan(r.cliffs_delta) else f"{r.cliffs_delta:+.2f}", r.verdict])
+    widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
+           "  ".join("-" * w for w in widths)]
+    out += ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in lines]
+    return "\n".join(out)

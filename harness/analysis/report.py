@@ -1,0 +1,801 @@
+"""Figures and tables for the notebooks in analysis/, and the report builder.
+
+The notebooks stay thin: each cell calls one function here. Every figure goes through
+``show(fig, caption)``, which refuses a figure without a title, axis labels with a unit in
+brackets, or any plotted data, and prints the one-line caption naming the kernel mechanism
+the metric reflects. ``header(runs)`` prints a red banner whenever any number comes from a
+TCG (software-emulated CPU) guest.
+
+``build_report(run_dirs)`` executes the notebooks in one kernel (each notebook's cell tagged
+``parameters`` is followed by an injected cell that sets RUN_DIRS, as papermill does) and
+writes ``report.html`` (nbconvert, figures embedded as data URIs, no external scripts) into
+the first run dir, atomically.
+"""
+from __future__ import annotations
+
+import html
+import io
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import InputError
+
+from . import stats as S
+from .load import KEY, WIDE_METRICS, Runs, load_runs, queue_table
+
+REPO = Path(__file__).resolve().parent.parent.parent
+ANALYSIS_DIR = REPO / "analysis"
+NOTEBOOKS = ("compare_kernels.ipynb", "tx_races.ipynb", "lock_contention.ipynb", "nightly.ipynb")
+CELL_COLS = ["workload", "os", "kernel", "nic", "queues", "procs", "streams", "proto", "msg_size"]
+
+_CACHE: dict[tuple, Runs] = {}
+_HEADER_SHOWN: set[int] = set()
+
+
+class ReportError(Exception):
+    """A notebook failed while building the report (one-line message)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Opening runs from a notebook
+# ---------------------------------------------------------------------------------------
+def default_results_root() -> Path:
+    return Path(os.environ.get("XMITBENCH_RESULTS", REPO / "results"))
+
+
+def resolve_run_dirs(run_dirs: Sequence[str | os.PathLike] | str | None) -> list[str]:
+    """RUN_DIRS as given, or (empty) the newest run dir under the results root."""
+    if isinstance(run_dirs, (str, os.PathLike)):
+        run_dirs = [run_dirs]
+    if run_dirs:
+        return [str(p) for p in run_dirs]
+    root = default_results_root()
+    found = sorted(p for p in root.glob("*/manifest.json")) if root.is_dir() else []
+    if not found:
+        raise InputError(root, "RUN_DIRS", "empty and no run dir under the results root; "
+                                           "set RUN_DIRS in the parameters cell")
+    return [str(found[-1].parent)]
+
+
+def open_runs(run_dirs) -> Runs:
+    """load_runs with a small cache keyed by the parquet files' mtimes, so the four
+    notebooks executed in one kernel read the tables once."""
+    dirs = resolve_run_dirs(run_dirs)
+    key = []
+    for d in dirs:
+        p = Path(d)
+        key.append((str(p.resolve()), tuple((f.name, f.stat().st_mtime_ns) for f in sorted(p.glob("*.parquet")))
+                    if p.is_dir() else ()))
+    key = tuple(key)
+    if key not in _CACHE:
+        if len(_CACHE) > 4:
+            _CACHE.clear()
+        _CACHE[key] = load_runs(dirs)
+    return _CACHE[key]
+
+
+# ---------------------------------------------------------------------------------------
+# Display helpers (IPython imported lazily: the module also serves the CLI)
+# ---------------------------------------------------------------------------------------
+def _display(obj) -> None:
+    try:
+        from IPython.display import display
+    except ImportError:  # pragma: no cover - used outside IPython
+        print(obj)
+        return
+    display(obj)
+
+
+def _html(s: str) -> None:
+    try:
+        from IPython.display import HTML
+    except ImportError:  # pragma: no cover
+        print(re.sub(r"<[^>]+>", "", s))
+        return
+    _display(HTML(s))
+
+
+def note(text: str) -> None:
+    """A visible note (e.g. why a figure is absent)."""
+    _html(f'<p class="xb-note" style="background:#fff8e1;border-left:4px solid #f0a000;padding:6px 10px">'
+          f'{html.escape(text)}</p>')
+
+
+def tcg_banner_html(runs: Runs) -> str:
+    if not runs.emulated:
+        return ""
+    ids = runs.tcg_run_ids
+    warn = next((m.get("warning") for m in runs.manifests.values() if m.get("warning")), "")
+    return ('<div class="xb-tcg-banner" style="background:#b00020;color:#fff;padding:12px 16px;'
+            'font-size:1.15em;font-weight:bold;border-radius:4px;margin:8px 0">'
+            f'TCG DATA: {len(ids)} of {len(runs.manifests)} run(s) ran under accel=tcg (QEMU software CPU '
+            'emulation). Throughput, CPU cost and lock waits here are NOT kernel results; they only show '
+            f'that the harness and counters work.<div style="font-weight:normal;font-size:0.85em;margin-top:4px">'
+            f'{html.escape(warn)} Runs: {html.escape(", ".join(ids))}</div></div>')
+
+
+def header(runs: Runs) -> None:
+    """TCG banner (when any data is emulated) and one line per run."""
+    b = tcg_banner_html(runs)
+    if b:
+        _html(b)
+    if id(runs) in _HEADER_SHOWN:     # the report runs four notebooks in one kernel: list runs once
+        return
+    _HEADER_SHOWN.add(id(runs))
+    rt = runs.runs_table()
+    cols = ["run_id", "started", "workload", "os", "kernel", "accel", "complete", "git", "ok", "failed", "skipped"]
+    show_table(rt[cols], f"{len(rt)} run(s)")
+
+
+def show_table(df: pd.DataFrame, title: str = "", max_rows: int = 60) -> None:
+    if df is None or df.empty:
+        note(f"{title}: no rows" if title else "no rows")
+        return
+    d = df.head(max_rows)
+    fmt = d.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}", border=0, classes="xb-table")
+    t = f'<p class="xb-table-title"><b>{html.escape(title)}</b></p>' if title else ""
+    more = f"<p>({len(df) - max_rows} more rows not shown)</p>" if len(df) > max_rows else ""
+    _html(t + fmt + more)
+
+
+_UNIT_RE = re.compile(r"\[[^\]]+\]|\([^)]*[/%][^)]*\)")
+
+
+def check_figure(fig) -> list[str]:
+    """Problems that make a figure unfit for the report (empty list: fine)."""
+    problems = []
+    axes = [ax for ax in fig.get_axes() if ax.get_visible() and ax.axison]
+    if not axes:
+        problems.append("no axes")
+    title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    for i, ax in enumerate(axes):
+        if not (ax.get_title() or title):
+            problems.append(f"axes {i}: no title")
+        labels = {"x": ax.get_xlabel(), "y": ax.get_ylabel()}
+        for which, label in labels.items():
+            if not label:
+                problems.append(f"axes {i}: no {which} label")
+        # the value axis carries the unit; the other may be categories (cells, locks)
+        if not any(_UNIT_RE.search(lb) for lb in labels.values() if lb):
+            problems.append(f"axes {i}: neither axis label has a [unit]")
+        if not (ax.lines or ax.patches or ax.collections or ax.images or ax.containers):
+            problems.append(f"axes {i}: nothing plotted")
+    return problems
+
+
+def show(fig, caption: str, fig_id: str, missing: str = "no data for it in these runs") -> None:
+    """Display ``fig`` as an embedded PNG with its one-line caption; close it.
+    ``fig`` None (nothing to plot) shows a note saying why instead of an empty figure."""
+    import matplotlib.pyplot as plt
+    if fig is None:
+        note(f"Figure {fig_id} not drawn: {missing}.")
+        return
+    problems = check_figure(fig)
+    if problems:
+        plt.close(fig)
+        raise ValueError(f"figure {fig_id}: " + "; ".join(problems))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    try:
+        from IPython.display import Image
+        _display(Image(data=buf.getvalue(), format="png"))
+    except ImportError:  # pragma: no cover
+        pass
+    _html(f'<p class="xb-caption" data-fig="{html.escape(fig_id)}" style="margin:0 0 18px 0;color:#333">'
+          f'<b>Figure ({html.escape(fig_id)}).</b> {html.escape(caption)}</p>')
+
+
+def _new_fig(w: float = 9.5, h: float = 4.2, ncols: int = 1):
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, ncols, figsize=(w, h), squeeze=False)
+    for a in ax[0]:
+        a.grid(True, axis="y", alpha=0.3)
+    return fig, (ax[0] if ncols > 1 else ax[0][0])
+
+
+def _all_zero_note(ax, *values) -> None:
+    """Say so inside the axes when every plotted value (medians and CI ends) is zero."""
+    v = np.concatenate([np.asarray(pd.to_numeric(pd.Series(list(x)), errors="coerce"), dtype=float)
+                        for x in values]) if values else np.array([])
+    if v.size and np.all(np.nan_to_num(v) == 0):
+        ax.text(0.5, 0.5, "0 in every cell", transform=ax.transAxes, ha="center", va="center",
+                fontsize=13, color="#555", bbox={"facecolor": "white", "edgecolor": "#999"})
+
+
+# ---------------------------------------------------------------------------------------
+# Summaries
+# ---------------------------------------------------------------------------------------
+def varying(w: pd.DataFrame, cols: Sequence[str]) -> list[str]:
+    return [c for c in cols if c in w and w[c].astype(str).nunique() > 1]
+
+
+def label_cols(w: pd.DataFrame) -> list[str]:
+    """The cell-describing columns that differ in this data (always nic, queues, procs)."""
+    must = ["nic", "queues", "procs"]
+    return [c for c in CELL_COLS if c in must or c in varying(w, CELL_COLS)]
+
+
+def _label(row, cols) -> str:
+    out = []
+    for c in cols:
+        v = row[c]
+        out.append({"queues": f"q{v}", "procs": f"p{v}", "streams": f"s{v}", "msg_size": f"m{v}"}.get(c, str(v)))
+    return " ".join(out)
+
+
+def summary(w: pd.DataFrame, metric: str, by: Sequence[str] | None = None,
+            seed: int = S.DEFAULT_SEED) -> pd.DataFrame:
+    """Median and bootstrap 95% CI of ``metric`` over repetitions, per group."""
+    by = list(by or label_cols(w))
+    rows = []
+    for keys, g in w.groupby(by, sort=True, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        s = S.summarize(g[metric].tolist(), seed=seed)
+        rows.append({**dict(zip(by, keys)), "n": s.n, "median": s.median, "ci_lo": s.ci_lo, "ci_hi": s.ci_hi})
+    out = pd.DataFrame(rows, columns=by + ["n", "median", "ci_lo", "ci_hi"])
+    out["label"] = [_label(r, by) for _, r in out.iterrows()] if len(out) else []
+    return out
+
+
+def summary_table(runs: Runs, metrics: Sequence[str], by: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per cell configuration, ``median [lo, hi] (n)`` per metric."""
+    w = runs.wide()
+    if w.empty:
+        return pd.DataFrame()
+    by = list(by or label_cols(w))
+    out = None
+    for m in metrics:
+        s = summary(w, m, by)
+        unit = WIDE_METRICS.get(m, ("", True, ""))[0]
+        col = f"{m} [{unit}]" if unit else m
+        s[col] = [_ci_text(r) for _, r in s.iterrows()]
+        s = s[by + [col]]
+        out = s if out is None else out.merge(s, on=by, how="outer")
+    n = w.groupby(by, dropna=False).size().rename("reps").reset_index()
+    return out.merge(n, on=by, how="left")
+
+
+def _ci_text(r) -> str:
+    if pd.isna(r["median"]):
+        return "-"
+    med = f"{r['median']:.4g}"
+    if pd.isna(r["ci_lo"]):
+        return f"{med} (n={r['n']}, no CI)"
+    return f"{med} [{r['ci_lo']:.4g}, {r['ci_hi']:.4g}] (n={r['n']})"
+
+
+def _errbars(s: pd.DataFrame) -> np.ndarray:
+    lo = (s["median"] - s["ci_lo"]).clip(lower=0).fillna(0).to_numpy()
+    hi = (s["ci_hi"] - s["median"]).clip(lower=0).fillna(0).to_numpy()
+    return np.vstack([lo, hi])
+
+
+def bar_by_cell(w: pd.DataFrame, metric: str, title: str, ylabel: str, scale: float = 1.0,
+                ax=None, by: Sequence[str] | None = None, color: str = "C0"):
+    """Bars of median per cell configuration with 95% bootstrap CI whiskers."""
+    fig = None
+    if ax is None:
+        fig, ax = _new_fig()
+    s = summary(w, metric, by)
+    s[["median", "ci_lo", "ci_hi"]] = s[["median", "ci_lo", "ci_hi"]] * scale
+    x = np.arange(len(s))
+    ax.bar(x, s["median"].fillna(0), yerr=_errbars(s), capsize=4, color=color, alpha=0.85)
+    ax.set_xticks(x, [f"{lb}\n(n={n})" for lb, n in zip(s.label, s.n)], rotation=30 if len(s) > 6 else 0,
+                  ha="right" if len(s) > 6 else "center", fontsize=8)
+    ax.set_title(title)
+    ax.set_xlabel("cell (nic, TX queues q, sender processes p); whiskers: 95% bootstrap CI of the median")
+    ax.set_ylabel(ylabel)
+    _all_zero_note(ax, s["median"], s["ci_hi"])
+    return fig if fig is not None else ax.figure
+
+
+# ---------------------------------------------------------------------------------------
+# compare_kernels
+# ---------------------------------------------------------------------------------------
+def series_cols(w: pd.DataFrame) -> list[str]:
+    return [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"]
+            if c in ("nic", "queues") or c in varying(w, ["workload", "os", "kernel", "streams", "proto", "msg_size"])]
+
+
+def fig_throughput_vs_senders(runs: Runs):
+    w = runs.wide()
+    fig, ax = _new_fig()
+    sc = series_cols(w)
+    for i, (keys, g) in enumerate(w.groupby(sc, sort=True)):
+        s = summary(g, "gbit_s", ["procs"])
+        ax.errorbar(s.procs.astype(float), s["median"], yerr=_errbars(s), marker="o", capsize=4,
+                    label=_label(dict(zip(sc, keys if isinstance(keys, tuple) else (keys,))), sc), color=f"C{i % 10}")
+    ax.set_title("Throughput vs concurrent sender processes")
+    ax.set_xlabel("iperf3 sender processes, each pinned to its own vCPU [count]")
+    ax.set_ylabel("throughput, median over reps [Gbit/s]")
+    ax.set_xticks(sorted(w.procs.dropna().astype(int).unique()))
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, title="nic, TX queues", title_fontsize=8)
+    return fig
+
+
+def scaling_table(runs: Runs) -> pd.DataFrame:
+    """Multi-queue throughput / (queues x single-queue throughput), medians, per config."""
+    w = runs.wide()
+    rows = []
+    grp = [c for c in ["workload", "os", "kernel", "nic", "procs", "streams", "proto", "msg_size"] if c in w]
+    for keys, g in w.groupby(grp, sort=True):
+        single = g[g.queues == 1].throughput_bps.median()
+        for q, gq in g[g.queues > 1].groupby("queues"):
+            rows.append({**dict(zip(grp, keys)), "queues": int(q), "single_q_gbit_s": single / 1e9,
+                         "multi_q_gbit_s": gq.throughput_bps.median() / 1e9,
+                         "efficiency": S.scaling_efficiency(gq.throughput_bps.median(), int(q), single)})
+    return pd.DataFrame(rows)
+
+
+def fig_scaling(runs: Runs):
+    t = scaling_table(runs)
+    t = t[t.efficiency.notna()] if len(t) else t
+    if t.empty:
+        return None
+    fig, ax = _new_fig()
+    lc = [c for c in ["workload", "os", "kernel", "nic", "queues", "procs"] if c in ("nic", "queues", "procs")
+          or t[c].astype(str).nunique() > 1]
+    x = np.arange(len(t))
+    ax.bar(x, t.efficiency, color="C2")
+    ax.axhline(1.0, color="k", lw=1, ls="--")
+    ax.axhline(1.0 / t.queues.max(), color="C3", lw=1, ls=":", label="no gain from extra queues (1/queues)")
+    ax.set_xticks(x, [_label(r, lc) for _, r in t.iterrows()], fontsize=8)
+    ax.set_title("Multi-queue scaling efficiency")
+    ax.set_xlabel("cell (nic, TX queues q, sender processes p)")
+    ax.set_ylabel("efficiency = X(q) / (q * X(1)) [ratio]")
+    ax.set_ylim(0, max(1.1, float(t.efficiency.max()) * 1.1))
+    ax.legend(fontsize=8)
+    return fig
+
+
+def usl_table(runs: Runs) -> pd.DataFrame:
+    w = runs.wide()
+    rows = []
+    grp = [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] if c in w]
+    for keys, g in w.groupby(grp, sort=True):
+        f = S.fit_usl(g.procs.astype(float), g.throughput_bps / 1e9)
+        rows.append({**dict(zip(grp, keys)), "levels": f.n_levels, "points": f.n_points, "fit": f.ok,
+                     "lambda_gbit_s": f.lam, "sigma": f.sigma, "kappa": f.kappa, "r2": f.r2,
+                     "peak_senders": f.peak_n, "message": f.message, "_fit": f})
+    return pd.DataFrame(rows)
+
+
+def fig_usl(runs: Runs, table: pd.DataFrame | None = None):
+    t = usl_table(runs) if table is None else table
+    t = t[t.fit] if len(t) else t
+    if t.empty:
+        return None
+    w = runs.wide()
+    fig, ax = _new_fig()
+    grp = [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] if c in w]
+    lc = [c for c in grp if c in ("nic", "queues") or w[c].astype(str).nunique() > 1]
+    for i, (_, r) in enumerate(t.iterrows()):
+        g = w
+        for c in grp:
+            g = g[g[c] == r[c]]
+        col = f"C{i % 10}"
+        ax.scatter(g.procs, g.gbit_s, color=col, s=18, alpha=0.7)
+        nn = np.linspace(1, max(float(g.procs.max()), 2.0), 100)
+        ax.plot(nn, r["_fit"].predict(nn), color=col,
+                label=f"{_label(r, lc)}: sigma={r.sigma:.3g} kappa={r.kappa:.2g} R2={r.r2:.2f}")
+    ax.set_title("Universal Scalability Law fit of throughput vs senders")
+    ax.set_xlabel("sender processes N [count]")
+    ax.set_ylabel("throughput X(N) [Gbit/s]")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def kernel_ab(runs: Runs, metric: str = "throughput_bps", threshold: float = 0.05) -> pd.DataFrame:
+    """Every (os, kernel) against the first one, cell by cell (matching nic/queues/procs/...)."""
+    from .compare import compare_frames
+    w = runs.wide()
+    groups = sorted({(o, k) for o, k in zip(w.os.astype(str), w.kernel.astype(str))})
+    if len(groups) < 2:
+        return pd.DataFrame()
+    ref = groups[0]
+    wr = w[(w.os.astype(str) == ref[0]) & (w.kernel.astype(str) == ref[1])]
+    out = []
+    for g in groups[1:]:
+        wc = w[(w.os.astype(str) == g[0]) & (w.kernel.astype(str) == g[1])]
+        t = compare_frames(wr, wc, [metric], threshold=threshold).table
+        t.insert(0, "candidate", f"{g[0]} {g[1]}")
+        t.insert(0, "baseline", f"{ref[0]} {ref[1]}")
+        out.append(t)
+    return pd.concat(out, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------
+# tx_races
+# ---------------------------------------------------------------------------------------
+RACE_RATES = [("requeues_per_mpkt", "qdisc requeues"), ("drops_per_mpkt", "drops (qdisc + ring)"),
+              ("restarts_per_mpkt", "TX queue restarts"), ("ring_stalls_per_mpkt", "TX ring full")]
+
+
+def fig_race_rates(runs: Runs):
+    w = runs.wide()
+    rates = [(m, lb) for m, lb in RACE_RATES if w[m].notna().any()]
+    if not rates:
+        return None
+    s0 = summary(w, rates[0][0])
+    fig, ax = _new_fig(10, 4.4)
+    width = 0.8 / len(rates)
+    x = np.arange(len(s0))
+    allv = []
+    for i, (m, lb) in enumerate(rates):
+        s = summary(w, m)
+        allv += s["median"].tolist() + s["ci_hi"].tolist()
+        ax.bar(x + (i - (len(rates) - 1) / 2) * width, s["median"].fillna(0), width, yerr=_errbars(s),
+               capsize=3, label=lb, color=f"C{i}")
+    ax.set_xticks(x, [f"{lb}\n(n={n})" for lb, n in zip(s0.label, s0.n)], fontsize=8)
+    ax.set_title("Transmit-path back-pressure events, normalised")
+    ax.set_xlabel("cell (nic, TX queues q, sender processes p); whiskers: 95% bootstrap CI")
+    ax.set_ylabel("events per million TX packets [1/Mpkt]")
+    ax.legend(fontsize=8)
+    _all_zero_note(ax, allv)
+    return fig
+
+
+def fig_queue_share(runs: Runs):
+    qt = queue_table(runs.metrics)
+    w = runs.wide()
+    if qt.empty:
+        return None
+    qt = qt.merge(w[KEY + label_cols(w)], on=KEY, how="inner")
+    qt = qt[qt.queues > 1]
+    if qt.empty:
+        return None
+    lc = label_cols(w)
+    med = qt.groupby(lc + ["queue"], dropna=False)["share"].median().reset_index()
+    cfgs = med[lc].drop_duplicates().reset_index(drop=True)
+    fig, ax = _new_fig()
+    bottom = np.zeros(len(cfgs))
+    for q in sorted(med.queue.dropna().unique()):
+        vals = []
+        for _, c in cfgs.iterrows():
+            sel = med[(med[lc] == c.values).all(axis=1) & (med.queue == q)]
+            vals.append(float(sel.share.iloc[0]) * 100 if len(sel) else 0.0)
+        ax.bar(np.arange(len(cfgs)), vals, bottom=bottom, label=f"TX queue {int(q)}", color=f"C{int(q) % 10}")
+        bottom += np.array(vals)
+    ax.axhline(50, color="k", lw=0.8, ls=":")
+    ax.set_xticks(np.arange(len(cfgs)), [_label(r, lc) for _, r in cfgs.iterrows()], fontsize=8)
+    ax.set_title("Share of TX packets per queue (median over reps)")
+    ax.set_xlabel("multi-queue cell (nic, TX queues q, sender processes p)")
+    ax.set_ylabel("share of the cell's TX packets [%]")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def fig_fairness(runs: Runs):
+    w = runs.wide()
+    w = w[w.n_senders > 1]
+    if w.empty or w.jain.isna().all():
+        return None
+    fig = bar_by_cell(w, "jain", "Fairness between sender processes (Jain's index)",
+                      "Jain index over per-sender throughput [0-1]", color="C4")
+    ax = fig.axes[0]
+    ax.set_ylim(0, 1.05)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    return fig
+
+
+def fig_conservation(runs: Runs):
+    w = runs.wide()
+    if w.conservation_ratio.isna().all():
+        return None
+    fig, ax = _new_fig()
+    lc = label_cols(w)
+    cfg = w[lc].drop_duplicates().sort_values(lc).reset_index(drop=True)
+    for i, (_, c) in enumerate(cfg.iterrows()):
+        sel = w[(w[lc] == c.values).all(axis=1)]
+        ax.scatter(np.full(len(sel), i) + np.linspace(-0.15, 0.15, len(sel)), sel.conservation_ratio,
+                   color="C0", s=24)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(cfg)), [_label(r, lc) for _, r in cfg.iterrows()], fontsize=8)
+    ax.set_title("Byte conservation: NIC TX bytes / application bytes (each dot one rep)")
+    ax.set_xlabel("cell (nic, TX queues q, sender processes p)")
+    ax.set_ylabel("NIC bytes / app bytes, header-corrected [ratio]")
+    v = w.conservation_ratio.dropna()
+    pad = max(0.02, float((v - 1).abs().max()) * 1.3) if len(v) else 0.05
+    ax.set_ylim(1 - pad, 1 + pad)
+    return fig
+
+
+def race_table(runs: Runs) -> pd.DataFrame:
+    return summary_table(runs, ["requeues_per_mpkt", "drops_per_mpkt", "restarts_per_mpkt", "ring_stalls_per_mpkt",
+                                "jain", "conservation_ratio"])
+
+
+def validity_table(runs: Runs) -> pd.DataFrame:
+    w = runs.wide(only_ok=False)
+    lc = label_cols(w)
+    rows = []
+    for keys, g in w.groupby(["run_id"] + lc, sort=True):
+        ok = g[g.status == "ok"]
+        rows.append({**dict(zip(["run_id"] + lc, keys)), "ok": len(ok), "failed": int((g.status == "failed").sum()),
+                     "skipped": int((g.status == "skipped").sum()),
+                     "conservation_fail": int((ok.conservation_ok == False).sum()),  # noqa: E712
+                     "queue_spread_fail": int((ok.queue_spread_ok == False).sum()),  # noqa: E712
+                     "sender_saturated": int((ok.saturated == True).sum()),  # noqa: E712
+                     "reason": "; ".join(sorted(set(g.reason.dropna().astype(str)) - {""}))[:160]})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# lock_contention
+# ---------------------------------------------------------------------------------------
+def lock_summary(runs: Runs, top: int = 12) -> pd.DataFrame:
+    """Per (lock, caller, kind): total contentions and wait over all cells, mean per cell-rep."""
+    lk = runs.locks
+    if lk.empty:
+        return pd.DataFrame()
+    ok = runs.wide()[KEY]
+    lk = lk.merge(ok, on=KEY, how="inner")
+    if lk.empty:
+        return pd.DataFrame()
+    n = len(ok)
+    g = lk.groupby(["lock", "caller", "kind"], dropna=False).agg(
+        contentions=("contentions", "sum"), wait_ms_total=("wait_ns_total", lambda s: s.sum() / 1e6),
+        wait_us_max=("wait_ns_max", lambda s: s.max() / 1e3), cells=("cell", "nunique"),
+        method=("method", "first")).reset_index()
+    g["wait_ms_per_cell_rep"] = g.wait_ms_total / n
+    return g.sort_values("wait_ms_total", ascending=False).head(top).reset_index(drop=True)
+
+
+def fig_lock_top(runs: Runs, top: int = 10):
+    t = lock_summary(runs, top)
+    if t.empty:
+        return None
+    fig, ax = _new_fig(10, 0.45 * len(t) + 1.6)
+    y = np.arange(len(t))[::-1]
+    labels = [f"{_short(r.lock, 48)}  @ {r.caller} ({r.kind})" for _, r in t.iterrows()]
+    ax.barh(y, t.wait_ms_total, color="C3")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_title(f"Top {len(t)} contended locks by total wait, all cells and reps")
+    ax.set_xlabel("total wait time [ms]")
+    ax.set_ylabel("lock @ acquiring caller (lock kind)")
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def _short(s: str, n: int) -> str:
+    s = str(s)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def fig_lock_wait_per_pkt(runs: Runs):
+    w = runs.wide()
+    if w.lock_wait_ns_per_pkt.isna().all():
+        return None
+    return bar_by_cell(w, "lock_wait_ns_per_pkt", "Contended-lock wait per TX packet",
+                       "lock wait per TX packet [ns/packet]", color="C3")
+
+
+def fig_contentions_vs_senders(runs: Runs):
+    w = runs.wide()
+    if w.lock_contentions.isna().all():
+        return None
+    fig, ax = _new_fig()
+    sc = series_cols(w)
+    for i, (keys, g) in enumerate(w.groupby(sc, sort=True)):
+        s = summary(g, "lock_contentions", ["procs"])
+        ax.errorbar(s.procs.astype(float), s["median"], yerr=_errbars(s), marker="o", capsize=4,
+                    label=_label(dict(zip(sc, keys if isinstance(keys, tuple) else (keys,))), sc), color=f"C{i % 10}")
+    ax.set_title("Contended lock acquisitions vs sender processes")
+    ax.set_xlabel("iperf3 sender processes [count]")
+    ax.set_ylabel("contentions per cell run, median [count]")
+    ax.set_xticks(sorted(w.procs.dropna().astype(int).unique()))
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    _all_zero_note(ax, w.lock_contentions)
+    return fig
+
+
+def lock_cell_table(runs: Runs, top_per_cell: int = 3) -> pd.DataFrame:
+    lk = runs.locks
+    if lk.empty:
+        return pd.DataFrame()
+    ok = runs.wide()[KEY]
+    lk = lk.merge(ok, on=KEY, how="inner")
+    g = lk.groupby(["cell", "lock", "caller", "kind"], dropna=False).agg(
+        reps=("rep", "nunique"), contentions=("contentions", "sum"),
+        wait_ms=("wait_ns_total", lambda s: s.sum() / 1e6)).reset_index()
+    g = g.sort_values(["cell", "wait_ms"], ascending=[True, False]).groupby("cell").head(top_per_cell)
+    g["lock"] = g["lock"].map(lambda s: _short(s, 60))
+    return g.reset_index(drop=True)
+
+
+def lock_methods(runs: Runs) -> list[str]:
+    m = {str(v.get("lock_method")) for v in runs.manifests.values() if v.get("lock_method")}
+    if not runs.locks.empty:
+        m |= set(runs.locks["method"].dropna().astype(str))
+    return sorted(m)
+
+
+# ---------------------------------------------------------------------------------------
+# nightly
+# ---------------------------------------------------------------------------------------
+def history(runs: Runs, metric: str) -> pd.DataFrame:
+    """Per (run, cell config): median and CI of ``metric``, with the run's start time."""
+    w = runs.wide()
+    rt = runs.runs_table()[["run_id", "started"]]
+    lc = label_cols(w)
+    s = summary(w, metric, ["run_id"] + lc)
+    s = s.merge(rt, on="run_id", how="left").sort_values(["started", "run_id"])
+    s["cfg"] = [_label(r, lc) for _, r in s.iterrows()]
+    return s
+
+
+def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float = 1.0):
+    h = history(runs, metric)
+    h = h[h["median"].notna()]
+    if h.empty:
+        return None
+    fig, ax = _new_fig(10.5, 4.4)
+    order = list(dict.fromkeys(h.sort_values(["started", "run_id"]).run_id))
+    xpos = {r: i for i, r in enumerate(order)}
+    for i, (cfg, g) in enumerate(h.groupby("cfg", sort=True)):
+        x = g.run_id.map(xpos).to_numpy(dtype=float)
+        ax.errorbar(x, g["median"] * scale, yerr=_errbars(g) * scale, marker="o", ms=4, capsize=3,
+                    label=cfg, color=f"C{i % 10}")
+    step = max(1, len(order) // 12)
+    ticks = list(range(0, len(order), step))
+    rt = runs.runs_table().set_index("run_id")
+    ax.set_xticks(ticks, [pd.Timestamp(rt.started.get(order[t])).strftime("%m-%d %H:%M")
+                          if not pd.isna(rt.started.get(order[t])) else order[t] for t in ticks],
+                  rotation=30, ha="right", fontsize=8)
+    ax.set_title(title)
+    ax.set_xlabel(f"run start (UTC), {len(order)} runs in time order")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, ncol=2)
+    _all_zero_note(ax, h["median"], h["ci_hi"])
+    return fig
+
+
+def latest_vs_previous(runs: Runs, metrics: Sequence[str] = ("throughput_bps",), window: int = 5,
+                       threshold: float = 0.05) -> tuple[str, pd.DataFrame]:
+    """The newest run against the repetitions pooled from up to ``window`` earlier runs of
+    the same workload. Returns (description, compare table)."""
+    from .compare import compare_frames
+    rt = runs.runs_table()
+    if len(rt) < 2:
+        return ("needs at least 2 runs", pd.DataFrame())
+    latest = rt.iloc[-1]
+    prev = rt.iloc[:-1]
+    same = prev[prev.workload == latest.workload]
+    prev = (same if len(same) else prev).tail(window)
+    w = runs.wide()
+    t = compare_frames(w[w.run_id.isin(prev.run_id)], w[w.run_id == latest.run_id], list(metrics),
+                       threshold=threshold).table
+    desc = (f"latest run {latest.run_id} vs {len(prev)} earlier run(s) of workload {latest.workload!r} "
+            f"pooled ({', '.join(prev.run_id)})")
+    return desc, t
+
+
+# ---------------------------------------------------------------------------------------
+# Building the report
+# ---------------------------------------------------------------------------------------
+_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block extra_css -%}
+<style type="text/css">
+main { max-width: 1250px; margin: 0 auto; }
+table.xb-table { border-collapse: collapse; font-size: 12px; margin-bottom: 12px; }
+table.xb-table th, table.xb-table td { padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: right; }
+table.xb-table th { background: #f3f3f3; }
+</style>
+{%- endblock extra_css -%}
+"""
+
+
+def inject_parameters(nb, run_dirs: Sequence[str]):
+    """Papermill convention: after the cell tagged ``parameters`` insert one tagged
+    ``injected-parameters`` that sets RUN_DIRS (added at the top when there is none)."""
+    import nbformat
+    src = f"# Parameters\nRUN_DIRS = {list(map(str, run_dirs))!r}\n"
+    new = nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]})
+    cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    idx = next((i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])), -1)
+    cells.insert(idx + 1, new)
+    nb.cells = cells
+    return nb
+
+
+def _combined(run_dirs: Sequence[str], notebooks: Sequence[Path], title: str):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["title"] = title
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    dirs_md = "\n".join(f"- `{d}`" for d in run_dirs)
+    toc = "\n".join(f"{i + 1}. {p.stem.replace('_', ' ')}" for i, p in enumerate(notebooks))
+    nb.cells.append(nbformat.v4.new_markdown_cell(
+        f"# {title}\n\nGenerated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by `xmitbench report` from "
+        f"{len(run_dirs)} run dir(s):\n\n{dirs_md}\n\nSections:\n\n{toc}"))
+    for p in notebooks:
+        sub = inject_parameters(nbformat.read(p, as_version=4), run_dirs)
+        for c in sub.cells:
+            c.metadata["xb_notebook"] = p.name
+            nb.cells.append(c)
+    return nb
+
+
+def execute_notebook(nb, cwd: Path, timeout: int = 600):
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    # the kernel listens on 127.0.0.1 only; --log-level=ERROR drops its "unencrypted TCP" warning
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=["--log-level=ERROR"],
+                            resources={"metadata": {"path": str(cwd)}})
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        where = "?"
+        for c in nb.cells:
+            for o in c.get("outputs", []):
+                if o.get("output_type") == "error":
+                    where = c.metadata.get("xb_notebook", "?")
+                    break
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        last = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]) if lines else "cell failed"
+        raise ReportError(f"notebook {where} failed: {last}") from None
+    return nb
+
+
+def to_html(nb) -> str:
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+    exp = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"xb_report.html.j2": _TEMPLATE})],
+                       template_file="xb_report.html.j2", exclude_input=True, exclude_input_prompt=True,
+                       exclude_output_prompt=True)
+    body, _ = exp.from_notebook_node(nb)
+    return body
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
+                 notebooks: Sequence[str | os.PathLike] | None = None, timeout: int = 600,
+                 save_notebook: str | os.PathLike | None = None) -> Path:
+    """Execute the notebooks over ``run_dirs`` and write report.html (default: into the
+    first run dir). Bad run dirs raise InputError before any kernel starts."""
+    runs = load_runs(run_dirs)                      # validates every dir up front
+    dirs = [str(Path(p).resolve()) for p in runs.paths]   # the kernel runs in analysis/
+    nbs = [Path(p) for p in notebooks] if notebooks else [ANALYSIS_DIR / n for n in NOTEBOOKS]
+    for p in nbs:
+        if not p.exists():
+            raise InputError(p, "", "notebook not found")
+    out_path = Path(out) if out else Path(dirs[0]) / "report.html"
+    kernels = sorted({str(k) for k in runs.cells.kernel.dropna()}) if "kernel" in runs.cells else []
+    title = f"xmitbench report: {len(dirs)} run(s), kernel {', '.join(kernels) or '?'}"
+    nb = _combined(dirs, nbs, title)
+    execute_notebook(nb, ANALYSIS_DIR if ANALYSIS_DIR.is_dir() else Path.cwd(), timeout=timeout)
+    if save_notebook:
+        import nbformat
+        nbformat.write(nb, str(save_notebook))
+    _atomic_write(out_path, to_html(nb))
+    return out_path

@@ -1,0 +1,120 @@
+"""Fault detection (pure: serial console text in, findings out) and fault injection for tests.
+
+Injection is driven only by the XMITBENCH_INJECT environment variable, which the
+fault-injection tests set; a normal run never has it. Format: `<fault>@<cell-run-id>` with an
+optional `@<seconds>` after the measurement starts (default 1.0). `<cell-run-id>` matches the
+CellRun id (e.g. `virtio-net.q1.p2.s1.tcp.m0.r0`); a trailing `!1` limits it to attempt 1, so
+that a retry can succeed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+from dataclasses import dataclass
+
+# Kernel messages that make a cell untrustworthy. Order matters: the first match per line wins.
+SERIAL_FAULTS = {
+    "linux": [
+        ("panic", re.compile(r"Kernel panic - not syncing.*")),
+        ("oops", re.compile(r"(?:BUG: .*|Oops: .*|general protection fault.*)")),
+        ("watchdog", re.compile(r"NETDEV WATCHDOG: .*")),
+        ("warning", re.compile(r"WARNING: CPU: \d+ PID: \d+ at .*")),
+        ("hung_task", re.compile(r"INFO: task .* blocked for more than .*")),
+        ("soft_lockup", re.compile(r"watchdog: BUG: soft lockup.*|rcu: INFO: rcu_.* stall.*")),
+    ],
+    "freebsd": [
+        ("panic", re.compile(r"panic: .*")),
+        ("fatal_trap", re.compile(r"Fatal trap \d+: .*")),
+        ("watchdog", re.compile(r"\S+: Watchdog timeout.*|.*device timeout.*")),
+        ("lor", re.compile(r"lock order reversal:.*")),
+    ],
+}
+
+
+@dataclass(frozen=True)
+class SerialFault:
+    kind: str
+    line: str
+
+
+def scan_serial(text: str, os_name: str = "linux") -> list[SerialFault]:
+    """Kernel fault lines in a piece of serial console output."""
+    out = []
+    for raw in text.splitlines():
+        line = re.sub(r"^\[\s*\d+\.\d+\]\s*", "", raw.strip())
+        for kind, rx in SERIAL_FAULTS[os_name]:
+            m = rx.search(line)
+            if m:
+                out.append(SerialFault(kind, m.group(0)[:200]))
+                break
+    return out
+
+
+@dataclass(frozen=True)
+class Injection:
+    fault: str
+    cell_run: str
+    after_s: float
+    attempt: int | None
+
+
+FAULTS = ("kill-qemu", "panic", "kill-iperf3", "drop-ssh", "sigint", "sigkill-harness", "no-ssh", "hang")
+
+
+def parse_injection(spec: str | None) -> Injection | None:
+    if not spec:
+        return None
+    parts = spec.split("@")
+    if len(parts) not in (2, 3) or parts[0] not in FAULTS:
+        raise ValueError(f"XMITBENCH_INJECT={spec!r}: expected <fault>@<cell-run>[@seconds], "
+                         f"fault one of {', '.join(FAULTS)}")
+    cell, _, attempt = parts[1].partition("!")
+    return Injection(parts[0], cell, float(parts[2]) if len(parts) == 3 else 1.0,
+                     int(attempt) if attempt else None)
+
+
+class Injector:
+    """Fires one fault from a timer thread while a matching cell is measuring."""
+
+    def __init__(self, spec: str | None = None):
+        self.inj = parse_injection(spec if spec is not None else os.environ.get("XMITBENCH_INJECT"))
+        self.timer: threading.Timer | None = None
+
+    def wants(self, fault: str, cell_run: str, attempt: int) -> bool:
+        i = self.inj
+        return bool(i and i.fault == fault and i.cell_run == cell_run and (i.attempt in (None, attempt)))
+
+    def arm(self, cell_run: str, attempt: int, machine, shell) -> None:
+        i = self.inj
+        if not i or i.cell_run != cell_run or (i.attempt not in (None, attempt)) or i.fault == "no-ssh":
+            return
+        self.timer = threading.Timer(i.after_s, self._fire, args=(i.fault, machine, shell))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def disarm(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+            self.timer = None
+
+    @staticmethod
+    def _fire(fault: str, machine, shell) -> None:
+        try:
+            if fault == "kill-qemu":
+                os.kill(machine.pid, signal.SIGKILL)
+            elif fault == "panic":
+                shell.run_detached("echo c > /proc/sysrq-trigger")
+            elif fault == "kill-iperf3":
+                shell.run_detached("killall -9 iperf3")
+            elif fault == "hang":
+                machine.qmp().cmd("stop")  # the guest freezes; only the cell watchdog ends it
+            elif fault == "drop-ssh":
+                shell.client.get_transport().close()
+            elif fault == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+            elif fault == "sigkill-harness":
+                os.kill(os.getpid(), signal.SIGKILL)
+        except Exception:  # noqa: BLE001 — a failed injection shows up as a passing cell in the test
+            pass

@@ -1,0 +1,180 @@
+"""harness.analysis.stats against hand-computed values and scipy."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from harness.analysis import stats as S
+
+
+# --- bootstrap CI / summaries -----------------------------------------------------------
+def test_bootstrap_ci_contains_median_and_is_deterministic():
+    rng = np.random.default_rng(7)
+    x = rng.normal(10.0, 1.0, 12)
+    a = S.bootstrap_ci(x, seed=123)
+    b = S.bootstrap_ci(x, seed=123)
+    assert a == b
+    assert a[0] <= np.median(x) <= a[1]
+    assert a[0] < a[1]
+    # the mean's CI (continuous, unlike the median's order statistics) moves with the seed
+    assert S.bootstrap_ci(x, stat=np.mean, seed=1) != S.bootstrap_ci(x, stat=np.mean, seed=2)
+    assert S.bootstrap_ci(x, stat=np.mean, seed=1) == S.bootstrap_ci(x, stat=np.mean, seed=1)
+
+
+def test_bootstrap_ci_small_samples_are_honest():
+    assert all(math.isnan(v) for v in S.bootstrap_ci([3.0]))
+    assert all(math.isnan(v) for v in S.bootstrap_ci([]))
+    assert S.bootstrap_ci([1.0, 2.0]) == (1.0, 2.0)          # two values: their range
+    assert S.bootstrap_ci([5.0, 5.0, 5.0]) == (5.0, 5.0)
+    assert S.bootstrap_ci([1.0, np.nan, 3.0, 2.0])[0] >= 1.0  # NaN ignored
+
+
+def test_summarize():
+    s = S.summarize([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (s.n, s.median, s.mean) == (5, 3.0, 3.0)
+    assert s.std == pytest.approx(np.std([1, 2, 3, 4, 5], ddof=1))
+    assert s.ci_lo <= 3.0 <= s.ci_hi
+    one = S.summarize([7.0])
+    assert one.n == 1 and one.median == 7.0 and math.isnan(one.ci_lo) and math.isnan(one.std)
+    assert S.summarize([]).n == 0
+
+
+# --- effect sizes ------------------------------------------------------------------------
+def test_cliffs_delta_hand_computed():
+    assert S.cliffs_delta([1, 2, 3], [4, 5, 6]) == 1.0
+    assert S.cliffs_delta([4, 5, 6], [1, 2, 3]) == -1.0
+    assert S.cliffs_delta([1, 2, 3], [1, 2, 3]) == 0.0
+    # cand [2,3,4] vs base [1,2,3]: 6 pairs greater, 1 smaller, 2 ties of 9
+    assert S.cliffs_delta([1, 2, 3], [2, 3, 4]) == pytest.approx(5 / 9)
+    assert math.isnan(S.cliffs_delta([], [1]))
+
+
+def test_hedges_g_hand_computed():
+    # means 2 and 5, both SD 1 -> d = 3; J = 1 - 3 / (4 * 6 - 9) = 0.8
+    assert S.hedges_g([1, 2, 3], [4, 5, 6]) == pytest.approx(2.4)
+    assert math.isnan(S.hedges_g([1], [2, 3]))
+    assert math.isnan(S.hedges_g([1, 1], [2, 2]))             # zero spread
+
+
+def test_mwu_min_p():
+    assert S.mwu_min_p(2, 2) == pytest.approx(1 / 3)
+    assert S.mwu_min_p(3, 3) == pytest.approx(0.1)
+    assert S.mwu_min_p(5, 5) == pytest.approx(2 / 252)
+    # and scipy agrees for a perfect separation at 3 vs 3
+    assert st.mannwhitneyu([1, 2, 3], [4, 5, 6], method="exact").pvalue == pytest.approx(0.1)
+
+
+# --- A/B ---------------------------------------------------------------------------------
+def test_ab_two_reps_is_insufficient_not_significant():
+    r = S.ab_test([10.0, 10.1], [5.0, 5.1])
+    assert r.test == "none" and math.isnan(r.p_value)
+    assert r.verdict == "insufficient reps" and not r.significant
+    assert r.delta_rel == pytest.approx(5.05 / 10.05 - 1)
+    assert "0.33" in r.note                                  # says why: MWU could not go below p=0.33
+
+
+def test_ab_welch_at_three_reps_matches_scipy():
+    a, b = [10.0, 10.2, 9.9], [9.0, 9.1, 8.8]
+    r = S.ab_test(a, b, higher_is_better=True, threshold=0.05)
+    assert r.test == "welch"
+    assert r.p_value == pytest.approx(st.ttest_ind(b, a, equal_var=False).pvalue)
+    assert r.significant and r.worse and r.verdict == "regression"
+
+
+def test_ab_mann_whitney_from_five_reps_matches_scipy():
+    a = [10.0, 10.2, 9.9, 10.1, 10.3]
+    b = [12.0, 12.5, 11.9, 12.2, 12.1]
+    r = S.ab_test(a, b, higher_is_better=True)
+    assert r.test == "mann-whitney"
+    assert r.p_value == pytest.approx(st.mannwhitneyu(b, a, alternative="two-sided").pvalue)
+    assert r.p_value == pytest.approx(2 / 252)
+    assert r.verdict == "improvement" and r.cliffs_delta == 1.0
+    # the same numbers for a lower-is-better metric are a regression
+    assert S.ab_test(a, b, higher_is_better=False).verdict == "regression"
+
+
+def test_ab_small_but_significant_change_is_below_threshold():
+    a = [100.0, 100.1, 100.2, 100.1, 100.0]
+    b = [99.0, 99.1, 99.0, 99.2, 99.1]                       # -1%, clearly significant
+    r = S.ab_test(a, b, threshold=0.05)
+    assert r.significant and not r.worse and r.verdict == "change below threshold"
+
+
+def test_ab_identical_constant_samples():
+    r = S.ab_test([0.0] * 5, [0.0] * 5, higher_is_better=False)
+    assert r.p_value == 1.0 and r.delta_rel == 0.0 and r.verdict == "no significant change"
+
+
+def test_delta_ci_deterministic_and_brackets_delta():
+    a = [10.0, 10.2, 9.9, 10.1, 10.3]
+    b = [9.0, 9.2, 8.9, 9.1, 9.3]
+    lo, hi = S.delta_ci(a, b, seed=5)
+    assert (lo, hi) == S.delta_ci(a, b, seed=5)
+    assert lo <= np.median(b) / np.median(a) - 1 <= hi < 0
+
+
+# --- fairness / scaling ------------------------------------------------------------------
+def test_jain_known_cases():
+    assert S.jain_index([5, 5, 5, 5]) == pytest.approx(1.0)
+    assert S.jain_index([1, 0, 0, 0]) == pytest.approx(0.25)        # one takes all: 1/n
+    assert S.jain_index([1, 2, 3]) == pytest.approx(36 / 42)        # (1+2+3)^2 / (3 * 14)
+    assert S.jain_index([7]) == 1.0
+    assert math.isnan(S.jain_index([]))
+    assert math.isnan(S.jain_index([0, 0]))
+
+
+def test_scaling_efficiency():
+    assert S.scaling_efficiency(2.0e9, 2, 1.0e9) == pytest.approx(1.0)
+    assert S.scaling_efficiency(1.5e9, 2, 1.0e9) == pytest.approx(0.75)
+    assert S.scaling_efficiency(1.0e9, 4, 1.0e9) == pytest.approx(0.25)
+    assert math.isnan(S.scaling_efficiency(1.0, 2, 0.0))
+
+
+def test_usl_exact_recovery():
+    n = np.arange(1, 9)
+    f = S.fit_usl(n, S.usl(n, 1.5, 0.1, 0.01))
+    assert f.ok and f.n_levels == 8
+    assert f.lam == pytest.approx(1.5, rel=1e-6)
+    assert f.sigma == pytest.approx(0.1, rel=1e-5)
+    assert f.kappa == pytest.approx(0.01, rel=1e-4)
+    assert f.r2 == pytest.approx(1.0)
+    assert f.peak_n == pytest.approx(math.sqrt(0.9 / 0.01))
+    assert max(abs(r) for r in f.residuals) < 1e-8
+
+
+def test_usl_noisy_recovery_within_tolerance():
+    lam, sigma, kappa = 2.0, 0.05, 0.002
+    n = np.repeat(np.arange(1, 17), 3)                       # 3 repetitions per sender count
+    x = S.usl(n, lam, sigma, kappa) * (1 + np.random.default_rng(1).normal(0, 0.01, n.size))
+    f = S.fit_usl(n, x)
+    assert f.ok and f.r2 > 0.99
+    assert f.lam == pytest.approx(lam, rel=0.02)
+    assert f.sigma == pytest.approx(sigma, abs=0.01)
+    assert f.kappa == pytest.approx(kappa, abs=0.0005)
+    assert len(f.residuals) == n.size
+    # bounds hold on linear data: sigma, kappa never negative
+    g = S.fit_usl([1, 2, 3, 4], [1.0, 2.0, 3.0, 4.0])
+    assert g.ok and g.sigma >= 0 and g.kappa >= 0 and g.sigma < 1e-3
+
+
+def test_usl_refuses_two_levels():
+    f = S.fit_usl([1, 4, 1, 4], [1.0, 2.0, 1.1, 2.1])
+    assert not f.ok and math.isnan(f.sigma)
+    assert "3 distinct" in f.message and "(1, 4)" in f.message
+
+
+# --- normalised rates --------------------------------------------------------------------
+def test_normalised_rates():
+    assert S.per_million(5, 1e6) == pytest.approx(5.0)
+    assert S.per_million(3, 2_000_000) == pytest.approx(1.5)
+    assert math.isnan(S.per_million(1, 0))
+    assert S.per_packet(1_000_000, 1000) == pytest.approx(1000.0)
+    assert S.cpu_pct_per_gbit(150.0, 3e9) == pytest.approx(50.0)
+    assert math.isnan(S.cpu_pct_per_gbit(150.0, 0.0))
+    # 50 busy of 100 jiffies on 2 CPUs = one CPU busy = 100 %
+    assert S.cpu_busy_pct(50, 100, 2) == pytest.approx(100.0)
+    v = S.per_million(np.array([1.0, 2.0]), np.array([1e6, 0.0]))
+    assert v[0] == pytest.approx(1.0) and math.isnan(v[1])
