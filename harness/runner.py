@@ -116,7 +116,9 @@ class Runner:
         if previous:
             rd.manifest["resumed"] = previous.get("resumed", []) + [
                 {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "command_line": sys.argv,
-                 "already_ok": len(self.done), "previous_timings": previous.get("timings")}]
+                 "already_ok": len(self.done), "previous_timings": previous.get("timings"),
+                 "previous_interrupted": previous.get("interrupted", False)}]
+            rd.manifest.pop("interrupted", None)
         for sk in self.plan.skipped:
             for rep in range(wl.repetitions):
                 if (sk.cell.cell_id, rep) not in self.done:

@@ -13,6 +13,7 @@ the first run dir, atomically.
 """
 from __future__ import annotations
 
+import base64
 import html
 import io
 import math
@@ -118,7 +119,14 @@ def tcg_banner_html(runs: Runs) -> str:
             f'TCG DATA: {len(ids)} of {len(runs.manifests)} run(s) ran under accel=tcg (QEMU software CPU '
             'emulation). Throughput, CPU cost and lock waits here are NOT kernel results; they only show '
             f'that the harness and counters work.<div style="font-weight:normal;font-size:0.85em;margin-top:4px">'
-            f'{html.escape(warn)} Runs: {html.escape(", ".join(ids))}</div></div>')
+            f'{html.escape(warn)} Runs: {html.escape(_ellipsis(ids))}</div></div>')
+
+
+def _ellipsis(items: Sequence[str], keep: int = 6) -> str:
+    items = list(items)
+    if len(items) <= keep:
+        return ", ".join(items)
+    return ", ".join(items[:3]) + f", ... ({len(items) - 5} more), " + ", ".join(items[-2:])
 
 
 def header(runs: Runs) -> None:
@@ -134,11 +142,24 @@ def header(runs: Runs) -> None:
     show_table(rt[cols], f"{len(rt)} run(s)")
 
 
-def show_table(df: pd.DataFrame, title: str = "", max_rows: int = 60) -> None:
+CONSTANT_OK = ("workload", "os", "kernel", "streams", "proto", "msg_size", "run_id")
+
+
+def show_table(df: pd.DataFrame, title: str = "", max_rows: int = 60, drop_constant: bool = True) -> None:
+    """An HTML table; configuration columns with one value in every row are left out and
+    named once under the title instead (``drop_constant``)."""
     if df is None or df.empty:
         note(f"{title}: no rows" if title else "no rows")
         return
     d = df.head(max_rows)
+    same = []
+    if drop_constant and len(df) > 1:
+        for c in CONSTANT_OK:
+            if c in d and df[c].astype(str).nunique() == 1:
+                same.append(f"{c} {df[c].iloc[0]}")
+                d = d.drop(columns=c)
+    if same:
+        title = f"{title} (all rows: {', '.join(same)})" if title else f"all rows: {', '.join(same)}"
     fmt = d.to_html(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}", border=0, classes="xb-table")
     t = f'<p class="xb-table-title"><b>{html.escape(title)}</b></p>' if title else ""
     more = f"<p>({len(df) - max_rows} more rows not shown)</p>" if len(df) > max_rows else ""
@@ -181,12 +202,16 @@ def show(fig, caption: str, fig_id: str, missing: str = "no data for it in these
     if problems:
         plt.close(fig)
         raise ValueError(f"figure {fig_id}: " + "; ".join(problems))
+    titles = [t for t in [fig._suptitle.get_text() if fig._suptitle is not None else ""]
+              + [ax.get_title() for ax in fig.get_axes()] if t]
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
     plt.close(fig)
     try:
-        from IPython.display import Image
-        _display(Image(data=buf.getvalue(), format="png"))
+        from IPython.display import display
+        alt = f"{'; '.join(titles)}. {caption}"
+        display({"image/png": base64.b64encode(buf.getvalue()).decode()}, raw=True,
+                metadata={"image/png": {"alt": alt}})
     except ImportError:  # pragma: no cover
         pass
     _html(f'<p class="xb-caption" data-fig="{html.escape(fig_id)}" style="margin:0 0 18px 0;color:#333">'
@@ -201,6 +226,12 @@ def _new_fig(w: float = 9.5, h: float = 4.2, ncols: int = 1):
     for a in ax[0]:
         a.grid(True, axis="y", alpha=0.3)
     return fig, (ax[0] if ncols > 1 else ax[0][0])
+
+
+def _ylim0(ax) -> None:
+    """y from 0, with headroom so the highest marker and whisker are not cut by the frame."""
+    top = ax.get_ylim()[1]
+    ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)
 
 
 def _all_zero_note(ax, *values) -> None:
@@ -225,12 +256,16 @@ def label_cols(w: pd.DataFrame) -> list[str]:
     return [c for c in CELL_COLS if c in must or c in varying(w, CELL_COLS)]
 
 
-def _label(row, cols) -> str:
-    out = []
+def _label(row, cols, multiline: bool = False) -> str:
+    """"virtio-net q2 p4"; with ``multiline`` (tick labels) workload/os/kernel go on a first line."""
+    head, tail = [], []
     for c in cols:
         v = row[c]
-        out.append({"queues": f"q{v}", "procs": f"p{v}", "streams": f"s{v}", "msg_size": f"m{v}"}.get(c, str(v)))
-    return " ".join(out)
+        txt = {"queues": f"q{v}", "procs": f"p{v}", "streams": f"s{v}", "msg_size": f"m{v}"}.get(c, str(v))
+        (head if c in ("workload", "os", "kernel") else tail).append(txt)
+    if multiline and head:
+        return " ".join(head) + "\n" + " ".join(tail)
+    return " ".join(head + tail)
 
 
 def summary(w: pd.DataFrame, metric: str, by: Sequence[str] | None = None,
@@ -281,17 +316,23 @@ def _errbars(s: pd.DataFrame) -> np.ndarray:
 
 
 def bar_by_cell(w: pd.DataFrame, metric: str, title: str, ylabel: str, scale: float = 1.0,
-                ax=None, by: Sequence[str] | None = None, color: str = "C0"):
-    """Bars of median per cell configuration with 95% bootstrap CI whiskers."""
+                ax=None, by: Sequence[str] | None = None, color: str = "C0", points: bool = False):
+    """Bars (or ``points``, for an axis that should not start at 0) of the median per cell
+    configuration with 95% bootstrap CI whiskers."""
     fig = None
     if ax is None:
         fig, ax = _new_fig()
     s = summary(w, metric, by)
     s[["median", "ci_lo", "ci_hi"]] = s[["median", "ci_lo", "ci_hi"]] * scale
     x = np.arange(len(s))
-    ax.bar(x, s["median"].fillna(0), yerr=_errbars(s), capsize=4, color=color, alpha=0.85)
-    ax.set_xticks(x, [f"{lb}\n(n={n})" for lb, n in zip(s.label, s.n)], rotation=30 if len(s) > 6 else 0,
-                  ha="right" if len(s) > 6 else "center", fontsize=8)
+    if points:
+        ax.errorbar(x, s["median"], yerr=_errbars(s), fmt="o", ms=7, capsize=5, color=color)
+        ax.set_xlim(-0.6, len(s) - 0.4)
+    else:
+        ax.bar(x, s["median"].fillna(0), yerr=_errbars(s), capsize=4, color=color, alpha=0.85)
+    ticks = [f"{_label(r, [c for c in s.columns if c in CELL_COLS], multiline=True)}\n(n={r.n})"
+             for _, r in s.iterrows()]
+    ax.set_xticks(x, ticks, rotation=30 if len(s) > 6 else 0, ha="right" if len(s) > 6 else "center", fontsize=8)
     ax.set_title(title)
     ax.set_xlabel("cell (nic, TX queues q, sender processes p); whiskers: 95% bootstrap CI of the median")
     ax.set_ylabel(ylabel)
@@ -319,7 +360,7 @@ def fig_throughput_vs_senders(runs: Runs):
     ax.set_xlabel("iperf3 sender processes, each pinned to its own vCPU [count]")
     ax.set_ylabel("throughput, median over reps [Gbit/s]")
     ax.set_xticks(sorted(w.procs.dropna().astype(int).unique()))
-    ax.set_ylim(bottom=0)
+    _ylim0(ax)
     ax.legend(fontsize=8, title="nic, TX queues", title_fontsize=8)
     return fig
 
@@ -350,7 +391,7 @@ def fig_scaling(runs: Runs):
     ax.bar(x, t.efficiency, color="C2")
     ax.axhline(1.0, color="k", lw=1, ls="--")
     ax.axhline(1.0 / t.queues.max(), color="C3", lw=1, ls=":", label="no gain from extra queues (1/queues)")
-    ax.set_xticks(x, [_label(r, lc) for _, r in t.iterrows()], fontsize=8)
+    ax.set_xticks(x, [_label(r, lc, multiline=True) for _, r in t.iterrows()], fontsize=8)
     ax.set_title("Multi-queue scaling efficiency")
     ax.set_xlabel("cell (nic, TX queues q, sender processes p)")
     ax.set_ylabel("efficiency = X(q) / (q * X(1)) [ratio]")
@@ -392,7 +433,7 @@ def fig_usl(runs: Runs, table: pd.DataFrame | None = None):
     ax.set_title("Universal Scalability Law fit of throughput vs senders")
     ax.set_xlabel("sender processes N [count]")
     ax.set_ylabel("throughput X(N) [Gbit/s]")
-    ax.set_ylim(bottom=0)
+    _ylim0(ax)
     ax.legend(fontsize=8)
     return fig
 
@@ -438,7 +479,8 @@ def fig_race_rates(runs: Runs):
         allv += s["median"].tolist() + s["ci_hi"].tolist()
         ax.bar(x + (i - (len(rates) - 1) / 2) * width, s["median"].fillna(0), width, yerr=_errbars(s),
                capsize=3, label=lb, color=f"C{i}")
-    ax.set_xticks(x, [f"{lb}\n(n={n})" for lb, n in zip(s0.label, s0.n)], fontsize=8)
+    lc0 = [c for c in s0.columns if c in CELL_COLS]
+    ax.set_xticks(x, [f"{_label(r, lc0, multiline=True)}\n(n={r.n})" for _, r in s0.iterrows()], fontsize=8)
     ax.set_title("Transmit-path back-pressure events, normalised")
     ax.set_xlabel("cell (nic, TX queues q, sender processes p); whiskers: 95% bootstrap CI")
     ax.set_ylabel("events per million TX packets [1/Mpkt]")
@@ -469,7 +511,7 @@ def fig_queue_share(runs: Runs):
         ax.bar(np.arange(len(cfgs)), vals, bottom=bottom, label=f"TX queue {int(q)}", color=f"C{int(q) % 10}")
         bottom += np.array(vals)
     ax.axhline(50, color="k", lw=0.8, ls=":")
-    ax.set_xticks(np.arange(len(cfgs)), [_label(r, lc) for _, r in cfgs.iterrows()], fontsize=8)
+    ax.set_xticks(np.arange(len(cfgs)), [_label(r, lc, multiline=True) for _, r in cfgs.iterrows()], fontsize=8)
     ax.set_title("Share of TX packets per queue (median over reps)")
     ax.set_xlabel("multi-queue cell (nic, TX queues q, sender processes p)")
     ax.set_ylabel("share of the cell's TX packets [%]")
@@ -484,10 +526,12 @@ def fig_fairness(runs: Runs):
     if w.empty or w.jain.isna().all():
         return None
     fig = bar_by_cell(w, "jain", "Fairness between sender processes (Jain's index)",
-                      "Jain index over per-sender throughput [0-1]", color="C4")
+                      "Jain index over per-sender throughput [0-1]", color="C4", points=True)
     ax = fig.axes[0]
-    ax.set_ylim(0, 1.05)
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    lo = float(np.nanmin(np.r_[w.jain.to_numpy(dtype=float), 1.0]))
+    ax.set_ylim(max(0.0, min(0.9, lo - 0.05)), 1.01)
+    ax.axhline(1.0, color="k", lw=0.8, ls="--", label="1 = equal shares")
+    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
@@ -503,7 +547,7 @@ def fig_conservation(runs: Runs):
         ax.scatter(np.full(len(sel), i) + np.linspace(-0.15, 0.15, len(sel)), sel.conservation_ratio,
                    color="C0", s=24)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_xticks(np.arange(len(cfg)), [_label(r, lc) for _, r in cfg.iterrows()], fontsize=8)
+    ax.set_xticks(np.arange(len(cfg)), [_label(r, lc, multiline=True) for _, r in cfg.iterrows()], fontsize=8)
     ax.set_title("Byte conservation: NIC TX bytes / application bytes (each dot one rep)")
     ax.set_xlabel("cell (nic, TX queues q, sender processes p)")
     ax.set_ylabel("NIC bytes / app bytes, header-corrected [ratio]")
@@ -597,7 +641,7 @@ def fig_contentions_vs_senders(runs: Runs):
     ax.set_xlabel("iperf3 sender processes [count]")
     ax.set_ylabel("contentions per cell run, median [count]")
     ax.set_xticks(sorted(w.procs.dropna().astype(int).unique()))
-    ax.set_ylim(bottom=0)
+    _ylim0(ax)
     ax.legend(fontsize=8)
     _all_zero_note(ax, w.lock_contentions)
     return fig
@@ -639,6 +683,8 @@ def history(runs: Runs, metric: str) -> pd.DataFrame:
 
 
 def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float = 1.0):
+    if len(runs.manifests) < 2:
+        return None
     h = history(runs, metric)
     h = h[h["median"].notna()]
     if h.empty:
@@ -659,7 +705,7 @@ def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float =
     ax.set_title(title)
     ax.set_xlabel(f"run start (UTC), {len(order)} runs in time order")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
+    _ylim0(ax)
     ax.legend(fontsize=7, ncol=2)
     _all_zero_note(ax, h["median"], h["ci_hi"])
     return fig
@@ -692,6 +738,11 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block data_png scoped -%}
+<div class="jp-RenderedImage jp-OutputArea-output">
+<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}" alt="{{ (output | get_metadata('alt', 'image/png')) or 'figure' | escape_html }}" class="xb-figure">
+</div>
+{%- endblock data_png -%}
 {%- block extra_css -%}
 <style type="text/css">
 main { max-width: 1250px; margin: 0 auto; }
@@ -721,7 +772,9 @@ def _combined(run_dirs: Sequence[str], notebooks: Sequence[Path], title: str):
     nb = nbformat.v4.new_notebook()
     nb.metadata["title"] = title
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    dirs_md = "\n".join(f"- `{d}`" for d in run_dirs)
+    shown = list(run_dirs) if len(run_dirs) <= 10 else [*run_dirs[:5], f"... {len(run_dirs) - 8} more ...",
+                                                           *run_dirs[-3:]]
+    dirs_md = "\n".join(f"- `{d}`" if not d.startswith("...") else f"- {d}" for d in shown)
     toc = "\n".join(f"{i + 1}. {p.stem.replace('_', ' ')}" for i, p in enumerate(notebooks))
     nb.cells.append(nbformat.v4.new_markdown_cell(
         f"# {title}\n\nGenerated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by `xmitbench report` from "
