@@ -188,6 +188,8 @@ def main(argv=None) -> int:
     b.add_argument("--modules", help="its /lib/modules/<release> directory")
     b.add_argument("--force", action="store_true")
     im.set_defaults(fn=cmd_images)
+    from .images_cli import register as register_image_commands
+    register_image_commands(isub)   # images list | fetch NAME | verify NAME
     s = sub.add_parser("summary", help="print the summary table of a run dir")
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_summary)

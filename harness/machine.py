@@ -30,8 +30,8 @@ DATA_PREFIX = 24
 
 @dataclass
 class MachineSpec:
-    kernel: Path
-    initrd: Path
+    kernel: Path | None       # direct kernel boot (the initramfs guest) ...
+    initrd: Path | None
     qemu_device: str          # e.g. "virtio-net-pci", "e1000e", "vmxnet3", "igb"
     queues: int               # queues the NIC is created with (max used in this boot group)
     vcpus: int = 2
@@ -43,6 +43,9 @@ class MachineSpec:
     qmp_socket: Path | None = None
     tap_fds: list[int] = field(default_factory=list)
     extra_cmdline: str = ""
+    disk: Path | None = None        # ... or a disk image (a per-boot overlay of a cloud image)
+    seed_iso: Path | None = None    # NoCloud seed for that disk
+    guest_egress: bool = False      # cloud images install packages on first boot
 
 
 def cpu_model(accel: str) -> str:
@@ -71,11 +74,22 @@ def build_argv(spec: MachineSpec) -> list[str]:
         "-accel", spec.accel if spec.accel == "kvm" else "tcg,thread=multi",
         "-cpu", cpu_model(spec.accel),
         "-smp", str(spec.vcpus), "-m", str(spec.memory_mib),
-        "-no-reboot",  # with panic=-1 a guest panic ends QEMU instead of hanging
-        "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", append,
+    ]
+    if spec.disk is None:
+        argv += ["-no-reboot",  # with panic=-1 a guest panic ends QEMU instead of hanging
+                 "-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", append]
+    else:
+        # a cloud image reboots itself (FreeBSD: to apply queue loader tunables)
+        argv += ["-drive", f"file={spec.disk},if=virtio,format=qcow2,cache=unsafe"]
+        if spec.seed_iso:
+            argv += ["-drive", f"file={spec.seed_iso},if=virtio,format=raw,media=cdrom,readonly=on"]
+    # restrict=on: the guest reaches nothing but the forwarded SSH port. A cloud image needs
+    # its package repositories on first boot, so it gets egress (recorded in the manifest).
+    restrict = "off" if spec.guest_egress else "on"
+    argv += [
         "-serial", f"file:{spec.serial_log}" if spec.serial_log else "null",
         "-monitor", "none",
-        "-netdev", (f"user,id=mgmt,net=198.19.0.0/24,host=198.19.0.2,restrict=on,"
+        "-netdev", (f"user,id=mgmt,net=198.19.0.0/24,host=198.19.0.2,restrict={restrict},"
                     f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-{GUEST_MGMT_IP}:22"),
         # romfile= : no iPXE option ROM; direct kernel boot never network-boots (saves ~1 s)
         "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC},romfile=",

@@ -57,6 +57,18 @@ from harness.nics import NICS, OSES, NicModel
 KNOWN_IMAGES: dict[str, str] = {
     "linux-deb": "linux",  # locally built Debian-kernel initramfs guest
 }
+
+
+def known_images() -> dict[str, str]:
+    """Image name -> OS: the built-in guest plus every image of the catalog(s)."""
+    images = dict(KNOWN_IMAGES)
+    try:
+        from harness.catalog import load_catalog
+    except ImportError:  # catalog not available: only the built-in guest
+        return images
+    for img in load_catalog().images.values():
+        images.setdefault(img.name, img.os)
+    return images
 ACCELS = ("auto", "kvm", "tcg")
 PROTOS = ("tcp", "udp")
 
@@ -80,7 +92,7 @@ _SCHEMA: dict[str, tuple[str, ...]] = {
     "workload": ("name", "description", "repetitions", "duration_s", "warmup_s",
                  "lock_stats", "udp_bitrate", "retries", "cell_timeout_s"),
     "machine": ("vcpus", "memory_mib", "accel", "image", "os"),
-    "matrix": ("nic", "queues", "procs", "streams", "proto", "msg_size"),
+    "matrix": ("image", "nic", "queues", "procs", "streams", "proto", "msg_size"),
 }
 
 
@@ -95,6 +107,7 @@ class Machine:
 
 @dataclass(frozen=True)
 class Matrix:
+    image: tuple[str, ...]          # empty: machine.image only
     nic: tuple[str, ...]
     queues: tuple[int, ...]
     procs: tuple[int, ...]
@@ -144,7 +157,9 @@ class BootKey:
 
 @dataclass(frozen=True)
 class Cell:
-    cell_id: str        # stable and readable: "<nic>.q<queues>.p<procs>.s<streams>.<proto>.m<msg_size>"
+    cell_id: str        # stable and readable: "<image>.<nic>.q<queues>.p<procs>.s<streams>.<proto>.m<msg_size>"
+    image: str
+    os: str
     nic: str
     queues: int
     procs: int
@@ -232,11 +247,13 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
     vcpus = v.integer(m, "machine.vcpus", VCPUS, 2)
     memory_mib = v.integer(m, "machine.memory_mib", MEMORY_MIB, 1024)
     accel = v.choice(m, "machine.accel", ACCELS, "auto", "accelerator")
-    image = v.choice(m, "machine.image", tuple(KNOWN_IMAGES), "linux-deb", "image")
-    os_name = v.choice(m, "machine.os", OSES, KNOWN_IMAGES[image], "OS")
-    if os_name != KNOWN_IMAGES[image]:
+    images = known_images()
+    image = v.choice(m, "machine.image", tuple(images), "linux-deb", "image")
+    os_name = v.choice(m, "machine.os", OSES, images[image], "OS")
+    if os_name != images[image]:
         raise v.error("machine.os", f'"{os_name}" does not match image "{image}" '
-                      f'(a {KNOWN_IMAGES[image]} image); allowed: {KNOWN_IMAGES[image]}')
+                      f'(a {images[image]} image); allowed: {images[image]}')
+    image_axis = v.choice_list("matrix.image", x["image"], tuple(images), "image") if "image" in x else ()
 
     nic = v.required(x, "matrix", "nic", 'e.g. nic = ["virtio-net"]')
     nic = v.choice_list("matrix.nic", nic, tuple(NICS), "NIC")
@@ -256,7 +273,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         description=description, repetitions=repetitions, duration_s=duration_s,
         warmup_s=warmup_s, lock_stats=lock_stats, udp_bitrate=udp_bitrate,
         machine=Machine(vcpus, memory_mib, accel, image, os_name),
-        matrix=Matrix(nic, queues, procs, streams, proto, msg_size),
+        matrix=Matrix(image_axis, nic, queues, procs, streams, proto, msg_size),
         retries=retries, cell_timeout_s=cell_timeout_s,
     )
     if not expand(wl).runs:
@@ -417,20 +434,23 @@ def expand(workload: Workload) -> Expansion:
     boot_queues: dict[str, int] = {}
     combos: list[tuple[Any, ...]] = []
     skipped: list[SkippedCell] = []
-    for nic_name, q, p, s, proto, size in itertools.product(
-            mx.nic, mx.queues, mx.procs, mx.streams, mx.proto, mx.msg_size):
-        reason = NICS[nic_name].queue_skip_reason(mc.os, q)
-        combos.append((nic_name, q, p, s, proto, size, reason))
+    images = known_images()
+    for image, nic_name, q, p, s, proto, size in itertools.product(
+            mx.image or (mc.image,), mx.nic, mx.queues, mx.procs, mx.streams, mx.proto, mx.msg_size):
+        os_name = images[image]
+        reason = NICS[nic_name].queue_skip_reason(os_name, q)
+        combos.append((image, os_name, nic_name, q, p, s, proto, size, reason))
         if reason is None:
-            boot_queues[nic_name] = max(boot_queues.get(nic_name, 0), q)
+            boot_queues[image, nic_name] = max(boot_queues.get((image, nic_name), 0), q)
 
     groups: dict[BootKey, list[Cell]] = {}
-    for nic_name, q, p, s, proto, size, reason in combos:
+    for image, os_name, nic_name, q, p, s, proto, size, reason in combos:
         nic = NICS[nic_name]
-        bq = boot_queues[nic_name] if nic.runtime_queue_change(mc.os) and reason is None else q
-        key = BootKey(mc.image, mc.os, nic_name, mc.vcpus, mc.memory_mib, mc.accel, bq)
+        bq = boot_queues[image, nic_name] if nic.runtime_queue_change(os_name) and reason is None else q
+        key = BootKey(image, os_name, nic_name, mc.vcpus, mc.memory_mib, mc.accel, bq)
         cell = Cell(
-            cell_id=f"{nic_name}.q{q}.p{p}.s{s}.{proto}.m{size}", nic=nic_name, queues=q,
+            cell_id=f"{image}.{nic_name}.q{q}.p{p}.s{s}.{proto}.m{size}", image=image, os=os_name,
+            nic=nic_name, queues=q,
             procs=p, streams=s, proto=proto, msg_size=size, duration_s=wl.duration_s,
             warmup_s=wl.warmup_s, udp_bitrate=wl.udp_bitrate, boot_key=key)
         if reason is None:

@@ -18,7 +18,7 @@ from harness.faults import parse_injection, scan_serial
 
 REPO = Path(__file__).resolve().parent.parent
 WL = REPO / "tests" / "fixtures" / "faults.toml"
-FIRST, SECOND = "virtio-net.q1.p1.s1.tcp.m0", "virtio-net.q1.p2.s1.tcp.m0"
+FIRST, SECOND = "linux-deb.virtio-net.q1.p1.s1.tcp.m0", "linux-deb.virtio-net.q1.p2.s1.tcp.m0"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and taps")
 

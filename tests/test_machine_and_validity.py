@@ -81,4 +81,4 @@ def test_plan_prints_argv_and_commands():
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("qemu: ") == 2
     assert "ethtool -L xb0 combined 2" in p.stdout
-    assert "skipped e1000e.q2" in p.stdout
+    assert "skipped linux-deb.e1000e.q2" in p.stdout

@@ -60,8 +60,8 @@ def test_smoke_workload():
     runs, skipped = expand(w)
     assert w.name == "smoke" and w.machine.os == "linux"
     assert len(runs) <= 4, "integration tests rely on smoke staying tiny"
-    assert [r.run_id for r in runs] == ["virtio-net.q1.p2.s1.tcp.m0.r0",
-                                        "virtio-net.q2.p2.s1.tcp.m0.r0"]
+    assert [r.run_id for r in runs] == ["linux-deb.virtio-net.q1.p2.s1.tcp.m0.r0",
+                                        "linux-deb.virtio-net.q2.p2.s1.tcp.m0.r0"]
     assert skipped == []
     p = plan(w, QEMU_72_DEVICES)
     assert len(p.groups) == 1 and p.groups[0].boot_key.queues == 2
@@ -73,8 +73,8 @@ def test_default_workload():
     assert len(runs) == 12          # 3 (nic, queues) pairs x 2 procs x 2 reps
     assert len({r.cell.cell_id for r in runs}) == 6
     assert [(s.cell.cell_id, s.reason) for s in skipped] == [
-        ("e1000e.q2.p1.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
-        ("e1000e.q2.p4.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
+        ("linux-deb.e1000e.q2.p1.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
+        ("linux-deb.e1000e.q2.p4.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
     ]
     p = plan(w, QEMU_72_DEVICES)
     assert [(g.boot_key.nic, g.boot_key.queues, len(g.runs)) for g in p.groups] == [
@@ -94,7 +94,7 @@ def test_defaults(tmp_path):
     w = wl(tmp_path, {"workload.duration_s": None, "matrix.queues": None})
     assert (w.repetitions, w.duration_s, w.warmup_s, w.lock_stats, w.udp_bitrate) == (1, 10, 1, False, "0")
     assert w.machine == wmod.Machine(2, 1024, "auto", "linux-deb", "linux")
-    assert w.matrix == wmod.Matrix(("virtio-net",), (1,), (1,), (1,), ("tcp",), (0,))
+    assert w.matrix == wmod.Matrix((), ("virtio-net",), (1,), (1,), (1,), ("tcp",), (0,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def test_cell_fields(tmp_path):
                       "matrix.msg_size": "[1400]", "workload.udp_bitrate": '"500M"',
                       "workload.warmup_s": "0"})
     cell = expand(w).runs[-1].cell
-    assert cell.cell_id == "virtio-net.q2.p4.s3.udp.m1400"
+    assert cell.cell_id == "linux-deb.virtio-net.q2.p4.s3.udp.m1400"
     assert (cell.nic, cell.queues, cell.procs, cell.streams, cell.proto, cell.msg_size) == (
         "virtio-net", 2, 4, 3, "udp", 1400)
     assert (cell.duration_s, cell.warmup_s, cell.udp_bitrate) == (2, 0, "500M")
@@ -135,7 +135,7 @@ def test_fixed_queue_nic_boots_per_queue_count(tmp_path):
     assert [(g.boot_key.queues, [r.cell.queues for r in g.runs]) for g in p.groups] == [
         (1, [1]), (2, [2]), (4, [4])]
     assert [(s.cell.cell_id, s.reason) for s in p.skipped] == [
-        ("vmxnet3.q3.p1.s1.tcp.m0",
+        ("linux-deb.vmxnet3.q3.p1.s1.tcp.m0",
          "vmxnet3 on linux (vmxnet3 driver) only has power-of-two TX queue counts")]
 
 
@@ -155,8 +155,8 @@ def test_qemu_without_device_skips_with_reason(tmp_path):
     p = plan(w, QEMU_72_DEVICES)
     assert [g.boot_key.nic for g in p.groups] == ["virtio-net"]
     assert [(s.cell.cell_id, s.reason) for s in p.skipped] == [
-        ("igb.q1.p1.s1.tcp.m0", "QEMU has no device igb (needs QEMU >= 8.0)"),
-        ("igb.q2.p1.s1.tcp.m0", "QEMU has no device igb (needs QEMU >= 8.0)")]
+        ("linux-deb.igb.q1.p1.s1.tcp.m0", "QEMU has no device igb (needs QEMU >= 8.0)"),
+        ("linux-deb.igb.q2.p1.s1.tcp.m0", "QEMU has no device igb (needs QEMU >= 8.0)")]
     # Without device information nothing is dropped.
     assert [g.boot_key.nic for g in plan(w, None).groups] == ["igb", "virtio-net"]
 
@@ -270,7 +270,7 @@ BAD = [
     ("memory too small", {"machine.memory_mib": "128"}, "",
      "machine.memory_mib: 128 is out of range; allowed 256..65536"),
     ("unknown image", {"machine.image": '"freebsd-14"'}, "",
-     'machine.image: unknown image "freebsd-14"; allowed: linux-deb'),
+     'machine.image: unknown image "freebsd-14"; allowed: ' + ", ".join(sorted(wmod.known_images()))),
     ("wrong type for list", {"matrix.queues": "2"}, "",
      "matrix.queues: expected a list of integers in 1..2, got integer 2"),
     ("string in int list", {"matrix.procs": '[1, "4"]'}, "",
@@ -305,7 +305,7 @@ BAD = [
     ("nested table", {}, "[workload.extra]\nx = 1\n",
      f"workload.extra: unknown key; allowed: {WORKLOAD_KEYS}"),
     ("table given a value", {}, "\nvcpus = 2\n",   # lands in [matrix]
-     "matrix.vcpus: unknown key; allowed: msg_size, nic, procs, proto, queues, streams"),
+     "matrix.vcpus: unknown key; allowed: image, msg_size, nic, procs, proto, queues, streams"),
 ]
 
 

@@ -9,9 +9,23 @@ A/B comparison, and the notebooks/report.
 Modules: ``load`` (Runs, load_runs, wide_table), ``stats`` (bootstrap CI, A/B tests, Jain,
 scaling efficiency, USL fit, normalised rates), ``compare`` (compare_runs), ``report``
 (figure helpers used by analysis/*.ipynb, build_report), ``commands`` (CLI wiring).
+
+Names are imported lazily, so ``harness.analysis.commands`` (imported by the CLI for every
+command) does not pull in numpy/pandas/scipy.
 """
-from . import stats
-from .compare import Comparison, compare_runs
-from .load import Runs, load_runs, wide_table
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {"load_runs": "load", "wide_table": "load", "Runs": "load",
+         "compare_runs": "compare", "Comparison": "compare"}
 
 __all__ = ["Comparison", "Runs", "compare_runs", "load_runs", "stats", "wide_table"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in ("stats", "load", "compare", "report", "commands"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

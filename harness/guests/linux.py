@@ -81,6 +81,18 @@ class LinuxGuest:
     def run(self, cmd: str, timeout: float = 30.0, check: bool = True) -> str:
         return self.shell.run(cmd, timeout=timeout, check=check)[1]
 
+    def boot_config_script(self, nic: str, queues: int) -> str | None:
+        """Linux changes TX queues at run time (ethtool -L): nothing to set before a reboot."""
+        return None
+
+    def setup_data_interface(self, mac: str, address: str) -> None:
+        """Name the data NIC xb0 and address it (the initramfs guest's init already did)."""
+        ip = self.tools["ip"]
+        self.run(f"[ -e /sys/class/net/{self.iface} ] || {{ for d in /sys/class/net/*; do "
+                 f"[ \"$(cat $d/address)\" = {mac} ] && {ip} link set ${{d##*/}} down && "
+                 f"{ip} link set ${{d##*/}} name {self.iface}; done; "
+                 f"{ip} addr add {address} dev {self.iface}; {ip} link set {self.iface} up; }}")
+
     def kernel_release(self) -> str:
         return self.run("uname -r").strip()
 
@@ -125,7 +137,7 @@ class LinuxGuest:
         return out
 
     @staticmethod
-    def parse_locks(before: dict[str, str], after: dict[str, str], method: str):
+    def parse_locks(before: dict[str, str], after: dict[str, str], method: str, senders=None):
         waits, stacks = P.lock_hist_delta(
             P.parse_lock_wait_hist(before.get("lock_wait", "")), P.parse_lock_wait_hist(after.get("lock_wait", "")),
             P.parse_lock_stack_hist(before.get("lock_stack", "")), P.parse_lock_stack_hist(after.get("lock_stack", "")))
@@ -134,6 +146,24 @@ class LinuxGuest:
     @staticmethod
     def parse_senders(raw: dict[str, str]):
         return [parse_iperf3_json(raw[k]) for k in sorted(raw) if k.startswith("iperf3_")]
+
+    @staticmethod
+    def interval_samples(senders: dict[str, str]) -> tuple[list[Sample], str | None]:
+        return [], None
+
+    @staticmethod
+    def tx_counters(samples: list[Sample]) -> tuple[dict[int, float], dict[int, float], float, float]:
+        """(per-queue packets, per-queue bytes, total packets, total bytes) the NIC sent:
+        per queue from ethtool -S where the driver has it, totals from ip -s link."""
+        pq_p: dict[int, float] = {}
+        pq_b: dict[int, float] = {}
+        for s in samples:
+            if s.source == "ethtool -S" and s.queue is not None and s.metric in ("tx_packets", "tx_bytes"):
+                d = pq_p if s.metric == "tx_packets" else pq_b
+                d[s.queue] = d.get(s.queue, 0.0) + s.value
+        tot_p = sum(s.value for s in samples if s.source == "ip -s -j link" and s.metric == "tx_packets")
+        tot_b = sum(s.value for s in samples if s.source == "ip -s -j link" and s.metric == "tx_bytes")
+        return pq_p, pq_b, tot_p, tot_b
 
 
 def split_sections(text: str) -> dict[str, str]:

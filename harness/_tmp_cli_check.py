@@ -1,0 +1,211 @@
+"""xmitbench command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import InputError
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_RESULTS = Path(os.environ.get("XMITBENCH_RESULTS", REPO / "results"))
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit(f"xmitbench: {what} needs root (network namespaces and taps); "
+                         f"run: sudo {shlex.join(sys.argv)}")
+
+
+def _stop_on_signals() -> None:
+    """SIGINT/SIGTERM unwind the runner (its finally blocks stop QEMU, iperf3, namespace);
+    a second signal while unwinding is the default action: immediate exit."""
+    import signal
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .plan import parse_shard
+    from .runner import Runner
+    from .summary import render
+    from .workload import load_workload, parse_workload
+    resume = Path(args.resume) if args.resume else None
+    if resume:
+        import json
+        man_path = resume / "manifest.json"
+        if not man_path.is_file():
+            raise InputError(str(resume), "--resume", "not a run dir (no manifest.json)")
+        man = json.loads(man_path.read_text())
+        # the workload exactly as the run recorded it, not whatever the file says now
+        wl = parse_workload(man["workload"]["text"].encode(), man["workload"]["path"])
+        shard = tuple(man["shard"]) if man.get("shard") else None
+    elif not args.workload:
+        raise InputError("xmitbench run", "WORKLOAD", "give a workload TOML file (or --resume RUN_DIR)")
+    else:
+        wl = load_workload(args.workload)           # bad input: InputError -> exit 2, nothing started
+        shard = parse_shard(args.shard) if args.shard else None
+    _require_root("run")
+    _stop_on_signals()
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("cells"), TimeRemainingColumn(), console=console,
+                  disable=not console.is_terminal) as prog:
+        task = prog.add_task(wl.name, total=None)
+
+        def on_cell(cr):
+            prog.update(task, advance=1, description=f"{wl.name}: {cr.run_id}")
+
+        runner = Runner(wl, Path(args.results), shard=shard, log=console.print, progress=on_cell,
+                        on_plan=lambda p: prog.update(task, total=len(p.runs)), resume=resume)
+        try:
+            rd = runner.run()
+        except KeyboardInterrupt as e:
+            where = runner.rd.path if getattr(runner, "rd", None) else "(no run dir yet)"
+            print(f"xmitbench: interrupted ({e or 'SIGINT'}); everything this run started is stopped; "
+                  f"run dir {where}; continue with: xmitbench run --resume {where}", file=sys.stderr)
+            return 130
+    render(rd.path, console)
+    cells = __import__("pandas").read_parquet(rd.path / "cells.parquet")
+    final = cells.sort_values("attempt").groupby(["cell", "rep"]).tail(1)
+    return 1 if (final.status == "failed").any() else 0
+
+
+def cmd_plan(args) -> int:
+    from .guests.linux import LinuxGuest
+    from .machine import (PEER_DATA_IP, MachineSpec, build_argv, device_help, lock_visibility_method,
+                          tap_queues)
+    from .nics import NICS, qemu_supported_devices
+    from .plan import parse_shard, plan
+    from .workload import load_workload
+    wl = load_workload(args.workload)
+    shard = parse_shard(args.shard) if args.shard else None
+    p = plan(wl, qemu_supported_devices(device_help()), shard)
+    from .guestimage import known_tools
+    guest = LinuxGuest(None, known_tools())
+    print(f"workload {wl.path} ({wl.sha256[:12]}): {len(p.runs)} cell runs in {len(p.groups)} boot groups, "
+          f"{len(p.skipped)} skipped; ETA {p.eta_s / 60:.1f} min")
+    for gi, g in enumerate(p.groups):
+        bk = g.boot_key
+        nic = NICS[bk.nic]
+        spec = MachineSpec(Path("<cache>/bzImage"), Path("<cache>/initramfs.cpio.gz"), nic.qemu_device, bk.queues,
+                           vcpus=bk.vcpus, memory_mib=bk.memory_mib,
+                           accel=bk.accel if bk.accel != "auto" else "tcg", ssh_port=0,
+                           ssh_pubkey_b64="<per-run-key>", serial_log=Path("<run>/serial/boot.log"),
+                           qmp_socket=Path("<state>/qmp.sock"),
+                           tap_fds=list(range(3, 3 + tap_queues(nic.qemu_device, bk.queues))))
+        print(f"\n== boot group {gi}: {bk.label} (accel {bk.accel}: auto probes KVM, else TCG)")
+        print("   qemu: " + shlex.join(build_argv(spec)))
+        print(f"   lock method: {lock_visibility_method(spec.accel)}")
+        for cr in g.runs:
+            c = cr.cell
+            ports = [5201 + i for i in range(c.procs)]
+            print(f"-- {cr.run_id}")
+            if nic.runtime_queue_change("linux"):
+                print("   " + guest.set_queues_command(c.queues))
+            script = guest.senders_script(ports, wl.machine.vcpus, PEER_DATA_IP, c.duration_s, c.warmup_s,
+                                          c.streams, c.proto, c.msg_size, c.udp_bitrate)
+            if args.verbose:
+                print("   snapshot: " + guest.snapshot_command())
+                if wl.lock_stats:
+                    print("   lock start:\n      " + guest.lock_start_script().replace("\n", "\n      "))
+            print("   " + script.replace("\n", "\n   "))
+    for sk in p.skipped:
+        print(f"skipped {sk.cell.cell_id}: {sk.reason}")
+    return 0
+
+
+def cmd_images(args) -> int:
+    from .guestimage import ImageBuildError, build_linux_deb
+    if args.image_cmd == "build":
+        if args.name != "linux-deb":
+            raise InputError("images build", "name", f"unknown image {args.name!r}; allowed: linux-deb")
+        for p in (args.kernel, args.modules):
+            if p is not None and not Path(p).exists():
+                raise InputError(str(p), "path", "file or directory does not exist")
+        try:
+            img = build_linux_deb(Path(args.kernel) if args.kernel else None,
+                                  Path(args.modules) if args.modules else None, force=args.force)
+        except ImageBuildError as e:
+            print(f"xmitbench: image build failed: {e}", file=sys.stderr)
+            return 1
+        print(f"{img.name} {img.key}: kernel {img.kernel} initrd {img.initrd} ({img.kernel_release})")
+        return 0
+    return 2
+
+
+def cmd_summary(args) -> int:
+    from .summary import render
+    render(Path(args.run_dir))
+    return 0
+
+
+def cmd_clean(args) -> int:
+    from .dataplane import clean_stale
+    removed = clean_stale()
+    print("removed: " + (", ".join(removed) if removed else "nothing stale"))
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from .guestimage import build_linux_deb
+    from .machine import probe_accel
+    img = build_linux_deb()
+    accel, reason = probe_accel(img.kernel, img.initrd, timeout=args.timeout)
+    print(f"{accel}: {reason}")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="xmitbench", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a workload and write a run dir")
+    r.add_argument("workload", nargs="?")
+    r.add_argument("--results", default=str(DEFAULT_RESULTS))
+    r.add_argument("--resume", metavar="RUN_DIR", help="re-run only the cells of RUN_DIR not yet ok")
+    r.add_argument("--shard", help="K/N: run part K of N (boot groups kept whole)")
+    r.set_defaults(fn=cmd_run)
+    p = sub.add_parser("plan", help="show cells, boot groups, QEMU argv and guest commands")
+    p.add_argument("workload")
+    p.add_argument("--shard")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print snapshot and tracing commands")
+    p.set_defaults(fn=cmd_plan)
+    im = sub.add_parser("images", help="guest images")
+    isub = im.add_subparsers(dest="image_cmd", required=True)
+    b = isub.add_parser("build")
+    b.add_argument("name", help="linux-deb")
+    b.add_argument("--kernel", help="a bzImage to use instead of Debian's (e.g. a LOCK_STAT build)")
+    b.add_argument("--modules", help="its /lib/modules/<release> directory")
+    b.add_argument("--force", action="store_true")
+    im.set_defaults(fn=cmd_images)
+    from .images_cli import register as register_image_commands
+    register_image_commands(isub)   # images list | fetch NAME | verify NAME
+    s = sub.add_parser("summary", help="print the summary table of a run dir")
+    s.add_argument("run_dir")
+    s.set_defaults(fn=cmd_summary)
+    c = sub.add_parser("clean", help="remove namespaces left by crashed runs")
+    c.set_defaults(fn=cmd_clean)
+    pr = sub.add_parser("probe", help="probe KVM by a short boot")
+    pr.add_argument("--timeout", type=float, default=20.0)
+    pr.set_defaults(fn=cmd_probe)
+    from .analysis.commands import register as register_analysis; register_analysis(sub)
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except InputError as e:
+        print(f"xmitbench: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""What a boot group boots: the built initramfs guest, or a catalog cloud image (checksummed
+base + per-run qcow2 overlay + NoCloud seed). An image that cannot be had is an
+`ImageUnavailable` with the reason, which the runner records as skipped cells."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .guestimage import DEFAULT_TOOLS, build_linux_deb
+
+# Guest egress: a cloud image installs iperf3 (and ethtool) from its package repositories on
+# first boot, so its management NIC cannot be `restrict=on`. The initramfs guest needs nothing.
+CLOUD_PACKAGES_NEED_EGRESS = True
+
+
+class ImageUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class BootImage:
+    name: str
+    os: str
+    kernel: Path | None = None       # direct kernel boot (the initramfs guest)
+    initrd: Path | None = None
+    disk: Path | None = None         # base image for a per-boot overlay (cloud images)
+    release: str = ""
+    user: str = "root"
+    tools: dict = field(default_factory=dict)
+    verified: bool = True
+    info: dict = field(default_factory=dict)   # for the manifest
+
+    @property
+    def is_cloud(self) -> bool:
+        return self.disk is not None
+
+
+def prepare_image(name: str, log=print, allow_unverified: bool = False) -> BootImage:
+    if name == "linux-deb":
+        img = build_linux_deb(log=log)
+        return BootImage(name, "linux", kernel=img.kernel, initrd=img.initrd, release=img.kernel_release,
+                         tools=img.manifest["tools"],
+                         info={"name": img.name, "key": img.key, "kernel_release": img.kernel_release,
+                               "kernel_source": img.manifest.get("kernel_source"),
+                               "bzImage_sha256": img.manifest.get("bzImage_sha256"),
+                               "initramfs_sha256": img.manifest.get("initramfs_sha256"),
+                               "build_s": img.manifest.get("build_s")})
+    from .catalog import ImageFetchError, fetch, load_catalog, read_marker, reachability
+    image = load_catalog().get(name)
+    if image.url and not read_marker(image):
+        reason = reachability(image)
+        if reason:
+            raise ImageUnavailable(reason)
+    try:
+        got = fetch(image, allow_unverified=allow_unverified)
+    except ImageFetchError as e:
+        raise ImageUnavailable(f"image {name}: {e}") from None
+    return BootImage(name, image.os, disk=got.path, release=image.release, user="root",
+                     tools=dict(DEFAULT_TOOLS) if image.os == "linux" else {},
+                     verified=got.verified,
+                     info={"name": name, "release": image.release, "source_url": got.source_url,
+                           "sha256": got.sha, "source_digest": got.source_digest, "verified": got.verified,
+                           "unverified_reason": got.reason, "kernel_release": None})
+
+
+def seed_for(image: BootImage, pubkey_line: str, dest: Path) -> Path:
+    """NoCloud seed ISO: root logs in with the per-run key; packages the guest needs."""
+    from .catalog import load_catalog
+    from .seed import cloud_config, make_seed_iso, metadata
+    cat = load_catalog().get(image.name)
+    cfg = cloud_config(cat.default_user, pubkey_line, os_name=image.os, root=True)
+    return make_seed_iso(dest, cfg, metadata(f"xmitbench-{dest.stem}", "xmitbench-guest"))

@@ -1,0 +1,184 @@
+"""FreeBSD guest driver: the same contract as the Linux driver, FreeBSD's own tools.
+
+Differences that live only here:
+- TX queue counts are loader tunables (vtnet `hw.vtnet.mq_max_pairs`/`mq_disable`; iflib
+  drivers `dev.<drv>.<unit>.iflib.override_ntxqs`/`override_nrxqs`/`override_qs_enable`), so
+  they are written to /boot/loader.conf and the guest is rebooted: `boot_config_script`.
+- Sender processes are pinned with `cpuset -l`.
+- Lock contention comes from lockstat(1) run beside the senders for the measured interval,
+  and vtnet buf_ring drops (no sysctl counts them) from a DTrace script on
+  `vtnet_txq_mq_start` returning ENOBUFS; both print into the sender output.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+
+from ..parsers import freebsd as F
+from ..parsers.iperf3 import parse_iperf3_json
+from ..samples import Sample
+from .linux import SECTION, split_sections
+
+DRIVER_PREFIX = {"virtio-net": "vtnet", "e1000e": "em", "vmxnet3": "vmx", "igb": "igb"}
+DEFAULT_TOOLS = {"iperf3": "/usr/local/bin/iperf3", "sysctl": "/sbin/sysctl", "netstat": "/usr/bin/netstat",
+                 "ifconfig": "/sbin/ifconfig", "cpuset": "/usr/bin/cpuset", "vmstat": "/usr/bin/vmstat",
+                 "lockstat": "/usr/sbin/lockstat", "dtrace": "/usr/sbin/dtrace"}
+
+
+def queue_tunables(nic: str, unit: int, queues: int) -> dict[str, str]:
+    """Loader tunables that give `queues` TX (and RX) queues to the data NIC."""
+    drv = DRIVER_PREFIX[nic]
+    if drv == "vtnet":
+        if queues == 1:
+            return {"hw.vtnet.mq_disable": "1"}
+        return {"hw.vtnet.mq_disable": "0", "hw.vtnet.mq_max_pairs": str(queues)}
+    base = f"dev.{drv}.{unit}.iflib"
+    return {f"{base}.override_qs_enable": "1", f"{base}.override_ntxqs": str(queues),
+            f"{base}.override_nrxqs": str(queues)}
+
+
+class FreeBSDGuest:
+    os_name = "freebsd"
+
+    def __init__(self, shell, tools: dict[str, str] | None = None, iface: str = "vtnet1"):
+        self.shell, self.tools, self.iface = shell, {**DEFAULT_TOOLS, **(tools or {})}, iface
+        self._lock_tracing_on = False
+        self._duration = 10
+
+    # -- pure command builders ------------------------------------------------------------
+    @property
+    def _drv_unit(self) -> tuple[str, int]:
+        m = re.match(r"([a-z]+)(\d+)$", self.iface)
+        return (m.group(1), int(m.group(2))) if m else (self.iface, 0)
+
+    def boot_config_script(self, nic: str, queues: int) -> str:
+        """Write the queue tunables to loader.conf (idempotent); the caller then reboots."""
+        _, unit = self._drv_unit
+        lines = [f'{k}="{v}"' for k, v in queue_tunables(nic, unit, queues).items()]
+        return ("sed -i '' '/# xmitbench$/d' /boot/loader.conf 2>/dev/null; "
+                + "; ".join(f"echo {shlex.quote(l + ' # xmitbench')} >> /boot/loader.conf" for l in lines))
+
+    def set_queues_command(self, queues: int) -> str:
+        return f"# loader tunables + reboot (see boot_config_script); then verify {queues} TX queues"
+
+    def snapshot_command(self, locks: bool = False) -> str:
+        t, i = self.tools, self.iface
+        drv, unit = self._drv_unit
+        parts = {
+            "netstat_i": f"{t['netstat']} --libxo json -i -d -b -I {i}",
+            "netstat_s": f"{t['netstat']} --libxo json -s -f inet",
+            "sysctl_dev": f"{t['sysctl']} dev.{drv}.{unit}",
+            "vmstat_i": f"{t['vmstat']} -ia",
+            "cp_times": f"{t['sysctl']} -n kern.cp_times",
+        }
+        return "; ".join(f"echo '{SECTION}{k}'; {v} 2>&1" for k, v in parts.items())
+
+    def senders_script(self, ports: list[int], vcpus: int, peer_ip: str, duration_s: int, warmup_s: int,
+                       streams: int, proto: str, msg_size: int, udp_bitrate: str = "0") -> str:
+        t = self.tools
+        lines = ["rm -rf /tmp/xb && mkdir -p /tmp/xb"]
+        if self._lock_tracing_on:
+            span = duration_s + warmup_s
+            # lockstat and the buf_ring probe cover the senders' lifetime; both end by themselves
+            lines.append(f"{t['lockstat']} -C -s 8 -D 30 sleep {span} > /tmp/xb/lockstat.txt 2>&1 &")
+            if self._drv_unit[0] == "vtnet":
+                script = F.vtnet_bufring_drops_d(span).replace("'", "'\\''")
+                lines.append(f"{t['dtrace']} -q -n '{script}' > /tmp/xb/dtrace_bufring.txt 2>&1 &")
+        for i, port in enumerate(ports):
+            args = [t["iperf3"], "-c", peer_ip, "-p", str(port), "-t", str(duration_s), "-O", str(warmup_s),
+                    "-P", str(streams), "-J", "--connect-timeout", "5000"]
+            if proto == "udp":
+                args += ["-u", "-b", udp_bitrate]
+            if msg_size:
+                args += ["-l", str(msg_size)]
+            lines.append(f"{t['cpuset']} -l {i % vcpus} {shlex.join(args)} > /tmp/xb/s{i}.json 2>&1 &")
+        lines.append("wait")
+        for i, _ in enumerate(ports):
+            lines.append(f"echo '{SECTION}iperf3_{i}'; cat /tmp/xb/s{i}.json")
+        if self._lock_tracing_on:
+            lines.append(f"echo '{SECTION}lockstat'; cat /tmp/xb/lockstat.txt")
+            lines.append(f"echo '{SECTION}dtrace_bufring'; cat /tmp/xb/dtrace_bufring.txt 2>/dev/null")
+        return "\n".join(lines)
+
+    def lock_start_script(self) -> str:
+        return "kldload -n dtraceall"
+
+    # -- actions ----------------------------------------------------------------------------
+    def run(self, cmd: str, timeout: float = 30.0, check: bool = True) -> str:
+        return self.shell.run(cmd, timeout=timeout, check=check)[1]
+
+    def setup_data_interface(self, mac: str, address: str) -> None:
+        out = self.run(f"{self.tools['ifconfig']} -a ether")
+        name = None
+        for block in re.split(r"\n(?=\S)", out):
+            if mac.lower() in block.lower():
+                name = block.split(":", 1)[0]
+        if name is None:
+            raise RuntimeError(f"no interface with MAC {mac}")
+        self.iface = name
+        self.run(f"{self.tools['ifconfig']} {name} inet {address} up")
+
+    def kernel_release(self) -> str:
+        return self.run("uname -r").strip()
+
+    def nic_driver(self) -> str:
+        return self._drv_unit[0]
+
+    def tx_queue_count(self) -> int:
+        drv, unit = self._drv_unit
+        out = self.run(f"{self.tools['sysctl']} -N dev.{drv}.{unit}", check=False)
+        found = {int(m.group(1)) for m in re.finditer(r"\.txq(\d+)\.", out)}
+        return len(found) or 1
+
+    def set_queues(self, queues: int) -> None:
+        got = self.tx_queue_count()
+        if got != queues:
+            raise RuntimeError(f"{self.iface} has {got} TX queues; FreeBSD sets them by loader tunable at boot")
+
+    def snapshot(self) -> dict[str, str]:
+        return split_sections(self.run(self.snapshot_command()))
+
+    def lock_stats_enable(self) -> None:
+        self.run(self.lock_start_script(), check=False)
+        self._lock_tracing_on = True
+
+    def run_senders(self, script: str, timeout: float) -> dict[str, str]:
+        return split_sections(self.run(script, timeout=timeout))
+
+    # -- pure parsing -------------------------------------------------------------------------
+    def parse_snapshot(self, raw: dict[str, str], driver: str | None = None) -> list[Sample]:
+        out: list[Sample] = []
+        if raw.get("netstat_i", "").strip():
+            out += F.parse_netstat_interface_json(raw["netstat_i"], self.iface)
+        if raw.get("netstat_s", "").strip():
+            out += F.parse_netstat_stats_json(raw["netstat_s"])
+        out += F.parse_sysctl(raw.get("sysctl_dev", ""))
+        out += F.parse_vmstat_i(raw.get("vmstat_i", ""))
+        out += F.parse_cp_times(raw.get("cp_times", ""))
+        return out
+
+    @staticmethod
+    def parse_locks(before: dict[str, str], after: dict[str, str], method: str, senders: dict[str, str] | None = None):
+        text = (senders or {}).get("lockstat", "")
+        return F.lockstat_to_lock_records(F.parse_lockstat(text)) if text.strip() else []
+
+    @staticmethod
+    def interval_samples(senders: dict[str, str]) -> tuple[list[Sample], str | None]:
+        """Samples measured over the interval itself (not before/after deltas): buf_ring drops."""
+        text = senders.get("dtrace_bufring", "")
+        return F.parse_dtrace_bufring_drops(text) if text.strip() else ([], None)
+
+    @staticmethod
+    def parse_senders(raw: dict[str, str]):
+        return [parse_iperf3_json(raw[k]) for k in sorted(raw) if k.startswith("iperf3_")]
+
+    @staticmethod
+    def tx_counters(samples: list[Sample]) -> tuple[dict[int, float], dict[int, float], float, float]:
+        """(per-queue packets, per-queue bytes, total packets, total bytes) the NIC sent."""
+        pq_p = {s.queue: s.value for s in samples if s.source.startswith("sysctl") and s.metric == "tx_packets"
+                and s.queue is not None}
+        pq_b = {s.queue: s.value for s in samples if s.source.startswith("sysctl") and s.metric == "tx_bytes"
+                and s.queue is not None}
+        tot_p = sum(s.value for s in samples if s.source.startswith("netstat -i") and s.metric == "tx_packets")
+        tot_b = sum(s.value for s in samples if s.source.startswith("netstat -i") and s.metric == "tx_bytes")
+        return pq_p, pq_b, tot_p, tot_b
