@@ -24,8 +24,9 @@ from . import __version__
 from .dataplane import DataPlane, clean_stale
 from .faults import Injector, scan_serial
 from .guestimage import GuestImage, build_linux_deb
-from .guests.linux import LinuxGuest
-from .machine import (PEER_DATA_IP, QEMU, Machine, MachineSpec, build_argv, device_help, free_port,
+from .bootimage import CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, prepare_image, seed_for
+from .guests import driver_class
+from .machine import (DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, QEMU, Machine, MachineSpec, build_argv, device_help, free_port,
                       lock_visibility_method, probe_accel, qemu_version, tap_queues)
 from .nics import NICS, qemu_supported_devices
 from .plan import Plan, plan as make_plan
@@ -36,6 +37,7 @@ from .validity import app_bytes_total, conservation, queue_spread, sender_satura
 
 BASE_PORT = 5201
 BOOT_TIMEOUT_S = 120.0
+CLOUD_BOOT_TIMEOUT_S = float(os.environ.get("XMITBENCH_CLOUD_BOOT_TIMEOUT_S", 600.0))  # TCG is slow
 SSH_TIMEOUT_S = float(os.environ.get("XMITBENCH_SSH_TIMEOUT_S", 30.0))
 TCG_WARNING = ("accel=tcg: QEMU is emulating the CPU in software. Throughput and lock waits are "
                "NOT kernel results; use them only to check that the harness and counters work.")
@@ -64,14 +66,22 @@ class Runner:
     def run(self) -> RunDir:
         t_run = time.monotonic()
         wl = self.workload
-        if self.image is None:
-            t0 = time.monotonic()
-            self.image = build_linux_deb(log=self.log)
-            self.timings["image"] = time.monotonic() - t0
         supported = qemu_supported_devices(device_help())
         self.plan: Plan = make_plan(wl, supported, self.shard)
         if self.on_plan:
             self.on_plan(self.plan)
+        t0 = time.monotonic()
+        if self.image is None:
+            # always built: it is the KVM probe's kernel, and the default guest
+            self.image = build_linux_deb(log=self.log)
+        self.images: dict[str, BootImage | ImageUnavailable] = {}
+        for name in dict.fromkeys(c.image for c in self.workload_cells()):
+            try:
+                self.images[name] = prepare_image(name, log=self.log)
+            except ImageUnavailable as e:
+                self.images[name] = e
+                self.log(f"image {name}: {e}; its cells are recorded as skipped")
+        self.timings["image"] = time.monotonic() - t0
         t0 = time.monotonic()
         if wl.machine.accel == "auto":
             self.accel, accel_reason = probe_accel(self.image.kernel, self.image.initrd)
@@ -95,7 +105,7 @@ class Runner:
             "tool": {"name": "xmitbench", "version": __version__, "git_revision": git_revision(REPO)},
             "command_line": sys.argv,
             "workload": {"path": str(wl.path), "sha256": wl.sha256, "name": wl.name,
-                         "text": Path(wl.path).read_text()},
+                         "text": previous["workload"]["text"] if previous else Path(wl.path).read_text()},
             "shard": list(self.shard) if self.shard else None,
             "host": host_info(),
             "qemu": {"binary": shutil.which(QEMU) or QEMU, "version": qemu_version()},
@@ -107,6 +117,8 @@ class Runner:
                             "bzImage_sha256": self.image.manifest.get("bzImage_sha256"),
                             "initramfs_sha256": self.image.manifest.get("initramfs_sha256"),
                             "build_s": self.image.manifest.get("build_s")},
+            "images": {n: (i.info if isinstance(i, BootImage) else {"unavailable": str(i)})
+                       for n, i in self.images.items()},
             "lock_method": lock_visibility_method(self.accel),
             "plan": {"groups": [g.boot_key.label for g in self.plan.groups],
                      "cell_runs": len(self.plan.runs), "skipped": len(self.plan.skipped),
@@ -130,6 +142,15 @@ class Runner:
             self.dp.create()
             self.key = make_key(self.key_dir)
             for gi, group in enumerate(self.plan.groups):
+                image = self.images.get(group.boot_key.image)
+                if isinstance(image, ImageUnavailable):
+                    for cr in group.runs:
+                        if (cr.cell.cell_id, cr.rep) not in self.done:
+                            rd.add(cell=self._cell_row(cr.cell, cr.rep, "skipped", str(image), gi))
+                            if self.progress:
+                                self.progress(cr)
+                    rd.flush()
+                    continue
                 measured += self._run_group(gi, group)
         except KeyboardInterrupt:
             rd.manifest["interrupted"] = True
@@ -144,6 +165,9 @@ class Runner:
             rd.manifest["complete"] = not rd.manifest.get("interrupted", False)
             rd.flush()
         return rd
+
+    def workload_cells(self):
+        return [cr.cell for cr in self.plan.runs] + [sk.cell for sk in self.plan.skipped]
 
     def _load_progress(self) -> None:
         """Resume: cells already ok (or recorded as skipped) are not run again; attempts go on
@@ -172,19 +196,27 @@ class Runner:
     def _boot(self, gi: int, group, boot_no: int, cr, attempt: int):
         bk = group.boot_key
         nic = NICS[bk.nic]
+        image: BootImage = self.images[bk.image]
         t0 = time.monotonic()
         tapname = "xbt" + hashlib.sha1(f"{self.rd.run_id}-{boot_no}".encode()).hexdigest()[:8]
         fds = self.dp.open_tap(tapname, tap_queues(nic.qemu_device, bk.queues))
-        serial = self.rd.path / "serial" / f"boot{boot_no:02d}-{bk.nic}.log"
-        qmp_dir = self.key_dir / "qmp"
-        qmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        spec = MachineSpec(self.image.kernel, self.image.initrd, nic.qemu_device, bk.queues,
+        serial = self.rd.path / "serial" / f"boot{boot_no:02d}-{bk.image}-{bk.nic}.log"
+        state = self.key_dir / f"boot{boot_no}"
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        disk = seed = None
+        if image.is_cloud:
+            from .catalog import make_overlay
+            disk = make_overlay(image.disk, state)       # the cached base is never written
+            seed = seed_for(image, self.key.public_line, state / "seed.iso")
+        spec = MachineSpec(image.kernel, image.initrd, nic.qemu_device, bk.queues,
                            vcpus=bk.vcpus, memory_mib=bk.memory_mib, accel=self.accel,
                            ssh_port=free_port(), ssh_pubkey_b64=self.key.public_b64,
-                           serial_log=serial, qmp_socket=qmp_dir / f"boot{boot_no}.sock", tap_fds=fds,
-                           extra_cmdline="xb.nossh=1" if self.injector.wants("no-ssh", cr.run_id, attempt) else "")
+                           serial_log=serial, qmp_socket=state / "qmp.sock", tap_fds=fds,
+                           extra_cmdline="xb.nossh=1" if self.injector.wants("no-ssh", cr.run_id, attempt) else "",
+                           disk=disk, seed_iso=seed, guest_egress=image.is_cloud and CLOUD_PACKAGES_NEED_EGRESS)
         m = self._last_machine = Machine(spec)
-        boot = {"boot": boot_no, "group": bk.label, "argv": m.argv, "serial_log": str(serial.relative_to(self.rd.path))}
+        boot = {"boot": boot_no, "group": bk.label, "image": bk.image, "argv": m.argv,
+                "serial_log": str(serial.relative_to(self.rd.path)), "guest_egress": spec.guest_egress}
         self.rd.manifest["boots"].append(boot)
         try:
             m.start()
@@ -193,16 +225,27 @@ class Runner:
                 os.close(fd)
         boot["qemu_pid"] = m.pid
         try:
-            m.wait_serial("xmitbench: ready", BOOT_TIMEOUT_S)
+            if not image.is_cloud:
+                m.wait_serial("xmitbench: ready", BOOT_TIMEOUT_S)
             shell = GuestShell(spec.ssh_port, self.key)
-            shell.connect(timeout=SSH_TIMEOUT_S)
+            shell.connect(timeout=SSH_TIMEOUT_S if not image.is_cloud else CLOUD_BOOT_TIMEOUT_S)
+            guest = driver_class(bk.os)(shell, image.tools)
+            guest.setup_data_interface(DATA_MAC, f"{GUEST_DATA_IP}/{DATA_PREFIX}")
+            script = guest.boot_config_script(bk.nic, bk.queues)
+            if script:  # FreeBSD: queue counts are loader tunables, applied by a reboot
+                guest.run(script)
+                shell.run_detached("shutdown -r now")
+                shell.close()
+                time.sleep(5)
+                shell.connect(timeout=CLOUD_BOOT_TIMEOUT_S)
+                guest.setup_data_interface(DATA_MAC, f"{GUEST_DATA_IP}/{DATA_PREFIX}")
+                boot["rebooted_for"] = script
         except BaseException:
             boot["error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
             m.stop()
             raise
         boot["boot_to_ssh_s"] = round(time.monotonic() - t0, 2)
         boot["ssh_host_key"] = shell.host_key_fingerprint
-        guest = LinuxGuest(shell, self.image.manifest["tools"])
         boot["kernel"] = guest.kernel_release()
         boot["driver"] = guest.nic_driver()
         boot["tx_queues_at_boot"] = guest.tx_queue_count()
@@ -304,12 +347,12 @@ class Runner:
         self.rd.flush()
 
     # -- one cell ----------------------------------------------------------------------
-    def _run_cell(self, cr, attempt: int, m: Machine, guest: LinuxGuest, boot: dict, gi: int) -> float:
+    def _run_cell(self, cr, attempt: int, m: Machine, guest, boot: dict, gi: int) -> float:
         cell, rep, wl = cr.cell, cr.rep, self.workload
         rd = self.rd
         t0 = time.monotonic()
         nic = NICS[cell.nic]
-        if nic.runtime_queue_change("linux"):
+        if nic.runtime_queue_change(cell.os):
             guest.set_queues(cell.queues)
         elif guest.tx_queue_count() != cell.queues:
             raise CellFailure(f"{boot['driver']} has {guest.tx_queue_count()} TX queues and cannot change "
@@ -347,14 +390,16 @@ class Runner:
             "# lock statistics (installed once per boot, read by the snapshots)", guest.lock_start_script(),
             "# senders", script]) + "\n")
 
-        results = LinuxGuest.parse_senders(senders)
+        results = guest.parse_senders(senders)
         errors = [r.error for r in results if r.error]
         missing = cell.procs - len(results)
         if errors or missing:
             raise CellFailure("iperf3 failed: " + "; ".join(errors or [f"{missing} sender(s) gave no JSON"]))
 
         driver = boot["driver"]
-        samples = delta(LinuxGuest.parse_snapshot(before, driver), LinuxGuest.parse_snapshot(after, driver))
+        samples = delta(guest.parse_snapshot(before, driver), guest.parse_snapshot(after, driver))
+        interval, interval_note = guest.interval_samples(senders)   # measured over the interval itself
+        samples += interval
         ctx = self._ctx(cell, rep, boot)
         rows = [{**ctx, "queue": s.queue, "cpu": s.cpu, "metric": s.metric, "value": s.value, "unit": s.unit,
                  "source": s.source, "native_name": s.native_name} for s in samples]
@@ -380,7 +425,7 @@ class Runner:
         lock_rows = []
         if wl.lock_stats:
             method = self.rd.manifest["lock_method"]
-            for rec in LinuxGuest.parse_locks(before, after, method):
+            for rec in guest.parse_locks(before, after, method, senders):
                 lock_rows.append({**{k: ctx[k] for k in ("cell", "rep", "os", "kernel", "nic", "queues",
                                                          "procs", "accel")},
                                   "lock": rec.lock, "caller": rec.caller, "kind": rec.kind,
@@ -393,7 +438,9 @@ class Runner:
                          "value": float(sum(r["contentions"] for r in lock_rows)), "unit": "count",
                          "source": "lock:contention hist", "native_name": "xb_lock_wait.hitcount"})
 
-        validity = self._validity(cell, samples, senders, results)
+        validity = self._validity(cell, samples, senders, results, guest)
+        if interval_note:
+            validity["interval_probe"] = interval_note
         rd.add(metrics=rows, locks=lock_rows,
                cell=self._cell_row(cell, rep, "ok", "", gi, attempt=attempt, kernel=boot["kernel"], driver=driver,
                                    started=started, wall_s=time.monotonic() - t0, measured_s=measured,
@@ -403,19 +450,12 @@ class Runner:
         self.timings["collect"] += time.monotonic() - t1
         return measured
 
-    def _validity(self, cell, samples, senders, results) -> dict:
-        per_q_bytes = defaultdict(float)
-        per_q_pkts = defaultdict(float)
-        for s in samples:
-            if s.source == "ethtool -S" and s.queue is not None and s.metric == "tx_bytes":
-                per_q_bytes[s.queue] += s.value
-            if s.source == "ethtool -S" and s.queue is not None and s.metric == "tx_packets":
-                per_q_pkts[s.queue] += s.value
+    def _validity(self, cell, samples, senders, results, guest) -> dict:
+        per_q_pkts, per_q_bytes, tot_pkts, tot_bytes = guest.tx_counters(samples)
         nic_bytes = sum(per_q_bytes.values())
         nic_pkts = sum(per_q_pkts.values())
         if not per_q_bytes:  # drivers without per-queue counters: interface totals
-            nic_bytes = sum(s.value for s in samples if s.source == "ip -s -j link" and s.metric == "tx_bytes")
-            nic_pkts = sum(s.value for s in samples if s.source == "ip -s -j link" and s.metric == "tx_packets")
+            nic_bytes, nic_pkts = tot_bytes, tot_pkts
         app = sum(app_bytes_total(senders[k]) for k in sorted(senders) if k.startswith("iperf3_"))
         busy = _cpu_busy_share(samples)
         v = {"conservation": conservation(app, nic_bytes, nic_pkts, cell.proto),
@@ -427,7 +467,7 @@ class Runner:
         return v
 
     def _ctx(self, cell, rep, boot) -> dict:
-        return {"cell": cell.cell_id, "rep": rep, "os": "linux", "kernel": boot["kernel"], "nic": cell.nic,
+        return {"cell": cell.cell_id, "rep": rep, "os": cell.os, "kernel": boot["kernel"], "nic": cell.nic,
                 "driver": boot["driver"], "queues": cell.queues, "streams": cell.streams, "procs": cell.procs,
                 "proto": cell.proto, "msg_size": cell.msg_size, "accel": self.accel}
 
@@ -445,7 +485,7 @@ class Runner:
 def _cpu_busy_share(samples) -> dict[int, float]:
     by_cpu: dict[int, dict[str, float]] = defaultdict(dict)
     for s in samples:
-        if s.source == "/proc/stat" and s.queue is not None:
+        if s.source in ("/proc/stat", "kern.cp_times") and s.queue is not None:
             by_cpu[s.queue][s.metric] = s.value
     out = {}
     for cpu, modes in by_cpu.items():

@@ -14,6 +14,7 @@ the first run dir, atomically.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import math
@@ -134,6 +135,10 @@ def header(runs: Runs) -> None:
     b = tcg_banner_html(runs)
     if b:
         _html(b)
+    ok = runs.wide()
+    if ok.empty:
+        note(f"No cell with status ok in {len(runs.manifests)} run(s): nothing to plot. "
+             "The validity table (tx_races) lists why cells failed or were skipped.")
     if id(runs) in _HEADER_SHOWN:     # the report runs four notebooks in one kernel: list runs once
         return
     _HEADER_SHOWN.add(id(runs))
@@ -243,6 +248,22 @@ def _all_zero_note(ax, *values) -> None:
                 fontsize=13, color="#555", bbox={"facecolor": "white", "edgecolor": "#999"})
 
 
+def _needs_ok_cells(empty):
+    """Decorator: with no cell of status ok (all failed/skipped) return ``empty()`` instead of
+    plotting or tabulating nothing; the header already says why."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(runs, *a, **kw):
+            if runs.wide().empty:
+                return empty()
+            return fn(runs, *a, **kw)
+        return inner
+    return wrap
+
+
+_NONE = lambda: None  # noqa: E731
+_EMPTY = pd.DataFrame
+
 # ---------------------------------------------------------------------------------------
 # Summaries
 # ---------------------------------------------------------------------------------------
@@ -282,6 +303,7 @@ def summary(w: pd.DataFrame, metric: str, by: Sequence[str] | None = None,
     return out
 
 
+@_needs_ok_cells(_EMPTY)
 def summary_table(runs: Runs, metrics: Sequence[str], by: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per cell configuration, ``median [lo, hi] (n)`` per metric."""
     w = runs.wide()
@@ -319,6 +341,8 @@ def bar_by_cell(w: pd.DataFrame, metric: str, title: str, ylabel: str, scale: fl
                 ax=None, by: Sequence[str] | None = None, color: str = "C0", points: bool = False):
     """Bars (or ``points``, for an axis that should not start at 0) of the median per cell
     configuration with 95% bootstrap CI whiskers."""
+    if w.empty or w[metric].isna().all():
+        return None
     fig = None
     if ax is None:
         fig, ax = _new_fig()
@@ -348,6 +372,7 @@ def series_cols(w: pd.DataFrame) -> list[str]:
             if c in ("nic", "queues") or c in varying(w, ["workload", "os", "kernel", "streams", "proto", "msg_size"])]
 
 
+@_needs_ok_cells(_NONE)
 def fig_throughput_vs_senders(runs: Runs):
     w = runs.wide()
     fig, ax = _new_fig()
@@ -365,6 +390,7 @@ def fig_throughput_vs_senders(runs: Runs):
     return fig
 
 
+@_needs_ok_cells(_EMPTY)
 def scaling_table(runs: Runs) -> pd.DataFrame:
     """Multi-queue throughput / (queues x single-queue throughput), medians, per config."""
     w = runs.wide()
@@ -379,6 +405,7 @@ def scaling_table(runs: Runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@_needs_ok_cells(_NONE)
 def fig_scaling(runs: Runs):
     t = scaling_table(runs)
     t = t[t.efficiency.notna()] if len(t) else t
@@ -400,6 +427,7 @@ def fig_scaling(runs: Runs):
     return fig
 
 
+@_needs_ok_cells(_EMPTY)
 def usl_table(runs: Runs) -> pd.DataFrame:
     w = runs.wide()
     rows = []
@@ -412,6 +440,7 @@ def usl_table(runs: Runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@_needs_ok_cells(_NONE)
 def fig_usl(runs: Runs, table: pd.DataFrame | None = None):
     t = usl_table(runs) if table is None else table
     t = t[t.fit] if len(t) else t
@@ -438,6 +467,7 @@ def fig_usl(runs: Runs, table: pd.DataFrame | None = None):
     return fig
 
 
+@_needs_ok_cells(_EMPTY)
 def kernel_ab(runs: Runs, metric: str = "throughput_bps", threshold: float = 0.05) -> pd.DataFrame:
     """Every (os, kernel) against the first one, cell by cell (matching nic/queues/procs/...)."""
     from .compare import compare_frames
@@ -464,6 +494,7 @@ RACE_RATES = [("requeues_per_mpkt", "qdisc requeues"), ("drops_per_mpkt", "drops
               ("restarts_per_mpkt", "TX queue restarts"), ("ring_stalls_per_mpkt", "TX ring full")]
 
 
+@_needs_ok_cells(_NONE)
 def fig_race_rates(runs: Runs):
     w = runs.wide()
     rates = [(m, lb) for m, lb in RACE_RATES if w[m].notna().any()]
@@ -489,6 +520,7 @@ def fig_race_rates(runs: Runs):
     return fig
 
 
+@_needs_ok_cells(_NONE)
 def fig_queue_share(runs: Runs):
     qt = queue_table(runs.metrics)
     w = runs.wide()
@@ -520,6 +552,7 @@ def fig_queue_share(runs: Runs):
     return fig
 
 
+@_needs_ok_cells(_NONE)
 def fig_fairness(runs: Runs):
     w = runs.wide()
     w = w[w.n_senders > 1]
@@ -535,6 +568,7 @@ def fig_fairness(runs: Runs):
     return fig
 
 
+@_needs_ok_cells(_NONE)
 def fig_conservation(runs: Runs):
     w = runs.wide()
     if w.conservation_ratio.isna().all():
@@ -557,6 +591,7 @@ def fig_conservation(runs: Runs):
     return fig
 
 
+@_needs_ok_cells(_EMPTY)
 def race_table(runs: Runs) -> pd.DataFrame:
     return summary_table(runs, ["requeues_per_mpkt", "drops_per_mpkt", "restarts_per_mpkt", "ring_stalls_per_mpkt",
                                 "jain", "conservation_ratio"])
@@ -580,6 +615,7 @@ def validity_table(runs: Runs) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 # lock_contention
 # ---------------------------------------------------------------------------------------
+@_needs_ok_cells(_EMPTY)
 def lock_summary(runs: Runs, top: int = 12) -> pd.DataFrame:
     """Per (lock, caller, kind): total contentions and wait over all cells, mean per cell-rep."""
     lk = runs.locks
@@ -598,6 +634,7 @@ def lock_summary(runs: Runs, top: int = 12) -> pd.DataFrame:
     return g.sort_values("wait_ms_total", ascending=False).head(top).reset_index(drop=True)
 
 
+@_needs_ok_cells(_NONE)
 def fig_lock_top(runs: Runs, top: int = 10):
     t = lock_summary(runs, top)
     if t.empty:
@@ -619,6 +656,7 @@ def _short(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
+@_needs_ok_cells(_NONE)
 def fig_lock_wait_per_pkt(runs: Runs):
     w = runs.wide()
     if w.lock_wait_ns_per_pkt.isna().all():
@@ -627,6 +665,7 @@ def fig_lock_wait_per_pkt(runs: Runs):
                        "lock wait per TX packet [ns/packet]", color="C3")
 
 
+@_needs_ok_cells(_NONE)
 def fig_contentions_vs_senders(runs: Runs):
     w = runs.wide()
     if w.lock_contentions.isna().all():
@@ -647,6 +686,7 @@ def fig_contentions_vs_senders(runs: Runs):
     return fig
 
 
+@_needs_ok_cells(_EMPTY)
 def lock_cell_table(runs: Runs, top_per_cell: int = 3) -> pd.DataFrame:
     lk = runs.locks
     if lk.empty:
@@ -671,6 +711,7 @@ def lock_methods(runs: Runs) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # nightly
 # ---------------------------------------------------------------------------------------
+@_needs_ok_cells(_EMPTY)
 def history(runs: Runs, metric: str) -> pd.DataFrame:
     """Per (run, cell config): median and CI of ``metric``, with the run's start time."""
     w = runs.wide()
@@ -682,6 +723,7 @@ def history(runs: Runs, metric: str) -> pd.DataFrame:
     return s
 
 
+@_needs_ok_cells(_NONE)
 def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float = 1.0):
     if len(runs.manifests) < 2:
         return None
@@ -711,6 +753,7 @@ def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float =
     return fig
 
 
+@_needs_ok_cells(lambda: ("no cell with status ok", pd.DataFrame()))
 def latest_vs_previous(runs: Runs, metrics: Sequence[str] = ("throughput_bps",), window: int = 5,
                        threshold: float = 0.05) -> tuple[str, pd.DataFrame]:
     """The newest run against the repetitions pooled from up to ``window`` earlier runs of
