@@ -487,6 +487,30 @@ def kernel_ab(runs: Runs, metric: str = "throughput_bps", threshold: float = 0.0
     return pd.concat(out, ignore_index=True)
 
 
+def ab_display(t: pd.DataFrame) -> pd.DataFrame:
+    """A compare table made readable: n as base/cand, delta with its CI in one column."""
+    if t is None or t.empty:
+        return pd.DataFrame()
+
+    def num(v):
+        return "-" if pd.isna(v) else f"{v:.4g}"
+
+    def pct(v):
+        return "-" if pd.isna(v) else f"{v:+.1f}%"
+    out = pd.DataFrame({
+        **{c: t[c] for c in ("baseline", "candidate") if c in t},
+        "cell": t.cell, "metric": [f"{m} [{u}]" for m, u in zip(t.metric, t.unit)],
+        "n base/cand": [f"{a}/{b}" for a, b in zip(t.n_base, t.n_cand)],
+        "base median": t.base_median.map(num), "cand median": t.cand_median.map(num),
+        "delta [95% CI]": [pct(d) + ("" if pd.isna(lo) else f" [{pct(lo)}, {pct(hi)}]")
+                           for d, lo, hi in zip(t.delta_pct, t.delta_ci_lo_pct, t.delta_ci_hi_pct)],
+        "test": t.test, "p": t.p_value.map(lambda v: "-" if pd.isna(v) else f"{v:.3g}"),
+        "Cliff's delta": t.cliffs_delta.map(lambda v: "-" if pd.isna(v) else f"{v:+.2f}"),
+        "verdict": t.verdict,
+    })
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # tx_races
 # ---------------------------------------------------------------------------------------
@@ -508,7 +532,7 @@ def fig_race_rates(runs: Runs):
     for i, (m, lb) in enumerate(rates):
         s = summary(w, m)
         allv += s["median"].tolist() + s["ci_hi"].tolist()
-        ax.bar(x + (i - (len(rates) - 1) / 2) * width, s["median"].fillna(0), width, yerr=_errbars(s),
+        ax.bar(x + (i - (len(rates) - 1) / 2) * width, s["median"], width, yerr=_errbars(s),
                capsize=3, label=lb, color=f"C{i}")
     lc0 = [c for c in s0.columns if c in CELL_COLS]
     ax.set_xticks(x, [f"{_label(r, lc0, multiline=True)}\n(n={r.n})" for _, r in s0.iterrows()], fontsize=8)

@@ -147,14 +147,13 @@ class FreeBSDGuest:
 
     # -- pure parsing -------------------------------------------------------------------------
     def parse_snapshot(self, raw: dict[str, str], driver: str | None = None) -> list[Sample]:
+        parsers = {"netstat_i": lambda t: F.parse_netstat_interface_json(t, self.iface),
+                   "netstat_s": F.parse_netstat_stats_json, "sysctl_dev": F.parse_sysctl,
+                   "vmstat_i": F.parse_vmstat_i, "cp_times": F.parse_cp_times}
         out: list[Sample] = []
-        if raw.get("netstat_i", "").strip():
-            out += F.parse_netstat_interface_json(raw["netstat_i"], self.iface)
-        if raw.get("netstat_s", "").strip():
-            out += F.parse_netstat_stats_json(raw["netstat_s"])
-        out += F.parse_sysctl(raw.get("sysctl_dev", ""))
-        out += F.parse_vmstat_i(raw.get("vmstat_i", ""))
-        out += F.parse_cp_times(raw.get("cp_times", ""))
+        for name, parse in parsers.items():
+            if raw.get(name, "").strip():   # a section the snapshot did not capture adds nothing
+                out += parse(raw[name])
         return out
 
     @staticmethod

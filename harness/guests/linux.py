@@ -127,13 +127,14 @@ class LinuxGuest:
     # -- pure parsing ----------------------------------------------------------------
     @staticmethod
     def parse_snapshot(raw: dict[str, str], driver: str | None = None) -> list[Sample]:
+        parsers = {"ethtool_S": lambda t: P.parse_ethtool_stats(t, driver=driver),
+                   "tc_qdisc": P.parse_tc_qdisc_json, "ip_link": P.parse_ip_link_json,
+                   "softnet_stat": P.parse_softnet_stat, "interrupts": P.parse_proc_interrupts,
+                   "proc_stat": P.parse_proc_stat_cpu}
         out: list[Sample] = []
-        out += P.parse_ethtool_stats(raw.get("ethtool_S", ""), driver=driver)
-        out += P.parse_tc_qdisc_json(raw.get("tc_qdisc", "[]"))
-        out += P.parse_ip_link_json(raw.get("ip_link", "[]"))
-        out += P.parse_softnet_stat(raw.get("softnet_stat", ""))
-        out += P.parse_proc_interrupts(raw.get("interrupts", ""))
-        out += P.parse_proc_stat_cpu(raw.get("proc_stat", ""))
+        for name, parse in parsers.items():
+            if raw.get(name, "").strip():   # a section the snapshot did not capture adds nothing
+                out += parse(raw[name])
         return out
 
     @staticmethod

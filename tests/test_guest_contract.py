@@ -1,0 +1,115 @@
+"""The guest-driver contract: Linux and FreeBSD drivers answer the same questions the same
+way. Pure parts only (command builders and parsers on captured text); the Linux driver's
+actions are exercised against a real guest in the QEMU tests."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from harness.guests import driver_class
+from harness.guests.freebsd import FreeBSDGuest, queue_tunables
+from harness.guests.linux import SECTION, LinuxGuest, split_sections
+from harness.samples import delta
+
+FIX = Path(__file__).parent / "fixtures"
+IPERF = (FIX / "linux" / "guest" / "virtio_net_q2" / "iperf3_-J.tcp.json").read_text()
+
+
+def linux():
+    g = LinuxGuest(None, {"ip": "/bin/ip", "tc": "/sbin/tc", "ethtool": "/sbin/ethtool", "iperf3": "/usr/bin/iperf3"})
+    raw = lambda n: {"ethtool_S": (FIX / "linux/guest/virtio_net_q2" / n).read_text()}
+    return g, raw("ethtool_-S.before.txt"), raw("ethtool_-S.txt")
+
+
+def freebsd():
+    g = FreeBSDGuest(None, iface="vtnet0")
+    f = FIX / "freebsd"
+    raw = lambda w: {"sysctl_dev": (f / f"sysctl_dev.vtnet.0.{w}.txt").read_text(),
+                     "netstat_i": (f / f"netstat_--libxo_json_-i_-d_-b_-I_vtnet0.{w}.json").read_text()}
+    return g, raw("before"), raw("after")
+
+
+DRIVERS = {"linux": linux, "freebsd": freebsd}
+PIN = {"linux": r"taskset -c (\d+) ", "freebsd": r"cpuset -l (\d+) "}
+
+
+@pytest.mark.parametrize("os_name", DRIVERS)
+def test_driver_class_by_os(os_name):
+    assert driver_class(os_name).os_name == os_name
+
+
+@pytest.mark.parametrize("os_name", DRIVERS)
+def test_senders_are_pinned_processes_one_port_each(os_name):
+    g, _, _ = DRIVERS[os_name]()
+    script = g.senders_script([5201, 5202, 5203], 2, "198.18.0.1", 10, 1, 2, "udp", 64, "0")
+    senders = [l for l in script.splitlines() if "iperf3" in l and " -c " in l]
+    assert len(senders) == 3
+    assert [int(re.search(PIN[os_name], l).group(1)) for l in senders] == [0, 1, 0]
+    for port, line in zip((5201, 5202, 5203), senders):
+        assert f"-p {port}" in line and "-c 198.18.0.1" in line and "-u -b 0" in line and "-l 64" in line
+        assert "-P 2" in line and "-t 10" in line and "-O 1" in line and line.endswith("&")
+    assert script.count(f"{SECTION}iperf3_") == 3
+
+
+@pytest.mark.parametrize("os_name", DRIVERS)
+def test_sender_output_parses(os_name):
+    g, _, _ = DRIVERS[os_name]()
+    raw = split_sections(f"{SECTION}iperf3_0\n{IPERF}\n{SECTION}iperf3_1\n{IPERF}\n")
+    res = g.parse_senders(raw)
+    assert len(res) == 2 and all(r.error is None and r.sent_bytes > 0 for r in res)
+
+
+@pytest.mark.parametrize("os_name", DRIVERS)
+def test_per_queue_tx_counters_from_snapshots(os_name):
+    g, before, after = DRIVERS[os_name]()
+    samples = delta(g.parse_snapshot(before), g.parse_snapshot(after))
+    per_q_pkts, per_q_bytes, _, _ = g.tx_counters(samples)
+    assert set(per_q_pkts) == {0, 1} and set(per_q_bytes) == {0, 1}
+    assert all(v > 0 for v in per_q_pkts.values()) and all(v > 0 for v in per_q_bytes.values())
+    for s in samples:      # every sample keeps the tool's own name beside the common one
+        assert s.source and s.native_name
+
+
+def test_freebsd_per_queue_values_are_deltas():
+    g, before, after = freebsd()
+    per_q_pkts, per_q_bytes, _, _ = g.tx_counters(delta(g.parse_snapshot(before), g.parse_snapshot(after)))
+    assert per_q_pkts == {0: 912741 - 1204, 1: 887203 - 311}
+    assert per_q_bytes == {0: 1378201866 - 161890, 1: 1332078646 - 40212}
+
+
+@pytest.mark.parametrize("os_name", DRIVERS)
+def test_lock_records_carry_the_method(os_name):
+    g, _, _ = DRIVERS[os_name]()
+    if os_name == "linux":
+        wait = (FIX / "linux/guest/e1000e/hist_xb_lock_wait.txt").read_text()
+        stack = (FIX / "linux/guest/e1000e/hist_contention_begin.txt").read_text()
+        recs = g.parse_locks({"lock_wait": "", "lock_stack": ""}, {"lock_wait": wait, "lock_stack": stack}, "m")
+        assert all(r.method == "m" for r in recs)
+    else:
+        recs = g.parse_locks({}, {}, "m", {"lockstat": (FIX / "freebsd/lockstat_sleep_10.txt").read_text()})
+        assert all(r.method.startswith("lockstat") for r in recs)
+    assert recs and all(r.contentions > 0 and r.wait_ns_total >= 0 for r in recs)
+
+
+def test_queue_changes_linux_at_run_time_freebsd_by_loader_tunable():
+    lg, _, _ = linux()
+    assert lg.boot_config_script("virtio-net", 2) is None
+    assert lg.set_queues_command(2) == "/sbin/ethtool -L xb0 combined 2"
+    fg, _, _ = freebsd()
+    script = fg.boot_config_script("virtio-net", 2)
+    assert 'hw.vtnet.mq_max_pairs=\\"2\\"' in script or 'hw.vtnet.mq_max_pairs="2"' in script
+    assert queue_tunables("virtio-net", 0, 1) == {"hw.vtnet.mq_disable": "1"}
+    assert queue_tunables("e1000e", 0, 2) == {"dev.em.0.iflib.override_qs_enable": "1",
+                                              "dev.em.0.iflib.override_ntxqs": "2",
+                                              "dev.em.0.iflib.override_nrxqs": "2"}
+
+
+def test_freebsd_lock_tracing_runs_beside_the_senders():
+    g, _, _ = freebsd()
+    g._lock_tracing_on = True
+    script = g.senders_script([5201], 2, "198.18.0.1", 10, 1, 1, "tcp", 0)
+    assert "lockstat -C -s 8 -D 30 sleep 11" in script
+    assert "fbt::vtnet_txq_mq_start:return" in script and "tick-11s" in script
+    assert f"{SECTION}lockstat" in script and f"{SECTION}dtrace_bufring" in script
