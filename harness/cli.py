@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
+GUEST_DATA_ADDR = "198.18.0.2/24"
 DEFAULT_RESULTS = Path(os.environ.get("XMITBENCH_RESULTS", REPO / "results"))
 
 
@@ -82,43 +83,58 @@ def cmd_run(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .guests.linux import LinuxGuest
-    from .machine import (PEER_DATA_IP, MachineSpec, build_argv, device_help, lock_visibility_method,
-                          tap_queues)
+    """Every cell in run order, grouped by boot, with the exact QEMU argv and guest commands.
+    Nothing is built, downloaded or started; paths that exist only at run time are <...>."""
+    from .guestimage import known_tools
+    from .guests import driver_class
+    from .machine import (DATA_MAC, PEER_DATA_IP, MachineSpec, build_argv, device_help,
+                          lock_visibility_method, tap_queues)
     from .nics import NICS, qemu_supported_devices
     from .plan import parse_shard, plan
     from .workload import load_workload
     wl = load_workload(args.workload)
     shard = parse_shard(args.shard) if args.shard else None
     p = plan(wl, qemu_supported_devices(device_help()), shard)
-    from .guestimage import known_tools
-    guest = LinuxGuest(None, known_tools())
     print(f"workload {wl.path} ({wl.sha256[:12]}): {len(p.runs)} cell runs in {len(p.groups)} boot groups, "
-          f"{len(p.skipped)} skipped; ETA {p.eta_s / 60:.1f} min")
+          f"{len(p.skipped)} skipped; ETA {p.eta_s / 60:.1f} min (plus image downloads)")
     for gi, g in enumerate(p.groups):
         bk = g.boot_key
         nic = NICS[bk.nic]
-        spec = MachineSpec(Path("<cache>/bzImage"), Path("<cache>/initramfs.cpio.gz"), nic.qemu_device, bk.queues,
-                           vcpus=bk.vcpus, memory_mib=bk.memory_mib,
-                           accel=bk.accel if bk.accel != "auto" else "tcg", ssh_port=0,
+        cloud = bk.image != "linux-deb"
+        accel = bk.accel if bk.accel != "auto" else "tcg"
+        spec = MachineSpec(None if cloud else Path("<cache>/bzImage"),
+                           None if cloud else Path("<cache>/initramfs.cpio.gz"), nic.qemu_device, bk.queues,
+                           vcpus=bk.vcpus, memory_mib=bk.memory_mib, accel=accel, ssh_port=0,
                            ssh_pubkey_b64="<per-run-key>", serial_log=Path("<run>/serial/boot.log"),
                            qmp_socket=Path("<state>/qmp.sock"),
-                           tap_fds=list(range(3, 3 + tap_queues(nic.qemu_device, bk.queues))))
-        print(f"\n== boot group {gi}: {bk.label} (accel {bk.accel}: auto probes KVM, else TCG)")
+                           tap_fds=list(range(3, 3 + tap_queues(nic.qemu_device, bk.queues))),
+                           disk=Path(f"<state>/{bk.image}-overlay.qcow2") if cloud else None,
+                           seed_iso=Path("<state>/seed.iso") if cloud else None, guest_egress=cloud)
+        if bk.os == "linux":
+            guest = driver_class("linux")(None, known_tools())
+        else:
+            cls = driver_class(bk.os)
+            guest = cls(None, None, iface=cls.expected_iface(bk.nic))
+        print(f"\n== boot group {gi}: {bk.label} ({bk.os}; accel {bk.accel}: auto probes KVM, else TCG)")
         print("   qemu: " + shlex.join(build_argv(spec)))
-        print(f"   lock method: {lock_visibility_method(spec.accel)}")
+        print(f"   lock method: {lock_visibility_method(accel) if bk.os == 'linux' else 'lockstat(1) + DTrace'}")
+        print(f"   data NIC: MAC {DATA_MAC} -> {GUEST_DATA_ADDR} (peer {PEER_DATA_IP} in the harness namespace)")
+        boot_script = guest.boot_config_script(bk.nic, bk.queues)
+        if boot_script:
+            print(f"   after first boot: {boot_script}; shutdown -r now")
+        if wl.lock_stats:
+            guest._lock_tracing_on = True
+            print("   lock statistics setup:\n      " + guest.lock_start_script().replace("\n", "\n      "))
         for cr in g.runs:
             c = cr.cell
             ports = [5201 + i for i in range(c.procs)]
             print(f"-- {cr.run_id}")
-            if nic.runtime_queue_change("linux"):
+            if nic.runtime_queue_change(bk.os):
                 print("   " + guest.set_queues_command(c.queues))
+            print("   snapshot before/after: " + (guest.snapshot_command(locks=wl.lock_stats)
+                                                  if bk.os == "linux" else guest.snapshot_command()))
             script = guest.senders_script(ports, wl.machine.vcpus, PEER_DATA_IP, c.duration_s, c.warmup_s,
                                           c.streams, c.proto, c.msg_size, c.udp_bitrate)
-            if args.verbose:
-                print("   snapshot: " + guest.snapshot_command())
-                if wl.lock_stats:
-                    print("   lock start:\n      " + guest.lock_start_script().replace("\n", "\n      "))
             print("   " + script.replace("\n", "\n   "))
     for sk in p.skipped:
         print(f"skipped {sk.cell.cell_id}: {sk.reason}")

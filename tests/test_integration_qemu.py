@@ -107,3 +107,29 @@ def test_nothing_left_running(smoke_run):
             orphans.append(line)
     assert not orphans
     assert f"xb-{rd.name}"[:32] not in _netns()
+
+
+def test_freebsd_image_unreachable_is_a_skip_and_linux_is_measured(tmp_path):
+    """A workload naming a FreeBSD image and the Linux guest: Linux cells measured, FreeBSD
+    cells skipped with "image unreachable: <url>", never passed or dropped. The image
+    mirror is pointed at a port on 127.0.0.1 where nothing listens."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    wl = tmp_path / "mixed.toml"
+    wl.write_text('[workload]\nname = "mixed"\nrepetitions = 1\nduration_s = 2\nwarmup_s = 0\n'
+                  '[machine]\nvcpus = 2\nmemory_mib = 512\naccel = "tcg"\n'
+                  '[matrix]\nimage = ["linux-deb", "freebsd-14.3"]\nnic = ["virtio-net"]\nqueues = [1]\nprocs = [1]\n')
+    results = tmp_path / "results"
+    env = {**os.environ, "XMITBENCH_IMAGE_BASE_URL": f"http://127.0.0.1:{dead}/"}
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(wl), "--results", str(results)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rd = next(results.iterdir())
+    cells = pd.read_parquet(rd / "cells.parquet").set_index("cell")
+    assert cells.loc["linux-deb.virtio-net.q1.p1.s1.tcp.m0", "status"] == "ok"
+    fb = cells.loc["freebsd-14.3.virtio-net.q1.p1.s1.tcp.m0"]
+    assert fb.status == "skipped" and fb.os == "freebsd"
+    assert fb.reason.startswith(f"image unreachable: http://127.0.0.1:{dead}/FreeBSD-14.3-RELEASE-amd64")
+    assert "skipped freebsd-14.3" in proc.stdout

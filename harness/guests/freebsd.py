@@ -45,6 +45,13 @@ class FreeBSDGuest:
         self._lock_tracing_on = False
         self._duration = 10
 
+    @staticmethod
+    def expected_iface(nic: str) -> str:
+        """The data NIC's name when the management NIC is virtio (vtnet0): a guess for `plan`;
+        at run time the data NIC is found by its MAC."""
+        drv = DRIVER_PREFIX[nic]
+        return f"{drv}1" if drv == "vtnet" else f"{drv}0"
+
     # -- pure command builders ------------------------------------------------------------
     @property
     def _drv_unit(self) -> tuple[str, int]:
@@ -82,8 +89,9 @@ class FreeBSDGuest:
             # lockstat and the buf_ring probe cover the senders' lifetime; both end by themselves
             lines.append(f"{t['lockstat']} -C -s 8 -D 30 sleep {span} > /tmp/xb/lockstat.txt 2>&1 &")
             if self._drv_unit[0] == "vtnet":
-                script = F.vtnet_bufring_drops_d(span).replace("'", "'\\''")
-                lines.append(f"{t['dtrace']} -q -n '{script}' > /tmp/xb/dtrace_bufring.txt 2>&1 &")
+                # a whole D program (pragma, BEGIN/END) goes in a file for -s, not in -n
+                lines.append(f"cat > /tmp/xb/bufring.d <<'XB_D_EOF'\n{F.vtnet_bufring_drops_d(span)}XB_D_EOF")
+                lines.append(f"{t['dtrace']} -q -s /tmp/xb/bufring.d > /tmp/xb/dtrace_bufring.txt 2>&1 &")
         for i, port in enumerate(ports):
             args = [t["iperf3"], "-c", peer_ip, "-p", str(port), "-t", str(duration_s), "-O", str(warmup_s),
                     "-P", str(streams), "-J", "--connect-timeout", "5000"]
