@@ -9,11 +9,11 @@ WORKLOAD ?= workloads/default.toml
 SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-venv dpkg apt libc-bin
 SYSTEM_TOOLS := qemu-system-x86_64 qemu-img iperf3 ip ss dpkg-deb apt-get
 
-.PHONY: bench test setup system-deps venv smoke clean-stale
+.PHONY: bench test setup system-deps venv smoke clean-stale report
 
 bench: setup
 	$(VENV)/bin/xmitbench images build linux-deb
-	$(VENV)/bin/xmitbench run $(WORKLOAD)
+	$(VENV)/bin/xmitbench run $(WORKLOAD) --report
 
 smoke: setup
 	$(VENV)/bin/xmitbench run workloads/smoke.toml
@@ -49,3 +49,7 @@ venv: $(VENV)/.installed
 
 clean-stale: venv
 	$(VENV)/bin/xmitbench clean
+
+# Render the report of the newest run dir (or RUN=results/<id>).
+report: venv
+	$(VENV)/bin/xmitbench report $${RUN:-$$(ls -d results/*/ | tail -1)}

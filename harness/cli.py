@@ -77,6 +77,10 @@ def cmd_run(args) -> int:
                   f"run dir {where}; continue with: xmitbench run --resume {where}", file=sys.stderr)
             return 130
     render(rd.path, console)
+    if args.report:
+        from .analysis.report import build_report
+        out = build_report([rd.path])
+        console.print(f"report: {out}")
     cells = __import__("pandas").read_parquet(rd.path / "cells.parquet")
     final = cells.sort_values("attempt").groupby(["cell", "rep"]).tail(1)
     return 1 if (final.status == "failed").any() else 0
@@ -189,6 +193,7 @@ def main(argv=None) -> int:
     r.add_argument("workload", nargs="?")
     r.add_argument("--results", default=str(DEFAULT_RESULTS))
     r.add_argument("--resume", metavar="RUN_DIR", help="re-run only the cells of RUN_DIR not yet ok")
+    r.add_argument("--report", action="store_true", help="render report.html into the run dir at the end")
     r.add_argument("--shard", help="K/N: run part K of N (boot groups kept whole)")
     r.set_defaults(fn=cmd_run)
     p = sub.add_parser("plan", help="show cells, boot groups, QEMU argv and guest commands")
@@ -214,6 +219,8 @@ def main(argv=None) -> int:
     pr = sub.add_parser("probe", help="probe KVM by a short boot")
     pr.add_argument("--timeout", type=float, default=20.0)
     pr.set_defaults(fn=cmd_probe)
+    from .analysis.commands import register as register_analysis
+    register_analysis(sub)   # report RUN_DIR... | compare BASE CAND
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

@@ -117,18 +117,54 @@ class DataPlane:
         for fd in fds:
             os.set_inheritable(fd, True)
         self.tap = name
+        self.stacks: set[str] = set()
         _ip("-n", self.netns, "addr", "add", f"{PEER_DATA_IP}/{DATA_PREFIX}", "dev", name)
         _ip("-n", self.netns, "link", "set", name, "up")
         return fds
 
+    # peer side of the stacked devices (the guest driver builds the other end)
+    PEER_STACKS = {"vlan": ("xbv100", "198.18.1.1/24"), "gre": ("xbgre", "198.18.2.1/24")}
+
+    def stack_unsupported(self, kind: str) -> str | None:
+        """Why the peer namespace cannot terminate a stacked device on this host, or None.
+        Probed once per kind on a throw-away veth (some host kernels lack 8021q / ip_gre)."""
+        if kind == "direct":
+            return None
+        cache = self.__dict__.setdefault("_stack_probe", {})
+        if kind not in cache:
+            probe = ["link", "add", "link", "xbprobe0", "name", "xbprobe0.7", "type", "vlan", "id", "7"] \
+                if kind == "vlan" else ["link", "add", "xbprobegre", "type", "gre", "local", "198.18.255.1",
+                                        "remote", "198.18.255.2"]
+            _ip("-n", self.netns, "link", "add", "xbprobe0", "type", "veth", "peer", "name", "xbprobe1")
+            r = _ip("-n", self.netns, *probe, check=False)
+            _ip("-n", self.netns, "link", "del", "xbprobe0", check=False)
+            _ip("-n", self.netns, "link", "del", "xbprobegre", check=False)
+            cache[kind] = (None if r.returncode == 0 else
+                           f"the host kernel cannot terminate {kind} in the peer namespace "
+                           f"(ip link add type {kind}: {r.stderr.strip()})")
+        return cache[kind]
+
+    def add_stack(self, kind: str) -> None:
+        if kind == "direct" or kind in self.stacks:
+            return
+        dev, addr = self.PEER_STACKS[kind]
+        if kind == "vlan":
+            _ip("-n", self.netns, "link", "add", "link", self.tap, "name", dev, "type", "vlan", "id", "100")
+        else:
+            _ip("-n", self.netns, "link", "add", dev, "type", "gre", "local", PEER_DATA_IP,
+                "remote", "198.18.0.2", "ttl", "64")
+        _ip("-n", self.netns, "addr", "add", addr, "dev", dev)
+        _ip("-n", self.netns, "link", "set", dev, "up")
+        self.stacks.add(kind)
+
     # -- peers ----------------------------------------------------------------------
-    def start_servers(self, ports: list[int], timeout: float = 10.0) -> None:
+    def start_servers(self, ports: list[int], timeout: float = 10.0, bind: str = PEER_DATA_IP) -> None:
         """One-off iperf3 servers (`-1`), one per sender process, bound to the peer address."""
         self.stop_servers()
         for port in ports:
             # `ip netns exec` execs iperf3, so the PID we hold is iperf3's own.
             self.servers.append(subprocess.Popen(
-                ["ip", "netns", "exec", self.netns, "iperf3", "-s", "-1", "-B", PEER_DATA_IP,
+                ["ip", "netns", "exec", self.netns, "iperf3", "-s", "-1", "-B", bind,
                  "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent))
         deadline = time.monotonic() + timeout

@@ -21,11 +21,12 @@ from pathlib import Path
 import pandas as pd
 
 METRIC_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "driver", "queues", "streams", "procs",
-                  "proto", "msg_size", "accel", "queue", "cpu", "metric", "value", "unit", "source", "native_name"]
+                  "proto", "msg_size", "stack", "churn", "traced", "accel", "queue", "cpu", "metric", "value", "unit", "source", "native_name"]
 LOCK_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "queues", "procs", "accel", "lock", "caller",
                 "kind", "contentions", "wait_ns_total", "wait_ns_max", "method"]
 CELL_COLUMNS = ["run_id", "cell", "rep", "attempt", "status", "reason", "os", "kernel", "nic", "driver",
-                "queues", "streams", "procs", "proto", "msg_size", "duration_s", "accel", "emulated",
+                "queues", "streams", "procs", "proto", "msg_size", "stack", "churn", "traced", "duration_s",
+                "accel", "emulated", "valid",
                 "boot_group", "started", "wall_s", "measured_s", "validity", "raw_dir"]
 
 

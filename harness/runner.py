@@ -33,7 +33,8 @@ from .plan import Plan, plan as make_plan
 from .results import RunDir, git_revision, host_info
 from .samples import delta
 from .ssh import GuestShell, make_key
-from .validity import app_bytes_total, conservation, queue_spread, sender_saturation
+from .validity import (app_bytes_total, churn_recovery, conservation, host_thread_cpu, queue_spread,
+                       sender_saturation)
 
 BASE_PORT = 5201
 BOOT_TIMEOUT_S = 120.0
@@ -249,7 +250,7 @@ class Runner:
         boot["kernel"] = guest.kernel_release()
         boot["driver"] = guest.nic_driver()
         boot["tx_queues_at_boot"] = guest.tx_queue_count()
-        if self.workload.lock_stats:
+        if self.workload.lock_stats and bk.traced:
             guest.lock_stats_enable()
         self.timings["boot"] += time.monotonic() - t0
         self.log(f"booted {bk.label}: {boot['kernel']} {boot['driver']} "
@@ -264,6 +265,13 @@ class Runner:
         try:
             for cr in group.runs:
                 if (cr.cell.cell_id, cr.rep) in self.done:
+                    continue
+                unsupported = self.dp.stack_unsupported(cr.cell.stack)
+                if unsupported:
+                    self.rd.add(cell=self._cell_row(cr.cell, cr.rep, "skipped", unsupported, gi))
+                    self.rd.flush()
+                    if self.progress:
+                        self.progress(cr)
                     continue
                 attempt = self.attempts.get((cr.cell.cell_id, cr.rep), 0)
                 for _ in range(1 + self.workload.retries):
@@ -357,12 +365,24 @@ class Runner:
         elif guest.tx_queue_count() != cell.queues:
             raise CellFailure(f"{boot['driver']} has {guest.tx_queue_count()} TX queues and cannot change "
                               f"them at run time; cell wants {cell.queues}")
+        setup_cmds = list(wl.setup_for(cell.os))
+        for cmd in setup_cmds:      # the workload's own guest commands (XPS, qdisc, ...)
+            guest.run(cmd)
+        peer_ip = PEER_DATA_IP
+        stack_cmd = guest.stack_command(cell.stack)
+        if stack_cmd:
+            guest.run(stack_cmd)
+            self.dp.add_stack(cell.stack)
+            peer_ip = guest.STACKS[cell.stack][2]
+        churn_cmd = guest.churn_command(cell.churn, wl.churn_interval_s, wl.churn_count, cell.queues)
         ports = [BASE_PORT + i for i in range(cell.procs)]
-        self.dp.start_servers(ports)
-        script = guest.senders_script(ports, wl.machine.vcpus, PEER_DATA_IP, cell.duration_s, cell.warmup_s,
-                                      cell.streams, cell.proto, cell.msg_size, cell.udp_bitrate)
+        self.dp.start_servers(ports, bind=peer_ip)
+        script = guest.senders_script(ports, wl.machine.vcpus, peer_ip, cell.duration_s, cell.warmup_s,
+                                      cell.streams, cell.proto, cell.msg_size, cell.udp_bitrate,
+                                      churn=churn_cmd)
         before = guest.snapshot()
         tap_before = self.dp.tap_stats()
+        host_before = qemu_thread_stats(m.pid)
         self.timings["setup"] += time.monotonic() - t0
         t_meas = time.monotonic()
         started = time.time()
@@ -372,6 +392,7 @@ class Runner:
         t1 = time.monotonic()
         after = guest.snapshot()
         tap_after = self.dp.tap_stats()
+        host_after = qemu_thread_stats(m.pid)
         self.dp.stop_servers()
 
         def save(name: str, text: str) -> None:
@@ -385,7 +406,9 @@ class Runner:
             save(f"{name}.json", text)
         save("peer_tap.json", json.dumps({"before": tap_before, "after": tap_after}))
         save("commands.sh", "\n".join([
-            "# queue setup", guest.set_queues_command(cell.queues), "# snapshot (before and after)",
+            "# queue setup", guest.set_queues_command(cell.queues),
+            "# workload setup commands", *setup_cmds, "# stacked device", stack_cmd or "(direct)",
+            "# snapshot (before and after)",
             guest.snapshot_command(locks=wl.lock_stats),
             "# lock statistics (installed once per boot, read by the snapshots)", guest.lock_start_script(),
             "# senders", script]) + "\n")
@@ -422,8 +445,12 @@ class Runner:
                              "unit": "count" if k == "dropped" else k, "source": "peer ip -s -j link (tap)",
                              "native_name": f"stats64.rx.{k}"})
 
+        cpu_b, cpu_a = host_thread_cpu(host_before), host_thread_cpu(host_after)
+        for name in sorted(cpu_a):
+            rows.append({**ctx, "queue": None, "metric": "host_thread_cpu_s", "value": cpu_a[name] - cpu_b.get(name, 0.0),
+                         "unit": "s", "source": "host /proc/<qemu>/task/*/stat", "native_name": name})
         lock_rows = []
-        if wl.lock_stats:
+        if wl.lock_stats and cell.traced:
             method = self.rd.manifest["lock_method"]
             for rec in guest.parse_locks(before, after, method, senders):
                 lock_rows.append({**{k: ctx[k] for k in ("cell", "rep", "os", "kernel", "nic", "queues",
@@ -439,6 +466,9 @@ class Runner:
                          "source": "lock:contention hist", "native_name": "xb_lock_wait.hitcount"})
 
         validity = self._validity(cell, samples, senders, results, guest)
+        if cell.churn != "none":
+            validity["churn"] = churn_recovery(senders.get("churn", ""),
+                                               [senders[k] for k in sorted(senders) if k.startswith("iperf3_")])
         if interval_note:
             validity["interval_probe"] = interval_note
         rd.add(metrics=rows, locks=lock_rows,
@@ -458,7 +488,7 @@ class Runner:
             nic_bytes, nic_pkts = tot_bytes, tot_pkts
         app = sum(app_bytes_total(senders[k]) for k in sorted(senders) if k.startswith("iperf3_"))
         busy = _cpu_busy_share(samples)
-        v = {"conservation": conservation(app, nic_bytes, nic_pkts, cell.proto),
+        v = {"conservation": conservation(app, nic_bytes, nic_pkts, cell.proto, cell.stack),
              "emulated": self.accel == "tcg",
              "sender_saturation": sender_saturation(busy, [i % self.workload.machine.vcpus
                                                            for i in range(cell.procs)])}
@@ -469,17 +499,44 @@ class Runner:
     def _ctx(self, cell, rep, boot) -> dict:
         return {"cell": cell.cell_id, "rep": rep, "os": cell.os, "kernel": boot["kernel"], "nic": cell.nic,
                 "driver": boot["driver"], "queues": cell.queues, "streams": cell.streams, "procs": cell.procs,
-                "proto": cell.proto, "msg_size": cell.msg_size, "accel": self.accel}
+                "proto": cell.proto, "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn,
+                "traced": cell.traced, "accel": self.accel}
 
     def _cell_row(self, cell, rep, status, reason, group, attempt=1, kernel=None, driver=None, started=None,
                   wall_s=None, measured_s=None, validity=None, raw_dir=None) -> dict:
         return {"cell": cell.cell_id, "rep": rep, "attempt": attempt, "status": status, "reason": reason,
                 "os": cell.boot_key.os, "kernel": kernel, "nic": cell.nic, "driver": driver,
                 "queues": cell.queues, "streams": cell.streams, "procs": cell.procs, "proto": cell.proto,
-                "msg_size": cell.msg_size, "duration_s": cell.duration_s,
+                "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn, "traced": cell.traced,
+                "duration_s": cell.duration_s, "valid": _valid(validity) if status == "ok" else None,
                 "accel": getattr(self, "accel", None), "emulated": getattr(self, "accel", None) == "tcg",
                 "boot_group": group, "started": started, "wall_s": wall_s, "measured_s": measured_s,
                 "validity": validity or {}, "raw_dir": raw_dir}
+
+
+def _valid(v: dict) -> bool:
+    """A cell to trust: bytes conserved, every configured queue used, senders not saturated.
+    Emulation is reported beside, not folded in: under TCG every cell would be invalid."""
+    return bool(v.get("conservation", {}).get("ok", False)
+                and v.get("queue_spread", {}).get("ok", True)
+                and not v.get("sender_saturation", {}).get("saturated", False)
+                and v.get("churn", {}).get("all_recovered", True) is not False)
+
+
+def qemu_thread_stats(pid: int | None) -> dict[str, str]:
+    """/proc/<qemu>/task/*/stat texts: host CPU time per vCPU / I/O thread of our own QEMU."""
+    out = {}
+    if pid is None:
+        return out
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                out[task.name] = (task / "stat").read_text()
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
 
 
 def _cpu_busy_share(samples) -> dict[int, float]:

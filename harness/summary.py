@@ -53,7 +53,8 @@ def cell_table(run_dir: Path) -> pd.DataFrame:
 
 def _qdisc_total(m: pd.DataFrame, metric: str) -> pd.Series:
     """Root qdisc only (an mq root already sums its children)."""
-    d = m[(m.source == "tc -s -j qdisc") & (m.metric == metric) & m["queue"].isna()]
+    d = m[(m.source == "tc -s -j qdisc") & (m.metric == metric) & m["queue"].isna()
+          & ~m.native_name.str.contains(" parent ", regex=False)]
     return d.groupby(["cell", "rep"])["value"].sum()
 
 

@@ -6,6 +6,8 @@ import json
 # Per-skb header bytes a Linux NIC counts on top of payload (skb->len of a GSO skb holds
 # ONE header): Ethernet 14 + IPv4 20 + TCP 20+12 (timestamps) or UDP 8.
 HEADER_BYTES = {"tcp": 14 + 20 + 32, "udp": 14 + 20 + 8}
+# Extra bytes per packet on the physical NIC when traffic goes through a stacked device.
+STACK_OVERHEAD = {"direct": 0, "vlan": 4, "gre": 20 + 4}
 CONSERVATION_TOLERANCE = 0.03
 QUEUE_SHARE_MIN = 0.05
 
@@ -17,13 +19,13 @@ def app_bytes_total(iperf3_json: str) -> int:
     return int(sum(iv["sum"]["bytes"] for iv in doc.get("intervals", [])))
 
 
-def conservation(app_bytes: int, nic_bytes: float, nic_packets: float, proto: str) -> dict:
+def conservation(app_bytes: int, nic_bytes: float, nic_packets: float, proto: str, stack: str = "direct") -> dict:
     """Application payload vs bytes the NIC's TX counters saw, headers accounted per packet
     counted by the driver (an skb, so a TSO super-packet counts once)."""
     if app_bytes <= 0 or nic_bytes != nic_bytes:  # NaN
         return {"ok": False, "reason": "no application or NIC bytes", "app_bytes": app_bytes,
                 "nic_bytes": nic_bytes}
-    payload_on_wire = nic_bytes - nic_packets * HEADER_BYTES.get(proto, 0)
+    payload_on_wire = nic_bytes - nic_packets * (HEADER_BYTES.get(proto, 0) + STACK_OVERHEAD.get(stack, 0))
     ratio = payload_on_wire / app_bytes
     return {"ok": abs(ratio - 1) <= CONSERVATION_TOLERANCE, "app_bytes": app_bytes,
             "nic_bytes": nic_bytes, "nic_packets": nic_packets, "ratio": round(ratio, 4),
@@ -46,3 +48,59 @@ def sender_saturation(cpu_busy_share: dict[int, float], pinned_cpus: list[int], 
     busy = {c: round(cpu_busy_share.get(c, 0.0), 3) for c in sorted(set(pinned_cpus))}
     return {"saturated": any(v >= threshold for v in busy.values()), "cpu_busy": busy,
             "threshold": threshold}
+
+
+def churn_recovery(churn_text: str, iperf3_jsons: list[str], threshold: float = 0.8) -> dict:
+    """Time for the senders' summed throughput to come back to `threshold` of its pre-churn
+    median after each reconfiguration event. Event stamps and iperf3 intervals are both
+    relative to the sender script's start (iperf3 starts a few ms later: under the 0.5 s
+    interval resolution)."""
+    stamps = {}
+    events = []
+    for line in churn_text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "start":
+            stamps["start"] = float(parts[1])
+        elif len(parts) == 3 and parts[0] == "churn":
+            events.append(float(parts[2]))
+    if "start" not in stamps or not events:
+        return {"events": 0, "survived": None, "reason": "no churn events recorded"}
+    rel = [e - stamps["start"] for e in events]
+    series: dict[int, list] = {}
+    for text in iperf3_jsons:
+        for k, iv in enumerate(json.loads(text).get("intervals", [])):
+            s = iv["sum"]
+            cur = series.setdefault(k, [s["start"], s["end"], 0.0, s.get("omitted", False)])
+            cur[2] += s["bits_per_second"]
+    ivs = [series[k] for k in sorted(series)]
+    base = sorted(bps for st, en, bps, om in ivs if en <= rel[0] and not om)
+    baseline = base[len(base) // 2] if base else None
+    recoveries = []
+    for t in rel:
+        if baseline is None:
+            recoveries.append(None)
+            continue
+        rec = next((en - t for st, en, bps, om in ivs if st >= t and bps >= threshold * baseline), None)
+        recoveries.append(None if rec is None else round(rec, 2))
+    done = [r for r in recoveries if r is not None]
+    return {"events": len(rel), "event_times_s": [round(t, 2) for t in rel],
+            "baseline_bps": baseline, "threshold": threshold, "recovery_s": recoveries,
+            "recovery_s_max": max(done) if done else None,
+            "all_recovered": len(done) == len(rel) and baseline is not None,
+            "min_interval_bps_after_first": min((bps for st, en, bps, om in ivs if st >= rel[0]), default=None)}
+
+
+def host_thread_cpu(stat_texts: dict[str, str], clk_tck: int = 100) -> dict[str, float]:
+    """CPU seconds per QEMU thread name from /proc/<pid>/task/<tid>/stat texts (utime+stime),
+    so a host-side bottleneck (a vCPU or the I/O thread pinned at 100 %) can be told apart from
+    guest lock contention. Threads with the same name are added up."""
+    out: dict[str, float] = {}
+    for text in stat_texts.values():
+        rp = text.rfind(")")
+        if rp < 0:
+            continue
+        name = text[text.find("(") + 1:rp]
+        fields = text[rp + 2:].split()
+        utime, stime = int(fields[11]), int(fields[12])   # stat fields 14 and 15
+        out[name] = out.get(name, 0.0) + (utime + stime) / clk_tck
+    return out

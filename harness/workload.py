@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import dataclasses
 import itertools
 import json
 import os
@@ -90,10 +91,18 @@ _BITRATE_RE = re.compile(r"\d+(\.\d+)?[KMGTkmgt]?")
 
 _SCHEMA: dict[str, tuple[str, ...]] = {
     "workload": ("name", "description", "repetitions", "duration_s", "warmup_s",
-                 "lock_stats", "udp_bitrate", "retries", "cell_timeout_s"),
+                 "lock_stats", "udp_bitrate", "retries", "cell_timeout_s", "probe_effect",
+                 "churn_interval_s", "churn_count"),
     "machine": ("vcpus", "memory_mib", "accel", "image", "os"),
-    "matrix": ("image", "nic", "queues", "procs", "streams", "proto", "msg_size"),
+    "matrix": ("image", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn"),
+    "setup": ("linux", "freebsd"),
 }
+# How traffic reaches the NIC: directly, or through a stacked virtual device (Linux: LLTX).
+STACKS = ("direct", "vlan", "gre")
+# Control-path reconfiguration run in a bounded loop while the senders run.
+CHURNS = ("none", "link-flap", "mtu", "queues")
+CHURN_INTERVAL_S = (1, 60)
+CHURN_COUNT = (1, 100)
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,8 @@ class Matrix:
     streams: tuple[int, ...]
     proto: tuple[str, ...]
     msg_size: tuple[int, ...]
+    stack: tuple[str, ...] = ("direct",)
+    churn: tuple[str, ...] = ("none",)
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,13 @@ class Workload:
     matrix: Matrix
     retries: int = 1            # a failed cell run may be re-run this many times
     cell_timeout_s: int = 0     # 0 = derived: duration + warm-up + 90 s
+    probe_effect: bool = False  # each traced cell also runs once untraced (own boot group)
+    churn_interval_s: int = 2
+    churn_count: int = 3
+    setup: tuple[tuple[str, tuple[str, ...]], ...] = ()   # (os, guest commands run before each cell)
+
+    def setup_for(self, os_name: str) -> tuple[str, ...]:
+        return dict(self.setup).get(os_name, ())
 
 
 @dataclass(frozen=True)
@@ -148,11 +166,12 @@ class BootKey:
     memory_mib: int
     accel: str
     queues: int
+    traced: bool = True   # lock tracing installed at boot (False: the probe-effect twin)
 
     @property
     def label(self) -> str:
         return (f"{self.image}.{self.nic}.q{self.queues}.c{self.vcpus}"
-                f".m{self.memory_mib}.{self.accel}")
+                f".m{self.memory_mib}.{self.accel}" + ("" if self.traced else ".untraced"))
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,9 @@ class Cell:
     warmup_s: int
     udp_bitrate: str
     boot_key: BootKey
+    stack: str = "direct"
+    churn: str = "none"
+    traced: bool = True
 
 
 @dataclass(frozen=True)
@@ -238,6 +260,9 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
     warmup_s = v.integer(w, "workload.warmup_s", WARMUP_S, 1)
     lock_stats = v.boolean(w, "workload.lock_stats", False)
     retries = v.integer(w, "workload.retries", RETRIES, 1)
+    probe_effect = v.boolean(w, "workload.probe_effect", False)
+    churn_interval_s = v.integer(w, "workload.churn_interval_s", CHURN_INTERVAL_S, 2)
+    churn_count = v.integer(w, "workload.churn_count", CHURN_COUNT, 3)
     cell_timeout_s = v.integer(w, "workload.cell_timeout_s", CELL_TIMEOUT_S, 0)
     udp_bitrate = w.get("udp_bitrate", "0")
     if not isinstance(udp_bitrate, str) or not _BITRATE_RE.fullmatch(udp_bitrate):
@@ -261,6 +286,13 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
     procs = v.int_list(x, "matrix.procs", PROCS, [1])
     streams = v.int_list(x, "matrix.streams", STREAMS, [1])
     proto = v.choice_list("matrix.proto", x.get("proto", ["tcp"]), PROTOS, "protocol")
+    stack = v.choice_list("matrix.stack", x.get("stack", ["direct"]), STACKS, "stack")
+    churn = v.choice_list("matrix.churn", x.get("churn", ["none"]), CHURNS, "churn action")
+    setup = []
+    for os_key, cmds in tables["setup"].items():
+        if not isinstance(cmds, list) or not all(isinstance(c, str) and c.strip() for c in cmds):
+            raise v.error(f"setup.{os_key}", f"expected a list of non-empty guest shell commands, got {_describe(cmds)}")
+        setup.append((os_key, tuple(cmds)))
     if "udp" in proto:
         msg_size = v.int_list(x, "matrix.msg_size", UDP_MSG_SIZE, [],
                               'iperf3 UDP datagram size, as matrix.proto has "udp"',
@@ -273,8 +305,9 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         description=description, repetitions=repetitions, duration_s=duration_s,
         warmup_s=warmup_s, lock_stats=lock_stats, udp_bitrate=udp_bitrate,
         machine=Machine(vcpus, memory_mib, accel, image, os_name),
-        matrix=Matrix(image_axis, nic, queues, procs, streams, proto, msg_size),
-        retries=retries, cell_timeout_s=cell_timeout_s,
+        matrix=Matrix(image_axis, nic, queues, procs, streams, proto, msg_size, stack, churn),
+        retries=retries, cell_timeout_s=cell_timeout_s, probe_effect=probe_effect,
+        churn_interval_s=churn_interval_s, churn_count=churn_count, setup=tuple(setup),
     )
     if not expand(wl).runs:
         allowed = "; ".join(f"{n} {_queue_counts(NICS[n], os_name, vcpus)}" for n in nic)
@@ -435,26 +468,38 @@ def expand(workload: Workload) -> Expansion:
     combos: list[tuple[Any, ...]] = []
     skipped: list[SkippedCell] = []
     images = known_images()
-    for image, nic_name, q, p, s, proto, size in itertools.product(
-            mx.image or (mc.image,), mx.nic, mx.queues, mx.procs, mx.streams, mx.proto, mx.msg_size):
+    for image, nic_name, q, p, s, proto, size, stack, churn in itertools.product(
+            mx.image or (mc.image,), mx.nic, mx.queues, mx.procs, mx.streams, mx.proto, mx.msg_size,
+            mx.stack, mx.churn):
         os_name = images[image]
         reason = NICS[nic_name].queue_skip_reason(os_name, q)
-        combos.append((image, os_name, nic_name, q, p, s, proto, size, reason))
+        if reason is None and stack == "gre" and os_name == "freebsd":
+            reason = "gre stacking is measured on linux only (FreeBSD gre(4) differs in setup)"
+        if reason is None and churn == "queues" and not NICS[nic_name].runtime_queue_change(os_name):
+            reason = f"{nic_name} on {os_name} cannot change TX queues at run time"
+        combos.append((image, os_name, nic_name, q, p, s, proto, size, stack, churn, reason))
         if reason is None:
             boot_queues[image, nic_name] = max(boot_queues.get((image, nic_name), 0), q)
 
     groups: dict[BootKey, list[Cell]] = {}
-    for image, os_name, nic_name, q, p, s, proto, size, reason in combos:
+    untraced: dict[BootKey, list[Cell]] = {}
+    for image, os_name, nic_name, q, p, s, proto, size, stack, churn, reason in combos:
         nic = NICS[nic_name]
         bq = boot_queues[image, nic_name] if nic.runtime_queue_change(os_name) and reason is None else q
         key = BootKey(image, os_name, nic_name, mc.vcpus, mc.memory_mib, mc.accel, bq)
+        cell_id = (f"{image}.{nic_name}.q{q}.p{p}.s{s}.{proto}.m{size}"
+                   + ("" if stack == "direct" else f".{stack}") + ("" if churn == "none" else f".churn-{churn}"))
         cell = Cell(
-            cell_id=f"{image}.{nic_name}.q{q}.p{p}.s{s}.{proto}.m{size}", image=image, os=os_name,
-            nic=nic_name, queues=q,
+            cell_id=cell_id, image=image, os=os_name, nic=nic_name, queues=q,
             procs=p, streams=s, proto=proto, msg_size=size, duration_s=wl.duration_s,
-            warmup_s=wl.warmup_s, udp_bitrate=wl.udp_bitrate, boot_key=key)
+            warmup_s=wl.warmup_s, udp_bitrate=wl.udp_bitrate, boot_key=key, stack=stack, churn=churn)
         if reason is None:
             groups.setdefault(key, []).append(cell)
+            if wl.lock_stats and wl.probe_effect:
+                # the probe-effect twin: same cell, lock tracing never installed, one repetition
+                ukey = dataclasses.replace(key, traced=False)
+                untraced.setdefault(ukey, []).append(dataclasses.replace(
+                    cell, cell_id=cell_id + ".untraced", boot_key=ukey, traced=False))
         else:
             skipped.append(SkippedCell(cell, reason))
 
@@ -462,4 +507,5 @@ def expand(workload: Workload) -> Expansion:
             for cells in groups.values()
             for rep in range(wl.repetitions)
             for cell in cells]
+    runs += [CellRun(cell, 0) for cells in untraced.values() for cell in cells]
     return Expansion(runs, skipped)

@@ -214,3 +214,17 @@ def test_notebook_runs_standalone(tmp_path):
     assert not [o for o in outs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outs) >= 3
     assert np.any(["xb-tcg-banner" in o.get("data", {}).get("text/html", "") for o in outs])
+
+
+def test_failing_notebook_is_reported_not_written(tmp_path):
+    import nbformat
+    from harness.analysis.report import ReportError, build_report
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("RUN_DIRS = []", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("raise RuntimeError('boom in cell')")]
+    bad = tmp_path / "bad.ipynb"
+    nbformat.write(nb, str(bad))
+    out = tmp_path / "r.html"
+    with pytest.raises(ReportError, match=r"bad.ipynb failed: RuntimeError: boom in cell"):
+        build_report([SMOKE], out=out, notebooks=[bad])
+    assert not out.exists()

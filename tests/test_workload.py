@@ -226,8 +226,8 @@ def test_parse_shard_bad(text):
 # Bad inputs: each gives one exact line naming file, key and what is allowed.
 
 ALL_NICS = "e1000e, igb, virtio-net, vmxnet3"
-WORKLOAD_KEYS = ("cell_timeout_s, description, duration_s, lock_stats, name, repetitions, retries, "
-                 "udp_bitrate, warmup_s")
+WORKLOAD_KEYS = ("cell_timeout_s, churn_count, churn_interval_s, description, duration_s, lock_stats, name, "
+                 "probe_effect, repetitions, retries, udp_bitrate, warmup_s")
 BITRATE = 'expected an iperf3 -b rate as a string such as "0" (unlimited), "500M" or "1.5G"'
 UDP_SIZE = 'allowed 16..65507 (iperf3 UDP datagram size, as matrix.proto has "udp")'
 
@@ -241,7 +241,7 @@ BAD = [
     ("unknown key", {"workload.durations": "3"}, "",
      f"workload.durations: unknown key; allowed: {WORKLOAD_KEYS}"),
     ("unknown table", {}, "[iperf]\nport = 5201\n",
-     "iperf: unknown table; allowed tables: machine, matrix, workload"),
+     "iperf: unknown table; allowed tables: machine, matrix, setup, workload"),
     ("bool where int", {"machine.vcpus": "true"}, "",
      "machine.vcpus: expected an integer in 1..64, got boolean true"),
     ("queues 0", {"matrix.queues": "[0]"}, "",
@@ -305,7 +305,7 @@ BAD = [
     ("nested table", {}, "[workload.extra]\nx = 1\n",
      f"workload.extra: unknown key; allowed: {WORKLOAD_KEYS}"),
     ("table given a value", {}, "\nvcpus = 2\n",   # lands in [matrix]
-     "matrix.vcpus: unknown key; allowed: image, msg_size, nic, procs, proto, queues, streams"),
+     "matrix.vcpus: unknown key; allowed: churn, image, msg_size, nic, procs, proto, queues, stack, streams"),
 ]
 
 
@@ -320,7 +320,7 @@ def test_bad_input(tmp_path, overrides, extra, expected):
 
 RAW_BAD = [
     ("top-level key", 'name = "x"\n' + render(),
-     "name: unknown top-level key; allowed tables: machine, matrix, workload"),
+     "name: unknown top-level key; allowed tables: machine, matrix, setup, workload"),
     ("table as scalar", 'workload = 3\n[matrix]\nnic = ["virtio-net"]\n',
      "workload: expected a table [workload], got integer 3"),
 ]

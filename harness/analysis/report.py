@@ -17,7 +17,6 @@ import base64
 import functools
 import html
 import io
-import math
 import os
 import re
 import time
@@ -917,5 +916,8 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     if save_notebook:
         import nbformat
         nbformat.write(nb, str(save_notebook))
-    _atomic_write(out_path, to_html(nb))
+    try:
+        _atomic_write(out_path, to_html(nb))
+    except OSError as e:
+        raise InputError(out_path, "", f"cannot write the report: {e.strerror or e}") from None
     return out_path

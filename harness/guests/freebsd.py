@@ -65,6 +65,28 @@ class FreeBSDGuest:
         return ("sed -i '' '/# xmitbench$/d' /boot/loader.conf 2>/dev/null; "
                 + "; ".join(f"echo {shlex.quote(l + ' # xmitbench')} >> /boot/loader.conf" for l in lines))
 
+    STACKS = {"vlan": ("vlan100", "198.18.1.2/24", "198.18.1.1")}
+
+    def stack_command(self, stack: str) -> str | None:
+        if stack == "direct":
+            return None
+        if stack not in self.STACKS:
+            raise RuntimeError(f"stack {stack} is not set up on FreeBSD guests")
+        dev, addr, _ = self.STACKS[stack]
+        ifc = self.tools["ifconfig"]
+        return (f"{ifc} {dev} >/dev/null 2>&1 || {{ {ifc} {dev} create vlan 100 vlandev {self.iface} && "
+                f"{ifc} {dev} inet {addr} up; }}")
+
+    def churn_command(self, churn: str, interval_s: int, count: int, queues: int) -> str | None:
+        ifc, i = self.tools["ifconfig"], self.iface
+        action = {"link-flap": f"{ifc} {i} down; sleep 0.2; {ifc} {i} up",
+                  "mtu": f"{ifc} {i} mtu $([ $((n % 2)) = 1 ] && echo 1400 || echo 1500)"}.get(churn)
+        if action is None:
+            return None
+        return (f"( n=0; while [ $n -lt {count} ]; do n=$((n+1)); sleep {interval_s}; "
+                f"echo \"churn $n $(date +%s)\" >> /tmp/xb/churn.txt; "
+                f"{action}; done; {ifc} {i} mtu 1500 up ) > /tmp/xb/churn.err 2>&1 &")
+
     def set_queues_command(self, queues: int) -> str:
         return f"# loader tunables + reboot (see boot_config_script); then verify {queues} TX queues"
 
@@ -81,9 +103,12 @@ class FreeBSDGuest:
         return "; ".join(f"echo '{SECTION}{k}'; {v} 2>&1" for k, v in parts.items())
 
     def senders_script(self, ports: list[int], vcpus: int, peer_ip: str, duration_s: int, warmup_s: int,
-                       streams: int, proto: str, msg_size: int, udp_bitrate: str = "0") -> str:
+                       streams: int, proto: str, msg_size: int, udp_bitrate: str = "0",
+                       churn: str | None = None) -> str:
         t = self.tools
-        lines = ["rm -rf /tmp/xb && mkdir -p /tmp/xb"]
+        lines = ["rm -rf /tmp/xb && mkdir -p /tmp/xb", "echo \"start $(date +%s)\" > /tmp/xb/churn.txt"]
+        if churn:
+            lines.append(churn)
         if self._lock_tracing_on:
             span = duration_s + warmup_s
             # lockstat and the buf_ring probe cover the senders' lifetime; both end by themselves
@@ -99,10 +124,14 @@ class FreeBSDGuest:
                 args += ["-u", "-b", udp_bitrate]
             if msg_size:
                 args += ["-l", str(msg_size)]
+            if churn:
+                args += ["-i", "0.5"]
             lines.append(f"{t['cpuset']} -l {i % vcpus} {shlex.join(args)} > /tmp/xb/s{i}.json 2>&1 &")
         lines.append("wait")
         for i, _ in enumerate(ports):
             lines.append(f"echo '{SECTION}iperf3_{i}'; cat /tmp/xb/s{i}.json")
+        if churn:
+            lines.append(f"echo '{SECTION}churn'; cat /tmp/xb/churn.txt /tmp/xb/churn.err")
         if self._lock_tracing_on:
             lines.append(f"echo '{SECTION}lockstat'; cat /tmp/xb/lockstat.txt")
             lines.append(f"echo '{SECTION}dtrace_bufring'; cat /tmp/xb/dtrace_bufring.txt 2>/dev/null")

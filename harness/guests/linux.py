@@ -41,13 +41,47 @@ class LinuxGuest:
                           for name, path in P.LOCK_HIST_READ.items()})
         return "; ".join(f"echo '{SECTION}{k}'; {v} 2>&1" for k, v in parts.items())
 
+    # stacked devices: (guest device, guest address, peer address) per kind
+    STACKS = {"vlan": ("xb0.100", "198.18.1.2/24", "198.18.1.1"),
+              "gre": ("xbgre", "198.18.2.2/24", "198.18.2.1")}
+
+    def stack_command(self, stack: str) -> str | None:
+        """Create the stacked device over xb0 (vlan(8021q) / gre); both are LLTX on Linux, so
+        the physical queue's _xmit_lock does the serialising."""
+        ip = self.tools["ip"]
+        if stack == "direct":
+            return None
+        dev, addr, _ = self.STACKS[stack]
+        link = (f"{ip} link add link {self.iface} name {dev} type vlan id 100" if stack == "vlan" else
+                f"{ip} link add {dev} type gre local 198.18.0.2 remote 198.18.0.1 ttl 64")
+        return (f"[ -e /sys/class/net/{dev} ] || {{ {link} && {ip} addr add {addr} dev {dev} && "
+                f"{ip} link set {dev} up; }}")
+
+    def churn_command(self, churn: str, interval_s: int, count: int, queues: int) -> str | None:
+        """A bounded reconfiguration loop run beside the senders; prints one uptime stamp per
+        event so recovery can be timed against iperf3's intervals."""
+        ip, et, i = self.tools["ip"], self.tools["ethtool"], self.iface
+        action = {
+            "link-flap": f"{ip} link set {i} down; sleep 0.2; {ip} link set {i} up",
+            "mtu": f"{ip} link set {i} mtu $([ $((n % 2)) = 1 ] && echo 1400 || echo 1500)",
+            "queues": f"{et} -L {i} combined $([ $((n % 2)) = 1 ] && echo 1 || echo {queues})",
+        }.get(churn)
+        if action is None:
+            return None
+        return (f"( n=0; while [ $n -lt {count} ]; do n=$((n+1)); sleep {interval_s}; "
+                f"echo \"churn $n $(cut -d' ' -f1 /proc/uptime)\" >> /tmp/xb/churn.txt; {action}; "
+                f"done; {ip} link set {i} mtu 1500; {ip} link set {i} up ) > /tmp/xb/churn.err 2>&1 &")
+
     def set_queues_command(self, queues: int) -> str:
         return f"{self.tools['ethtool']} -L {self.iface} combined {queues}"
 
     def sender_command(self, cpu: int, port: int, peer_ip: str, duration_s: int, warmup_s: int,
-                       streams: int, proto: str, msg_size: int, udp_bitrate: str, out: str) -> str:
+                       streams: int, proto: str, msg_size: int, udp_bitrate: str, out: str,
+                       report_interval: float | None = None) -> str:
         args = [self.tools["iperf3"], "-c", peer_ip, "-p", str(port), "-t", str(duration_s),
                 "-O", str(warmup_s), "-P", str(streams), "-J", "--connect-timeout", "5000"]
+        if report_interval:
+            args += ["-i", str(report_interval)]
         if proto == "udp":
             args += ["-u", "-b", udp_bitrate]
         if msg_size:
@@ -55,16 +89,23 @@ class LinuxGuest:
         return f"taskset -c {cpu} {shlex.join(args)} > {out} 2>&1"
 
     def senders_script(self, ports: list[int], vcpus: int, peer_ip: str, duration_s: int, warmup_s: int,
-                       streams: int, proto: str, msg_size: int, udp_bitrate: str = "0") -> str:
+                       streams: int, proto: str, msg_size: int, udp_bitrate: str = "0",
+                       churn: str | None = None) -> str:
         """All sender processes start together, each pinned to vCPU i % vcpus; wait for all,
-        then print each JSON between section markers."""
-        lines = ["rm -rf /tmp/xb && mkdir -p /tmp/xb"]
+        then print each JSON between section markers. `churn` is a background loop to run
+        beside them (its event stamps come back as the `churn` section)."""
+        lines = ["rm -rf /tmp/xb && mkdir -p /tmp/xb", "echo \"start $(cut -d' ' -f1 /proc/uptime)\" > /tmp/xb/churn.txt"]
+        if churn:
+            lines.append(churn)
         for i, port in enumerate(ports):
             lines.append(self.sender_command(i % vcpus, port, peer_ip, duration_s, warmup_s, streams,
-                                             proto, msg_size, udp_bitrate, f"/tmp/xb/s{i}.json") + " &")
+                                             proto, msg_size, udp_bitrate, f"/tmp/xb/s{i}.json",
+                                             0.5 if churn else None) + " &")
         lines.append("wait")
         for i, _ in enumerate(ports):
             lines.append(f"echo '{SECTION}iperf3_{i}'; cat /tmp/xb/s{i}.json")
+        if churn:
+            lines.append(f"echo '{SECTION}churn'; cat /tmp/xb/churn.txt /tmp/xb/churn.err")
         return "\n".join(lines)
 
     def lock_start_script(self) -> str:
