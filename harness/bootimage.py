@@ -35,9 +35,10 @@ class BootImage:
         return self.disk is not None
 
 
-def prepare_image(name: str, log=print, allow_unverified: bool = False) -> BootImage:
+def prepare_image(name: str, log=print, allow_unverified: bool = False, built=None) -> BootImage:
+    """`built`: the initramfs guest if the caller already has it (building checks apt again)."""
     if name == "linux-deb":
-        img = build_linux_deb(log=log)
+        img = built or build_linux_deb(log=log)
         return BootImage(name, "linux", kernel=img.kernel, initrd=img.initrd, release=img.kernel_release,
                          tools=img.manifest["tools"],
                          info={"name": img.name, "key": img.key, "kernel_release": img.kernel_release,

@@ -222,6 +222,9 @@ def main(argv=None) -> int:
     from .analysis.commands import register as register_analysis
     register_analysis(sub)   # report RUN_DIR... | compare BASE CAND
     args = ap.parse_args(argv)
+    if args.cmd != "run":   # `xmitbench plan ... | head` ends quietly
+        import signal
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         return args.fn(args)
     except InputError as e:

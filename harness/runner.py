@@ -78,7 +78,7 @@ class Runner:
         self.images: dict[str, BootImage | ImageUnavailable] = {}
         for name in dict.fromkeys(c.image for c in self.workload_cells()):
             try:
-                self.images[name] = prepare_image(name, log=self.log)
+                self.images[name] = prepare_image(name, log=self.log, built=self.image)
             except ImageUnavailable as e:
                 self.images[name] = e
                 self.log(f"image {name}: {e}; its cells are recorded as skipped")
