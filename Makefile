@@ -9,7 +9,7 @@ WORKLOAD ?= workloads/default.toml
 SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-venv dpkg apt libc-bin
 SYSTEM_TOOLS := qemu-system-x86_64 qemu-img iperf3 ip ss dpkg-deb apt-get
 
-.PHONY: bench test setup system-deps venv smoke clean-stale report
+.PHONY: bench test setup system-deps venv smoke clean-stale report nightly
 
 bench: setup
 	$(VENV)/bin/xmitbench images build linux-deb
@@ -53,3 +53,10 @@ clean-stale: venv
 # Render the report of the newest run dir (or RUN=results/<id>).
 report: venv
 	$(VENV)/bin/xmitbench report $${RUN:-$$(ls -d results/*/ | tail -1)}
+
+# The nightly job on one runner: run, report, compare with the baseline, promote if green.
+# XMITBENCH_NIGHTLY_REDUCED=1 (or NIGHTLY_WORKLOAD=...) runs the small TCG matrix instead.
+NIGHTLY_WORKLOAD ?= $(if $(XMITBENCH_NIGHTLY_REDUCED),workloads/nightly-tcg.toml,workloads/nightly.toml)
+nightly: setup
+	$(VENV)/bin/xmitbench images build linux-deb
+	$(VENV)/bin/xmitbench nightly $(NIGHTLY_WORKLOAD)

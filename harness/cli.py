@@ -170,6 +170,60 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_nightly(args) -> int:
+    """Run the nightly workload, report, compare with the baseline, summarise, promote if green.
+    Exit 1 on a significant regression or a failed cell, 0 otherwise."""
+    import contextlib
+    import io
+    from . import nightly as N
+    from .analysis.commands import cmd_compare
+    from .analysis.report import build_report
+    from .workload import load_workload
+    wl = load_workload(args.workload)
+    root = Path(args.baseline_dir) if args.baseline_dir else None
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+    else:
+        rc = cmd_run(argparse.Namespace(workload=args.workload, results=args.results, shard=None,
+                                        resume=None, report=False))
+        if rc == 130:
+            return rc
+        run_dir = sorted(p for p in Path(args.results).iterdir() if (p / "manifest.json").exists())[-1]
+    report = build_report([run_dir])
+    print(f"report: {report}")
+    green, why = N.run_is_green(run_dir)
+    base = N.current_baseline(wl.name, root)
+    compare_text, regressed = "", False
+    if base is not None:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            crc = cmd_compare(argparse.Namespace(base=str(base), cand=str(run_dir), metric=args.metric,
+                                                 threshold=args.threshold, alpha=args.alpha, seed=0, csv=None))
+        compare_text = out.getvalue()
+        print(compare_text)
+        regressed = crc == 1
+    verdict = ("REGRESSION" if regressed else "FAILED CELLS" if not green else
+               "green" if base is not None else "green (first night: no baseline yet)")
+    summary = N.job_summary(run_dir, verdict, compare_text, why)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as f:
+            f.write(summary)
+    (run_dir / "nightly-summary.md").write_text(summary)
+    N.record_history(run_dir, wl.name, verdict, root)
+    if green and not regressed and not args.no_promote:
+        print(f"baseline updated: {N.promote(run_dir, wl.name, root)}")
+    print(f"nightly verdict: {verdict}")
+    return 1 if (regressed or not green) else 0
+
+
+def cmd_merge(args) -> int:
+    from .merge import merge
+    dirs = [Path(d) for d in args.shard_dirs]
+    out = merge(dirs, Path(args.results), force=args.force)
+    print(f"merged {len(dirs)} shard run dirs into {out}")
+    return 0
+
+
 def cmd_clean(args) -> int:
     from .dataplane import clean_stale
     removed = clean_stale()
@@ -214,6 +268,21 @@ def main(argv=None) -> int:
     s = sub.add_parser("summary", help="print the summary table of a run dir")
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_summary)
+    ng = sub.add_parser("nightly", help="run + report + compare with the baseline; promote when green")
+    ng.add_argument("workload", nargs="?", default=str(REPO / "workloads" / "nightly.toml"))
+    ng.add_argument("--results", default=str(DEFAULT_RESULTS))
+    ng.add_argument("--run-dir", help="judge this (e.g. merged) run dir instead of running")
+    ng.add_argument("--baseline-dir", help="default $XMITBENCH_BASELINE_DIR or /var/lib/xmitbench/baseline")
+    ng.add_argument("--metric", action="append", help="compared metric (repeatable; default throughput_bps)")
+    ng.add_argument("--threshold", type=float, default=0.05)
+    ng.add_argument("--alpha", type=float, default=0.05)
+    ng.add_argument("--no-promote", action="store_true", help="never update the baseline")
+    ng.set_defaults(fn=cmd_nightly)
+    mg = sub.add_parser("merge", help="merge shard run dirs (run --shard K/N) into one run dir")
+    mg.add_argument("shard_dirs", nargs="+")
+    mg.add_argument("--results", default=str(DEFAULT_RESULTS))
+    mg.add_argument("--force", action="store_true", help="merge despite differing workload/tool revision")
+    mg.set_defaults(fn=cmd_merge)
     c = sub.add_parser("clean", help="remove namespaces left by crashed runs")
     c.set_defaults(fn=cmd_clean)
     pr = sub.add_parser("probe", help="probe KVM by a short boot")

@@ -237,6 +237,17 @@ class Machine:
         except Exception as e:  # noqa: BLE001 — status is advisory
             return f"unknown ({e})"
 
+    def pin_vcpus(self) -> list[dict]:
+        """Pin vCPU thread i to host CPU i (of the CPUs this process may use), so vCPUs do not
+        migrate and compete on one host CPU. Thread ids come from QMP query-cpus-fast."""
+        host = sorted(os.sched_getaffinity(0))
+        out = []
+        for cpu in self.qmp().cmd("query-cpus-fast")["return"]:
+            target = host[cpu["cpu-index"] % len(host)]
+            os.sched_setaffinity(cpu["thread-id"], {target})
+            out.append({"vcpu": cpu["cpu-index"], "thread_id": cpu["thread-id"], "host_cpu": target})
+        return out
+
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc is None:
             return

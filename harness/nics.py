@@ -50,7 +50,7 @@ class NicModel:
         # FreeBSD: loader tunables for every driver here, so never at run time.
         return self.runtime_queue_change_linux if os == "linux" else False
 
-    def queue_skip_reason(self, os: str, queues: int) -> str | None:
+    def queue_skip_reason(self, os: str, queues: int, vcpus: int | None = None) -> str | None:
         """Why this model cannot run with ``queues`` TX queues on ``os``; None if it can."""
         most = self.max_tx_queues(os)
         if queues > most:
@@ -58,6 +58,12 @@ class NicModel:
             return f"{self.name} has at most {most} TX {plural} on {os} ({self.driver(os)} driver)"
         if os == "linux" and self.pow2_queues_linux and queues & (queues - 1):
             return f"{self.name} on linux ({self.linux_driver} driver) only has power-of-two TX queue counts"
+        if os == "linux" and self.pow2_queues_linux and vcpus:
+            # vmxnet3 sizes its queues at probe: rounddown_pow_of_two(min(8, online CPUs))
+            fixed = 1 << (min(self.max_tx_queues_linux, vcpus).bit_length() - 1)
+            if queues != fixed:
+                return (f"{self.name} on linux with {vcpus} vCPUs always has {fixed} TX queues "
+                        f"(set at driver probe, no ethtool -L)")
         return None
 
 

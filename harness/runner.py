@@ -109,6 +109,8 @@ class Runner:
                          "text": previous["workload"]["text"] if previous else Path(wl.path).read_text()},
             "shard": list(self.shard) if self.shard else None,
             "host": host_info(),
+            "host_activity": host_activity(),
+            "shuffle_seed": wl.shuffle_seed,
             "qemu": {"binary": shutil.which(QEMU) or QEMU, "version": qemu_version()},
             "accel": self.accel, "accel_reason": accel_reason, "emulated": self.accel == "tcg",
             "warning": TCG_WARNING if self.accel == "tcg" else None,
@@ -245,6 +247,8 @@ class Runner:
             boot["error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
             m.stop()
             raise
+        if self.workload.machine.pin_vcpus:
+            boot["vcpu_pinning"] = m.pin_vcpus()
         boot["boot_to_ssh_s"] = round(time.monotonic() - t0, 2)
         boot["ssh_host_key"] = shell.host_key_fingerprint
         boot["kernel"] = guest.kernel_release()
@@ -512,6 +516,16 @@ class Runner:
                 "accel": getattr(self, "accel", None), "emulated": getattr(self, "accel", None) == "tcg",
                 "boot_group": group, "started": started, "wall_s": wall_s, "measured_s": measured_s,
                 "validity": validity or {}, "raw_dir": raw_dir}
+
+
+def host_activity() -> dict:
+    """Other things competing for this host while we measure: recorded, not controlled."""
+    import subprocess
+    ps = subprocess.run(["ps", "-eo", "pid,comm"], capture_output=True, text=True).stdout.splitlines()[1:]
+    qemus = [p[0] for p in (l.split() for l in ps) if len(p) == 2 and p[1].startswith("qemu-system")]
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
+    return {"loadavg": os.getloadavg(), "other_qemu_pids": qemus,
+            "other_xmitbench_netns": [l.split()[0] for l in ns if l.startswith("xb-")]}
 
 
 def _valid(v: dict) -> bool:

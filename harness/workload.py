@@ -92,8 +92,8 @@ _BITRATE_RE = re.compile(r"\d+(\.\d+)?[KMGTkmgt]?")
 _SCHEMA: dict[str, tuple[str, ...]] = {
     "workload": ("name", "description", "repetitions", "duration_s", "warmup_s",
                  "lock_stats", "udp_bitrate", "retries", "cell_timeout_s", "probe_effect",
-                 "churn_interval_s", "churn_count"),
-    "machine": ("vcpus", "memory_mib", "accel", "image", "os"),
+                 "churn_interval_s", "churn_count", "shuffle_seed"),
+    "machine": ("vcpus", "memory_mib", "accel", "image", "os", "pin_vcpus"),
     "matrix": ("image", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn"),
     "setup": ("linux", "freebsd"),
 }
@@ -146,6 +146,8 @@ class Workload:
     churn_interval_s: int = 2
     churn_count: int = 3
     setup: tuple[tuple[str, tuple[str, ...]], ...] = ()   # (os, guest commands run before each cell)
+    shuffle_seed: int | None = None   # seeded random cell order within each repetition
+    pin_vcpus: bool = False           # pin each vCPU thread to its own host CPU
 
     def setup_for(self, os_name: str) -> tuple[str, ...]:
         return dict(self.setup).get(os_name, ())
@@ -263,6 +265,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
     probe_effect = v.boolean(w, "workload.probe_effect", False)
     churn_interval_s = v.integer(w, "workload.churn_interval_s", CHURN_INTERVAL_S, 2)
     churn_count = v.integer(w, "workload.churn_count", CHURN_COUNT, 3)
+    shuffle_seed = v.integer(w, "workload.shuffle_seed", (0, 2**31 - 1), -1) if "shuffle_seed" in w else None
     cell_timeout_s = v.integer(w, "workload.cell_timeout_s", CELL_TIMEOUT_S, 0)
     udp_bitrate = w.get("udp_bitrate", "0")
     if not isinstance(udp_bitrate, str) or not _BITRATE_RE.fullmatch(udp_bitrate):
@@ -271,6 +274,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
 
     vcpus = v.integer(m, "machine.vcpus", VCPUS, 2)
     memory_mib = v.integer(m, "machine.memory_mib", MEMORY_MIB, 1024)
+    pin_vcpus = v.boolean(m, "machine.pin_vcpus", False)
     accel = v.choice(m, "machine.accel", ACCELS, "auto", "accelerator")
     images = known_images()
     image = v.choice(m, "machine.image", tuple(images), "linux-deb", "image")
@@ -308,6 +312,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         matrix=Matrix(image_axis, nic, queues, procs, streams, proto, msg_size, stack, churn),
         retries=retries, cell_timeout_s=cell_timeout_s, probe_effect=probe_effect,
         churn_interval_s=churn_interval_s, churn_count=churn_count, setup=tuple(setup),
+        shuffle_seed=shuffle_seed, pin_vcpus=pin_vcpus,
     )
     if not expand(wl).runs:
         allowed = "; ".join(f"{n} {_queue_counts(NICS[n], os_name, vcpus)}" for n in nic)
@@ -317,7 +322,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
 
 
 def _queue_counts(nic: NicModel, os_name: str, vcpus: int) -> str:
-    ok = [q for q in range(1, vcpus + 1) if nic.queue_skip_reason(os_name, q) is None]
+    ok = [q for q in range(1, vcpus + 1) if nic.queue_skip_reason(os_name, q, vcpus) is None]
     if ok == list(range(1, len(ok) + 1)) and len(ok) > 2:
         return f"1..{ok[-1]}"
     return ", ".join(map(str, ok)) or "none"
@@ -472,7 +477,7 @@ def expand(workload: Workload) -> Expansion:
             mx.image or (mc.image,), mx.nic, mx.queues, mx.procs, mx.streams, mx.proto, mx.msg_size,
             mx.stack, mx.churn):
         os_name = images[image]
-        reason = NICS[nic_name].queue_skip_reason(os_name, q)
+        reason = NICS[nic_name].queue_skip_reason(os_name, q, mc.vcpus)
         if reason is None and stack == "gre" and os_name == "freebsd":
             reason = "gre stacking is measured on linux only (FreeBSD gre(4) differs in setup)"
         if reason is None and churn == "queues" and not NICS[nic_name].runtime_queue_change(os_name):
@@ -503,9 +508,19 @@ def expand(workload: Workload) -> Expansion:
         else:
             skipped.append(SkippedCell(cell, reason))
 
+    def order(cells: list[Cell], rep: int) -> list[Cell]:
+        # A seeded shuffle per repetition (A/B cells interleave differently each time, so
+        # drift cannot line up with one configuration); the seed is in the workload and manifest.
+        if wl.shuffle_seed is None:
+            return cells
+        import random
+        out = list(cells)
+        random.Random(wl.shuffle_seed * 1000 + rep).shuffle(out)
+        return out
+
     runs = [CellRun(cell, rep)
             for cells in groups.values()
             for rep in range(wl.repetitions)
-            for cell in cells]
+            for cell in order(cells, rep)]
     runs += [CellRun(cell, 0) for cells in untraced.values() for cell in cells]
     return Expansion(runs, skipped)
