@@ -175,15 +175,19 @@ def cmd_nightly(args) -> int:
     Exit 1 on a significant regression or a failed cell, 0 otherwise."""
     import contextlib
     import io
+    import json
     from . import nightly as N
     from .analysis.commands import cmd_compare
     from .analysis.report import build_report
     from .workload import load_workload
-    wl = load_workload(args.workload)
     root = Path(args.baseline_dir) if args.baseline_dir else None
     if args.run_dir:
         run_dir = Path(args.run_dir)
+        if not (run_dir / "manifest.json").is_file():
+            raise InputError(str(run_dir), "--run-dir", "not a run dir (no manifest.json)")
+        name = json.loads((run_dir / "manifest.json").read_text())["workload"]["name"]
     else:
+        name = load_workload(args.workload).name
         rc = cmd_run(argparse.Namespace(workload=args.workload, results=args.results, shard=None,
                                         resume=None, report=False))
         if rc == 130:
@@ -192,7 +196,7 @@ def cmd_nightly(args) -> int:
     report = build_report([run_dir])
     print(f"report: {report}")
     green, why = N.run_is_green(run_dir)
-    base = N.current_baseline(wl.name, root)
+    base = N.current_baseline(name, root)
     compare_text, regressed = "", False
     if base is not None:
         out = io.StringIO()
@@ -209,9 +213,9 @@ def cmd_nightly(args) -> int:
         with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as f:
             f.write(summary)
     (run_dir / "nightly-summary.md").write_text(summary)
-    N.record_history(run_dir, wl.name, verdict, root)
+    N.record_history(run_dir, name, verdict, root)
     if green and not regressed and not args.no_promote:
-        print(f"baseline updated: {N.promote(run_dir, wl.name, root)}")
+        print(f"baseline updated: {N.promote(run_dir, name, root)}")
     print(f"nightly verdict: {verdict}")
     return 1 if (regressed or not green) else 0
 

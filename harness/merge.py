@@ -49,7 +49,7 @@ def merge(shard_dirs: list[Path], results_root: Path, force: bool = False, run_i
             f = d / f"{name}.parquet"
             if f.exists():
                 df = pd.read_parquet(f)
-                df["run_id"] = run_id
+                df = df.assign(run_id=run_id).astype({"run_id": df["run_id"].dtype})  # same schema
                 parts.append(df)
         tables[name] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     cells = tables["cells"]

@@ -247,7 +247,7 @@ class Runner:
             boot["error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
             m.stop()
             raise
-        if self.workload.machine.pin_vcpus:
+        if self.workload.pin_vcpus:
             boot["vcpu_pinning"] = m.pin_vcpus()
         boot["boot_to_ssh_s"] = round(time.monotonic() - t0, 2)
         boot["ssh_host_key"] = shell.host_key_fingerprint
