@@ -3,7 +3,6 @@ one manifest, as if one machine had run the whole matrix."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -17,7 +17,6 @@ import threading
 import time
 import traceback
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
@@ -26,7 +25,7 @@ from .faults import Injector, scan_serial
 from .guestimage import GuestImage, build_linux_deb
 from .bootimage import CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, prepare_image, seed_for
 from .guests import driver_class
-from .machine import (DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, QEMU, Machine, MachineSpec, build_argv, device_help, free_port,
+from .machine import (DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, QEMU, Machine, MachineSpec, device_help, free_port,
                       lock_visibility_method, probe_accel, qemu_version, tap_queues)
 from .nics import NICS, qemu_supported_devices
 from .plan import Plan, plan as make_plan

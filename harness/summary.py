@@ -26,7 +26,6 @@ def cell_table(run_dir: Path) -> pd.DataFrame:
         .groupby(["cell", "rep"])["value"].sum()
     link_pkts = per_rep("tx_packets", "ip -s -j link")
     pkts = nic_pkts.combine_first(link_pkts)
-    qdisc_pkts = m[(m.source == "tc -s -j qdisc") & (m.metric == "tx_packets")]
     df = pd.DataFrame({
         "gbit_s": per_rep("throughput_bps") / 1e9,
         "tx_pkts": pkts,

@@ -15,9 +15,8 @@ import re
 import shlex
 
 from ..parsers import freebsd as F
-from ..parsers.iperf3 import parse_iperf3_json
 from ..samples import Sample
-from .linux import SECTION, split_sections
+from .base import SECTION, GuestBase, split_sections
 
 DRIVER_PREFIX = {"virtio-net": "vtnet", "e1000e": "em", "vmxnet3": "vmx", "igb": "igb"}
 DEFAULT_TOOLS = {"iperf3": "/usr/local/bin/iperf3", "sysctl": "/sbin/sysctl", "netstat": "/usr/bin/netstat",
@@ -37,7 +36,7 @@ def queue_tunables(nic: str, unit: int, queues: int) -> dict[str, str]:
             f"{base}.override_nrxqs": str(queues)}
 
 
-class FreeBSDGuest:
+class FreeBSDGuest(GuestBase):
     os_name = "freebsd"
 
     def __init__(self, shell, tools: dict[str, str] | None = None, iface: str = "vtnet1"):
@@ -141,8 +140,6 @@ class FreeBSDGuest:
         return "kldload -n dtraceall"
 
     # -- actions ----------------------------------------------------------------------------
-    def run(self, cmd: str, timeout: float = 30.0, check: bool = True) -> str:
-        return self.shell.run(cmd, timeout=timeout, check=check)[1]
 
     def setup_data_interface(self, mac: str, address: str) -> None:
         out = self.run(f"{self.tools['ifconfig']} -a ether")
@@ -155,8 +152,6 @@ class FreeBSDGuest:
         self.iface = name
         self.run(f"{self.tools['ifconfig']} {name} inet {address} up")
 
-    def kernel_release(self) -> str:
-        return self.run("uname -r").strip()
 
     def nic_driver(self) -> str:
         return self._drv_unit[0]
@@ -179,10 +174,7 @@ class FreeBSDGuest:
         self.run(self.lock_start_script(), check=False)
         self._lock_tracing_on = True
 
-    def run_senders(self, script: str, timeout: float) -> dict[str, str]:
-        return split_sections(self.run(script, timeout=timeout))
 
-    # -- pure parsing -------------------------------------------------------------------------
     def parse_snapshot(self, raw: dict[str, str], driver: str | None = None) -> list[Sample]:
         parsers = {"netstat_i": lambda t: F.parse_netstat_interface_json(t, self.iface),
                    "netstat_s": F.parse_netstat_stats_json, "sysctl_dev": F.parse_sysctl,
@@ -204,9 +196,6 @@ class FreeBSDGuest:
         text = senders.get("dtrace_bufring", "")
         return F.parse_dtrace_bufring_drops(text) if text.strip() else ([], None)
 
-    @staticmethod
-    def parse_senders(raw: dict[str, str]):
-        return [parse_iperf3_json(raw[k]) for k in sorted(raw) if k.startswith("iperf3_")]
 
     @staticmethod
     def tx_counters(samples: list[Sample]) -> tuple[dict[int, float], dict[int, float], float, float]:

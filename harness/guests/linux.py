@@ -11,14 +11,13 @@ import re
 import shlex
 
 from ..parsers import linux as P
-from ..parsers.iperf3 import parse_iperf3_json
 from ..samples import Sample
+from .base import SECTION, GuestBase, split_sections  # noqa: F401 (re-exported)
 
 IFACE = "xb0"
-SECTION = "@@xmitbench-section "
 
 
-class LinuxGuest:
+class LinuxGuest(GuestBase):
     os_name = "linux"
 
     def __init__(self, shell, tools: dict[str, str], iface: str = IFACE):
@@ -119,8 +118,6 @@ class LinuxGuest:
                          for path, text in P.LOCK_HIST_TEARDOWN)
 
     # -- actions -----------------------------------------------------------------------
-    def run(self, cmd: str, timeout: float = 30.0, check: bool = True) -> str:
-        return self.shell.run(cmd, timeout=timeout, check=check)[1]
 
     def boot_config_script(self, nic: str, queues: int) -> str | None:
         """Linux changes TX queues at run time (ethtool -L): nothing to set before a reboot."""
@@ -134,8 +131,6 @@ class LinuxGuest:
                  f"{ip} link set ${{d##*/}} name {self.iface}; done; "
                  f"{ip} addr add {address} dev {self.iface}; {ip} link set {self.iface} up; }}")
 
-    def kernel_release(self) -> str:
-        return self.run("uname -r").strip()
 
     def nic_driver(self) -> str:
         m = re.search(r"^driver:\s*(\S+)", self.run(f"{self.tools['ethtool']} -i {self.iface}"), re.M)
@@ -162,10 +157,7 @@ class LinuxGuest:
         self.run(self.lock_start_script())
         self._lock_tracing_on = True
 
-    def run_senders(self, script: str, timeout: float) -> dict[str, str]:
-        return split_sections(self.run(script, timeout=timeout))
 
-    # -- pure parsing ----------------------------------------------------------------
     @staticmethod
     def parse_snapshot(raw: dict[str, str], driver: str | None = None) -> list[Sample]:
         parsers = {"ethtool_S": lambda t: P.parse_ethtool_stats(t, driver=driver),
@@ -185,9 +177,6 @@ class LinuxGuest:
             P.parse_lock_stack_hist(before.get("lock_stack", "")), P.parse_lock_stack_hist(after.get("lock_stack", "")))
         return P.summarize_locks(waits, stacks, method=method)
 
-    @staticmethod
-    def parse_senders(raw: dict[str, str]):
-        return [parse_iperf3_json(raw[k]) for k in sorted(raw) if k.startswith("iperf3_")]
 
     @staticmethod
     def interval_samples(senders: dict[str, str]) -> tuple[list[Sample], str | None]:
@@ -206,19 +195,3 @@ class LinuxGuest:
         tot_p = sum(s.value for s in samples if s.source == "ip -s -j link" and s.metric == "tx_packets")
         tot_b = sum(s.value for s in samples if s.source == "ip -s -j link" and s.metric == "tx_bytes")
         return pq_p, pq_b, tot_p, tot_b
-
-
-def split_sections(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    name = None
-    buf: list[str] = []
-    for line in text.splitlines(keepends=True):
-        if line.startswith(SECTION):
-            if name is not None:
-                out[name] = "".join(buf)
-            name, buf = line[len(SECTION):].strip(), []
-        elif name is not None:
-            buf.append(line)
-    if name is not None:
-        out[name] = "".join(buf)
-    return out

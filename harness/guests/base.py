@@ -1,0 +1,40 @@
+"""What both guest drivers share: running commands over the management shell, and reading
+back what the sender script printed between section markers."""
+from __future__ import annotations
+
+from ..parsers.iperf3 import parse_iperf3_json
+
+SECTION = "@@xmitbench-section "
+
+
+def split_sections(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    name = None
+    buf: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line.startswith(SECTION):
+            if name is not None:
+                out[name] = "".join(buf)
+            name, buf = line[len(SECTION):].strip(), []
+        elif name is not None:
+            buf.append(line)
+    if name is not None:
+        out[name] = "".join(buf)
+    return out
+
+
+class GuestBase:
+    os_name = ""
+
+    def run(self, cmd: str, timeout: float = 30.0, check: bool = True) -> str:
+        return self.shell.run(cmd, timeout=timeout, check=check)[1]
+
+    def kernel_release(self) -> str:
+        return self.run("uname -r").strip()
+
+    def run_senders(self, script: str, timeout: float) -> dict[str, str]:
+        return split_sections(self.run(script, timeout=timeout))
+
+    @staticmethod
+    def parse_senders(raw: dict[str, str]):
+        return [parse_iperf3_json(raw[k]) for k in sorted(raw) if k.startswith("iperf3_")]
