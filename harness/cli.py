@@ -165,8 +165,11 @@ def cmd_images(args) -> int:
 
 
 def cmd_summary(args) -> int:
+    from rich.console import Console
     from .summary import render
-    render(Path(args.run_dir))
+    if not (Path(args.run_dir) / "manifest.json").is_file():
+        raise InputError(args.run_dir, "RUN_DIR", "not a run dir (no manifest.json)")
+    render(Path(args.run_dir), Console(width=None if sys.stdout.isatty() else 200))
     return 0
 
 

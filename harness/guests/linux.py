@@ -67,9 +67,12 @@ class LinuxGuest(GuestBase):
         }.get(churn)
         if action is None:
             return None
+        # end as the cell began: the queue count too, or ethtool -S would hide a queue's counters
+        restore_queues = f"{et} -L {i} combined {queues} 2>/dev/null; " if churn == "queues" else ""
         return (f"( n=0; while [ $n -lt {count} ]; do n=$((n+1)); sleep {interval_s}; "
                 f"echo \"churn $n $(cut -d' ' -f1 /proc/uptime)\" >> /tmp/xb/churn.txt; {action}; "
-                f"done; {ip} link set {i} mtu 1500; {ip} link set {i} up ) > /tmp/xb/churn.err 2>&1 &")
+                f"done; {ip} link set {i} mtu 1500; {ip} link set {i} up; {restore_queues}) "
+                f"> /tmp/xb/churn.err 2>&1 &")
 
     def set_queues_command(self, queues: int) -> str:
         return f"{self.tools['ethtool']} -L {self.iface} combined {queues}"
