@@ -20,7 +20,10 @@ def cell_table(run_dir: Path) -> pd.DataFrame:
     ok["v"] = ok["validity"].map(lambda v: json.loads(v) if isinstance(v, str) and v else {})
     spread = ok.groupby("cell")["v"].first().map(_spread)
     churn = ok.groupby("cell")["v"].apply(lambda vs: _churn(list(vs)))
-    valid = ok.groupby("cell")["valid"].apply(lambda x: f"{int(x.fillna(False).sum())}/{len(x)}")
+    if "valid" in ok:   # run dirs from before the validity flag have no such column
+        valid = ok.groupby("cell")["valid"].apply(lambda x: f"{int(x.fillna(False).astype(bool).sum())}/{len(x)}")
+    else:
+        valid = pd.Series("-", index=ok.cell.unique())
     cols = {"gbit_s": "median", "requeues_per_mpkt": "median", "drops_per_mpkt": "median",
             "restarts_per_mpkt": "median", "lock_wait_ns_per_pkt": "median", "lock_contentions": "median",
             "conservation_ratio": "median", "rep": "count"}

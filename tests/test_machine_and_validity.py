@@ -82,3 +82,12 @@ def test_plan_prints_argv_and_commands():
     assert p.stdout.count("qemu: ") == 2
     assert "ethtool -L xb0 combined 2" in p.stdout
     assert "skipped linux-deb.e1000e.q2" in p.stdout
+
+
+def test_run_key_is_private(tmp_path):
+    import stat
+    from harness.ssh import make_key
+    k = make_key(tmp_path / "keys")
+    assert stat.S_IMODE(k.private_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    assert k.public_line.startswith("ssh-ed25519 ")
