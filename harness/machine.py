@@ -69,7 +69,9 @@ def build_argv(spec: MachineSpec) -> list[str]:
         f"xb.key={spec.ssh_pubkey_b64}", f"xb.mgmt_mac={MGMT_MAC}", f"xb.data_mac={DATA_MAC}",
         f"xb.data_ip={GUEST_DATA_IP}/{DATA_PREFIX}", spec.extra_cmdline]))
     argv = [
-        QEMU, "-name", "xmitbench", "-nodefaults", "-no-user-config", "-nographic",
+        # debug-threads: vCPU and I/O threads carry names ("CPU 0/TCG"), so host CPU time per
+        # thread (recorded per cell) tells a host-side bottleneck from guest lock contention
+        QEMU, "-name", "xmitbench,debug-threads=on", "-nodefaults", "-no-user-config", "-nographic",
         "-accel", spec.accel if spec.accel == "kvm" else "tcg,thread=multi",
         "-cpu", cpu_model(spec.accel),
         "-smp", str(spec.vcpus), "-m", str(spec.memory_mib),

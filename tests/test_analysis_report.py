@@ -209,7 +209,7 @@ def test_notebook_runs_standalone(tmp_path):
     nb = inject_parameters(nbformat.read(ANALYSIS_DIR / "tx_races.ipynb", as_version=4), [str(SMOKE.resolve())])
     tags = [c.metadata.get("tags", []) for c in nb.cells]
     assert tags.index(["injected-parameters"]) == tags.index(["parameters"]) + 1
-    execute_notebook(nb, ANALYSIS_DIR)
+    execute_notebook(nb)
     outs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outs) >= 3

@@ -13,12 +13,22 @@ Counting rules (each written once, here):
 * CPU: /proc/stat all-CPU line (jiffies, USER_HZ=100). busy = user+nice+system+irq+softirq+steal,
   total = busy + idle + iowait (guest time is already inside user/nice). ``cpu_busy_pct`` is
   busy share x CPUs x 100 (100 = one CPU busy for the whole snapshot interval).
+* host CPU: ``host_thread_cpu_s`` rows (utime+stime per QEMU thread name, from the host's
+  /proc/<qemu>/task/*/stat around the sender run) over the cell's ``measured_s`` x 100 = % of one
+  host CPU. The snapshots bracket the sender run plus the guest's after-snapshot, so the share is
+  an upper bound by a few percent. Thread kinds: ``CPU <n>/TCG|KVM`` = vCPU, ``IO ...``/iothread/
+  vhost = I/O, anything else = main loop + other. Without ``-name ...,debug-threads=on`` every
+  thread is called ``qemu-system-x86`` and only the total is known (kind "all threads (unnamed)").
+
+Run dirs from before the ``stack``/``churn``/``traced``/``valid`` columns load with the defaults
+``direct``/``none``/True (False for a cell id ending in ``.untraced``)/NA.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -33,7 +43,13 @@ from . import stats as S
 TABLES = ("metrics", "locks", "cells")
 REQUIRED = ("metrics", "cells")
 KEY = ["run_id", "cell", "rep"]
-CONFIG = ["os", "kernel", "nic", "driver", "queues", "streams", "procs", "proto", "msg_size", "accel"]
+CONFIG = ["os", "kernel", "nic", "driver", "queues", "streams", "procs", "proto", "msg_size", "stack", "churn",
+          "traced", "accel"]
+# Cell axes added after the first run dirs were written: (default for older dirs).
+AXIS_DEFAULTS = {"stack": "direct", "churn": "none"}
+UNTRACED_SUFFIX = ".untraced"
+HOST_CPU_SOURCE = "host /proc/<qemu>/task/*/stat"
+_VCPU_THREAD = re.compile(r"^CPU \d+/(TCG|KVM|HVF|WHPX|NVMM)$")
 BUSY_MODES = ("cpu_user", "cpu_nice", "cpu_system", "cpu_irq", "cpu_softirq", "cpu_steal")
 IDLE_MODES = ("cpu_idle", "cpu_iowait")
 
@@ -59,6 +75,10 @@ WIDE_METRICS: dict[str, tuple[str, bool, str]] = {
     "cpu_pct_per_gbit": ("% CPU per Gbit/s", False, "CPU cost of one Gbit/s"),
     "jain": ("index", True, "Jain fairness over per-sender throughput"),
     "tcp_retransmits": ("count", False, "TCP retransmissions reported by iperf3"),
+    "unexplained_pct": ("% of app bytes", False,
+                        "application bytes the NIC counters do not account for (conservation check)"),
+    "host_cpu_pct": ("% of one host CPU", False, "host CPU time of all QEMU threads during the cell"),
+    "host_vcpu_pct": ("% of one host CPU", False, "host CPU time of the QEMU vCPU threads during the cell"),
 }
 
 
@@ -234,7 +254,23 @@ def _empty(t: str) -> pd.DataFrame:
     return pd.DataFrame(columns={"metrics": METRIC_COLUMNS, "locks": LOCK_COLUMNS, "cells": CELL_COLUMNS}[t])
 
 
+def _axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """stack/churn/traced for tables written before those cell axes existed (or with nulls)."""
+    for col, default in AXIS_DEFAULTS.items():
+        df[col] = (df[col].astype(object).where(df[col].notna(), default) if col in df
+                   else pd.Series(default, index=df.index, dtype=object))
+    cell = df["cell"].astype(str) if "cell" in df else pd.Series("", index=df.index)
+    inferred = ~cell.str.endswith(UNTRACED_SUFFIX)
+    if "traced" in df:
+        t = df["traced"].astype(object)
+        df["traced"] = t.where(t.notna(), inferred).astype(bool)
+    else:
+        df["traced"] = inferred.astype(bool)
+    return df
+
+
 def _normalise_metrics(m: pd.DataFrame) -> pd.DataFrame:
+    m = _axis_defaults(m)
     for col in ("queue", "cpu"):
         m[col] = (m[col] if col in m else pd.Series(pd.NA, index=m.index)).astype("Int64")
     m["value"] = pd.to_numeric(m["value"], errors="coerce").astype("float64")
@@ -258,9 +294,15 @@ def _normalise_locks(lk: pd.DataFrame) -> pd.DataFrame:
 
 
 def _normalise_cells(c: pd.DataFrame) -> pd.DataFrame:
+    c = _axis_defaults(c)
     for col in ("rep", "queues", "streams", "procs", "msg_size", "attempt"):
         if col in c:
             c[col] = pd.to_numeric(c[col], errors="coerce").astype("Int64")
+    for col in ("duration_s", "measured_s", "wall_s", "started"):
+        if col in c:
+            c[col] = pd.to_numeric(c[col], errors="coerce").astype("float64")
+    c["valid"] = (c["valid"].astype("boolean") if "valid" in c
+                  else pd.Series(pd.NA, index=c.index, dtype="boolean"))
     c["validity"] = c["validity"].map(_parse_validity) if "validity" in c else [{}] * len(c)
     return c
 
@@ -371,11 +413,8 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     cells = runs.cells.copy()
     if cells.empty:
         return pd.DataFrame(columns=KEY + ["workload"] + CONFIG + ["status"] + list(WIDE_METRICS))
-    # one row per (run, cell, rep): the last attempt wins
-    if "attempt" in cells:
-        cells = cells.sort_values("attempt")
-    cells = cells.drop_duplicates(KEY, keep="last")
-    base = cells[[c for c in KEY + CONFIG + ["status", "reason", "duration_s", "measured_s", "started",
+    cells = last_attempts(cells)
+    base = cells[[c for c in KEY + CONFIG + ["status", "reason", "valid", "duration_s", "measured_s", "started",
                                              "boot_group", "validity"] if c in cells]].set_index(KEY)
     q = lambda metric, source=None: _sum_by_key(  # noqa: E731
         m[(m.metric == metric) & m["queue"].isna() & ((m.source == source) if source else True)])
@@ -395,8 +434,12 @@ def wide_table(runs: Runs) -> pd.DataFrame:
         "lock_wait_ns": q("lock_wait_ns"),
         "lock_contentions": q("lock_contentions"),
         "peer_rx_packets": q("peer_rx_packets"),
+        "peer_rx_bytes": q("peer_rx_bytes"),
+        "if_tx_packets": q("tx_packets", "ip -s -j link"),
+        "if_tx_bytes": q("tx_bytes", "ip -s -j link"),
     }
     w = base.join(pd.DataFrame(cols), how="left").join(cpu_table(m), how="left")
+    w = w.join(host_cpu_wide(host_cpu_table(m, cells)), how="left")
     snd = sender_table(m)
     if len(snd):
         g = snd.groupby(KEY)["bps"]
@@ -420,10 +463,99 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     w["queue_spread_ok"] = [((x or {}).get("queue_spread") or {}).get("ok") for x in v]
     w["saturated"] = [((x or {}).get("sender_saturation") or {}).get("saturated") for x in v]
     w["conservation_ratio"] = pd.to_numeric(w["conservation_ratio"], errors="coerce")
+    cons = [((x or {}).get("conservation") or {}) for x in v]
+    w["unexplained_bytes"] = pd.to_numeric(pd.Series([c.get("unexplained_bytes") for c in cons], index=w.index),
+                                           errors="coerce")
+    app = pd.to_numeric(pd.Series([c.get("app_bytes") for c in cons], index=w.index), errors="coerce")
+    w["conservation_app_bytes"] = app      # payload of the whole run, warm-up included (validity)
+    w["unexplained_pct"] = S.per_packet(w.unexplained_bytes, app) * 100
+    ch = [((x or {}).get("churn") or {}) for x in v]
+    w["churn_events"] = pd.to_numeric(pd.Series([c.get("events") for c in ch], index=w.index), errors="coerce")
+    w["churn_all_recovered"] = pd.Series([c.get("all_recovered") for c in ch], index=w.index, dtype=object)
+    w["churn_recovery_s_max"] = pd.to_numeric(pd.Series([c.get("recovery_s_max") for c in ch], index=w.index),
+                                              errors="coerce")
+    w["churn_baseline_bps"] = pd.to_numeric(pd.Series([c.get("baseline_bps") for c in ch], index=w.index),
+                                            errors="coerce")
+    w["churn_min_after_bps"] = pd.to_numeric(
+        pd.Series([c.get("min_interval_bps_after_first") for c in ch], index=w.index), errors="coerce")
     for c in WIDE_METRICS:
         if c not in w:
             w[c] = np.nan
     return w
+
+
+def last_attempts(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, cell, rep): the last attempt wins (a retried cell keeps its final word)."""
+    if "attempt" in cells:
+        cells = cells.sort_values("attempt", kind="stable")
+    return cells.drop_duplicates(KEY, keep="last")
+
+
+def thread_kind(name: str, named: bool = True) -> str:
+    """QEMU thread name -> vCPU | I/O | main loop + other (see the module doc)."""
+    if not named:
+        return "all threads (unnamed)"
+    if _VCPU_THREAD.match(name):
+        return "vCPU"
+    if name.startswith(("IO ", "iothread", "vhost")):
+        return "I/O"
+    return "main loop + other"
+
+
+def host_cpu_table(m: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Long table per (run, cell, rep, QEMU thread name): host CPU seconds, thread kind, the
+    interval (the cell's ``measured_s``) and the share of one host CPU in %. ``named`` is False
+    for a run whose QEMU threads all carry the process name (no debug-threads=on)."""
+    cols = KEY + ["thread", "kind", "named", "cpu_s", "interval_s", "pct_one_cpu"]
+    d = m[(m.metric == "host_thread_cpu_s") & (m.source == HOST_CPU_SOURCE)] if len(m) else m
+    if d is None or d.empty:
+        return pd.DataFrame(columns=cols)
+    d = d[KEY + ["native_name", "value"]].rename(columns={"native_name": "thread", "value": "cpu_s"})
+    d["thread"] = d["thread"].astype(str)
+    named_runs = {rid for rid, g in d.groupby("run_id") if g.thread.map(lambda t: bool(_VCPU_THREAD.match(t))).any()}
+    d["named"] = d.run_id.isin(named_runs)
+    d["kind"] = [thread_kind(t, n) for t, n in zip(d.thread, d.named)]
+    c = last_attempts(cells)
+    iv = c.set_index(KEY)["measured_s"] if "measured_s" in c else pd.Series(dtype=float)
+    if "duration_s" in c:
+        iv = iv.combine_first(c.set_index(KEY)["duration_s"]) if len(iv) else c.set_index(KEY)["duration_s"]
+    d = d.join(iv.rename("interval_s"), on=KEY, how="left")
+    d["pct_one_cpu"] = S.per_packet(d.cpu_s, d.interval_s) * 100
+    return d[cols].reset_index(drop=True)
+
+
+def host_cpu_wide(h: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, cell, rep): all QEMU threads, the vCPU threads (NaN when unnamed) and the
+    busiest single thread, each in % of one host CPU."""
+    if h.empty:
+        return pd.DataFrame(columns=["host_cpu_pct", "host_vcpu_pct", "host_max_thread_pct"],
+                            index=pd.MultiIndex.from_tuples([], names=KEY))
+    g = h.groupby(KEY)
+    out = pd.DataFrame({"host_cpu_pct": g["pct_one_cpu"].sum(min_count=1),
+                        "host_max_thread_pct": g["pct_one_cpu"].max()})
+    v = h[h.kind == "vCPU"].groupby(KEY)["pct_one_cpu"].sum(min_count=1)
+    out["host_vcpu_pct"] = v
+    return out
+
+
+def churn_events(runs: "Runs") -> pd.DataFrame:
+    """One row per reconfiguration event of every churn cell run (status ok): when it happened,
+    how long the senders' summed throughput took to come back to ``threshold`` x the pre-churn
+    median (harness.validity.churn_recovery; None = not within the run)."""
+    cols = KEY + ["status", "nic", "queues", "procs", "churn", "event", "event_time_s", "recovery_s", "recovered",
+                  "baseline_bps", "threshold"]
+    c = last_attempts(runs.cells)
+    rows = []
+    for _, r in c[c.churn.astype(str) != "none"].iterrows():
+        ch = (r.validity or {}).get("churn") or {}
+        times, recs = ch.get("event_times_s") or [], ch.get("recovery_s") or []
+        for i, t in enumerate(times):
+            rec = recs[i] if i < len(recs) else None
+            rows.append({**{k: r[k] for k in KEY + ["status", "nic", "queues", "procs", "churn"]},
+                         "event": i + 1, "event_time_s": t, "recovery_s": rec if rec is not None else math.nan,
+                         "recovered": rec is not None, "baseline_bps": ch.get("baseline_bps"),
+                         "threshold": ch.get("threshold")})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def workload_labels(manifests: dict[str, dict]) -> dict[str, str]:

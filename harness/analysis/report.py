@@ -9,7 +9,8 @@ TCG (software-emulated CPU) guest.
 ``build_report(run_dirs)`` executes the notebooks in one kernel (each notebook's cell tagged
 ``parameters`` is followed by an injected cell that sets RUN_DIRS, as papermill does) and
 writes ``report.html`` (nbconvert, figures embedded as data URIs, no external scripts) into
-the first run dir, atomically.
+the first run dir, atomically. The kernel talks TCP on 127.0.0.1 and runs in a temporary
+directory holding its connection file, removed afterwards: nothing is left in analysis/.
 """
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ import base64
 import functools
 import html
 import io
+import math
 import os
 import re
+import shutil
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -33,8 +38,10 @@ from .load import KEY, WIDE_METRICS, Runs, load_runs, queue_table
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ANALYSIS_DIR = REPO / "analysis"
-NOTEBOOKS = ("compare_kernels.ipynb", "tx_races.ipynb", "lock_contention.ipynb", "nightly.ipynb")
-CELL_COLS = ["workload", "os", "kernel", "nic", "queues", "procs", "streams", "proto", "msg_size"]
+NOTEBOOKS = ("compare_kernels.ipynb", "tx_races.ipynb", "race_reproducers.ipynb", "lock_contention.ipynb",
+             "nightly.ipynb")
+CELL_COLS = ["workload", "os", "kernel", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn",
+             "traced"]
 
 _CACHE: dict[tuple, Runs] = {}
 _HEADER_SHOWN: set[int] = set()
@@ -146,7 +153,7 @@ def header(runs: Runs) -> None:
     show_table(rt[cols], f"{len(rt)} run(s)")
 
 
-CONSTANT_OK = ("workload", "os", "kernel", "streams", "proto", "msg_size", "run_id")
+CONSTANT_OK = ("workload", "os", "kernel", "streams", "proto", "msg_size", "stack", "churn", "traced", "run_id")
 
 
 def show_table(df: pd.DataFrame, title: str = "", max_rows: int = 60, drop_constant: bool = True) -> None:
@@ -281,7 +288,12 @@ def _label(row, cols, multiline: bool = False) -> str:
     head, tail = [], []
     for c in cols:
         v = row[c]
-        txt = {"queues": f"q{v}", "procs": f"p{v}", "streams": f"s{v}", "msg_size": f"m{v}"}.get(c, str(v))
+        if c == "churn":
+            txt = "no churn" if str(v) == "none" else f"churn {v}"
+        elif c == "traced":
+            txt = "traced" if bool(v) else "untraced"
+        else:
+            txt = {"queues": f"q{v}", "procs": f"p{v}", "streams": f"s{v}", "msg_size": f"m{v}"}.get(c, str(v))
         (head if c in ("workload", "os", "kernel") else tail).append(txt)
     if multiline and head:
         return " ".join(head) + "\n" + " ".join(tail)
@@ -366,9 +378,13 @@ def bar_by_cell(w: pd.DataFrame, metric: str, title: str, ylabel: str, scale: fl
 # ---------------------------------------------------------------------------------------
 # compare_kernels
 # ---------------------------------------------------------------------------------------
+AXES = ["stack", "churn", "traced"]
+
+
 def series_cols(w: pd.DataFrame) -> list[str]:
-    return [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"]
-            if c in ("nic", "queues") or c in varying(w, ["workload", "os", "kernel", "streams", "proto", "msg_size"])]
+    other = ["workload", "os", "kernel", "streams", "proto", "msg_size"] + AXES
+    return [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] + AXES
+            if c in ("nic", "queues") or c in varying(w, other)]
 
 
 @_needs_ok_cells(_NONE)
@@ -394,7 +410,7 @@ def scaling_table(runs: Runs) -> pd.DataFrame:
     """Multi-queue throughput / (queues x single-queue throughput), medians, per config."""
     w = runs.wide()
     rows = []
-    grp = [c for c in ["workload", "os", "kernel", "nic", "procs", "streams", "proto", "msg_size"] if c in w]
+    grp = [c for c in ["workload", "os", "kernel", "nic", "procs", "streams", "proto", "msg_size"] + AXES if c in w]
     for keys, g in w.groupby(grp, sort=True):
         single = g[g.queues == 1].throughput_bps.median()
         for q, gq in g[g.queues > 1].groupby("queues"):
@@ -411,8 +427,8 @@ def fig_scaling(runs: Runs):
     if t.empty:
         return None
     fig, ax = _new_fig()
-    lc = [c for c in ["workload", "os", "kernel", "nic", "queues", "procs"] if c in ("nic", "queues", "procs")
-          or t[c].astype(str).nunique() > 1]
+    lc = [c for c in ["workload", "os", "kernel", "nic", "queues", "procs"] + AXES if c in ("nic", "queues", "procs")
+          or (c in t and t[c].astype(str).nunique() > 1)]
     x = np.arange(len(t))
     ax.bar(x, t.efficiency, color="C2")
     ax.axhline(1.0, color="k", lw=1, ls="--")
@@ -430,7 +446,7 @@ def fig_scaling(runs: Runs):
 def usl_table(runs: Runs) -> pd.DataFrame:
     w = runs.wide()
     rows = []
-    grp = [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] if c in w]
+    grp = [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] + AXES if c in w]
     for keys, g in w.groupby(grp, sort=True):
         f = S.fit_usl(g.procs.astype(float), g.throughput_bps / 1e9)
         rows.append({**dict(zip(grp, keys)), "levels": f.n_levels, "points": f.n_points, "fit": f.ok,
@@ -447,7 +463,7 @@ def fig_usl(runs: Runs, table: pd.DataFrame | None = None):
         return None
     w = runs.wide()
     fig, ax = _new_fig()
-    grp = [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] if c in w]
+    grp = [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] + AXES if c in w]
     lc = [c for c in grp if c in ("nic", "queues") or w[c].astype(str).nunique() > 1]
     for i, (_, r) in enumerate(t.iterrows()):
         g = w
@@ -746,8 +762,45 @@ def history(runs: Runs, metric: str) -> pd.DataFrame:
     return s
 
 
+STEP_ALPHA = 0.01
+STEP_MIN_SEGMENT = 3
+BAND_K = 3.0
+
+
+def history_steps(runs: Runs, metric: str, alpha: float = STEP_ALPHA, min_segment: int = STEP_MIN_SEGMENT,
+                  scale: float = 1.0, unit: str = "") -> pd.DataFrame:
+    """Level shifts in each cell configuration's per-run median of ``metric`` over the runs in
+    time order (``stats.detect_steps``: circular binary segmentation, Mann-Whitney statistic,
+    permutation p). One row per step: the first run at the new level, the run before it, medians
+    of the segments either side, change, p, and the harness git revision either side."""
+    cols = ["metric", "cfg", "first run at new level", "previous run", "before", "after", "change [%]", "p",
+            "runs before/after", "git before -> after"]
+    if len(runs.manifests) < 2 * min_segment:
+        return pd.DataFrame(columns=cols)
+    h = history(runs, metric)
+    if h.empty:
+        return pd.DataFrame(columns=cols)
+    rt = runs.runs_table().set_index("run_id")
+    rows = []
+    for cfg, g in h.groupby("cfg", sort=True):
+        g = g.reset_index(drop=True)
+        for st in S.detect_steps(g["median"].to_numpy(dtype=float), min_segment=min_segment, alpha=alpha):
+            now, prev = g.run_id.iloc[st.index], g.run_id.iloc[st.index - 1]
+            rows.append({"metric": metric, "cfg": cfg, "first run at new level": now, "previous run": prev,
+                         "before": f"{st.median_before * scale:.4g}{unit}", "after": f"{st.median_after * scale:.4g}{unit}",
+                         "change [%]": st.rel_change * 100, "p": st.p_value,
+                         "runs before/after": f"{st.n_before}/{st.n_after}",
+                         "git before -> after": f"{rt.git.get(prev, '')} -> {rt.git.get(now, '')}"})
+    return pd.DataFrame(rows, columns=cols)
+
+
 @_needs_ok_cells(_NONE)
-def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float = 1.0):
+def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float = 1.0, steps: bool = True,
+                alpha: float = STEP_ALPHA, min_segment: int = STEP_MIN_SEGMENT, k: float = BAND_K):
+    """Per-run medians (95% CI whiskers) of every cell configuration in time order. With
+    ``steps``: the noise band (median +- k x 1.4826 MAD, ``stats.noise_band``) of each segment
+    between detected level shifts is shaded, and each shift (``stats.detect_steps``) is a
+    vertical dashed line just before the first run at the new level."""
     if len(runs.manifests) < 2:
         return None
     h = history(runs, metric)
@@ -757,10 +810,27 @@ def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float =
     fig, ax = _new_fig(10.5, 4.4)
     order = list(dict.fromkeys(h.sort_values(["started", "run_id"]).run_id))
     xpos = {r: i for i, r in enumerate(order)}
+    n_steps = 0
     for i, (cfg, g) in enumerate(h.groupby("cfg", sort=True)):
-        x = g.run_id.map(xpos).to_numpy(dtype=float)
+        color = f"C{i % 10}"
+        g = g.assign(_x=g.run_id.map(xpos)).sort_values("_x").reset_index(drop=True)
+        x = g["_x"].to_numpy(dtype=float)
         ax.errorbar(x, g["median"] * scale, yerr=_errbars(g) * scale, marker="o", ms=4, capsize=3,
-                    label=cfg, color=f"C{i % 10}")
+                    label=cfg, color=color)
+        if not steps:
+            continue
+        found = S.detect_steps(g["median"].to_numpy(dtype=float), min_segment=min_segment, alpha=alpha)
+        for a, b in S.segments(len(g), found):
+            band = S.noise_band(g["median"].iloc[a:b], k=k)
+            if math.isnan(band.lo):
+                continue
+            ax.fill_between([x[a] - 0.4, x[b - 1] + 0.4], band.lo * scale, band.hi * scale, color=color,
+                            alpha=0.12, lw=0)
+        for st in found:
+            n_steps += 1
+            ax.axvline(x[st.index] - 0.5, color=color, ls="--", lw=1.3)
+            ax.annotate(f"{st.rel_change * 100:+.0f}%", (x[st.index] - 0.5, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(2, -10), textcoords="offset points", fontsize=7, color=color)
     step = max(1, len(order) // 12)
     ticks = list(range(0, len(order), step))
     rt = runs.runs_table().set_index("run_id")
@@ -768,7 +838,8 @@ def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float =
                           if not pd.isna(rt.started.get(order[t])) else order[t] for t in ticks],
                   rotation=30, ha="right", fontsize=8)
     ax.set_title(title)
-    ax.set_xlabel(f"run start (UTC), {len(order)} runs in time order")
+    ax.set_xlabel(f"run start (UTC), {len(order)} runs in time order"
+                  + (f"; shaded: median +- {k:g} sigma (MAD) per segment; dashed: level shift" if steps else ""))
     ax.set_ylabel(ylabel)
     _ylim0(ax)
     ax.legend(fontsize=7, ncol=2)
@@ -853,25 +924,40 @@ def _combined(run_dirs: Sequence[str], notebooks: Sequence[Path], title: str):
     return nb
 
 
-def execute_notebook(nb, cwd: Path, timeout: int = 600):
+def execute_notebook(nb, timeout: int = 600):
+    """Execute ``nb`` in a fresh python3 kernel.
+
+    The kernel talks TCP on 127.0.0.1 only (set here, whatever a Jupyter config says: with the
+    ipc transport the kernel binds ``kernel-ipc-<n>`` sockets in its working directory) and runs
+    in a temporary directory that also holds its connection file; the directory is removed
+    afterwards, so nothing the kernel or a notebook writes relative to its cwd is left behind
+    (the notebooks find their data through RUN_DIRS and the harness package, not the cwd).
+    """
+    from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
-    # the kernel listens on 127.0.0.1 only; --log-level=ERROR drops its "unencrypted TCP" warning
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=["--log-level=ERROR"],
-                            resources={"metadata": {"path": str(cwd)}})
+    tmp = Path(tempfile.mkdtemp(prefix="xmitbench-kernel-"))
     try:
-        client.execute()
-    except CellExecutionError as e:
-        where = "?"
-        for c in nb.cells:
-            for o in c.get("outputs", []):
-                if o.get("output_type") == "error":
-                    where = c.metadata.get("xb_notebook", "?")
-                    break
-        lines = [ln for ln in str(e).splitlines() if ln.strip()]
-        last = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]) if lines else "cell failed"
-        raise ReportError(f"notebook {where} failed: {last}") from None
-    return nb
+        km = AsyncKernelManager(kernel_name="python3", transport="tcp", ip="127.0.0.1",
+                                connection_file=str(tmp / f"kernel-{uuid.uuid4().hex}.json"))
+        # --log-level=ERROR drops the kernel's "unencrypted TCP" warning (it listens on 127.0.0.1 only)
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                                extra_arguments=["--log-level=ERROR"], resources={"metadata": {"path": str(tmp)}})
+        try:
+            client.execute()
+        except CellExecutionError as e:
+            where = "?"
+            for c in nb.cells:
+                for o in c.get("outputs", []):
+                    if o.get("output_type") == "error":
+                        where = c.metadata.get("xb_notebook", "?")
+                        break
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            last = re.sub(r"\x1b\[[0-9;]*m", "", lines[-1]) if lines else "cell failed"
+            raise ReportError(f"notebook {where} failed: {last}") from None
+        return nb
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def to_html(nb) -> str:
@@ -912,7 +998,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     kernels = sorted({str(k) for k in runs.cells.kernel.dropna()}) if "kernel" in runs.cells else []
     title = f"xmitbench report: {len(dirs)} run(s), kernel {', '.join(kernels) or '?'}"
     nb = _combined(dirs, nbs, title)
-    execute_notebook(nb, ANALYSIS_DIR if ANALYSIS_DIR.is_dir() else Path.cwd(), timeout=timeout)
+    execute_notebook(nb, timeout=timeout)
     if save_notebook:
         import nbformat
         nbformat.write(nb, str(save_notebook))

@@ -336,3 +336,174 @@ def cpu_pct_per_gbit(cpu_pct, throughput_bps):
 def cpu_busy_pct(busy_jiffies, total_jiffies, ncpus):
     """Busy share of the interval x CPUs x 100 (jiffies cancel, USER_HZ does not matter)."""
     return _ratio(np.asarray(busy_jiffies, dtype=float) * np.asarray(ncpus, dtype=float), total_jiffies, 100.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Nightly history: noise band and step detection
+# ---------------------------------------------------------------------------------------
+MAD_TO_SIGMA = 1.4826      # sigma of a normal distribution = 1.4826 x its median absolute deviation
+
+
+@dataclass(frozen=True)
+class NoiseBand:
+    n: int
+    center: float      # median
+    sigma: float       # 1.4826 x MAD: a standard deviation estimate one outlier cannot inflate
+    lo: float          # center - k sigma
+    hi: float          # center + k sigma
+    k: float
+
+    def contains(self, v: float) -> bool:
+        return bool(self.lo <= v <= self.hi) if not math.isnan(self.lo) else True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def noise_band(values: Iterable[float], k: float = 3.0) -> NoiseBand:
+    """Median +- k x (1.4826 x MAD) of ``values`` (NaNs dropped).
+
+    Below 3 values there is no spread to estimate: sigma, lo and hi are nan (the center is
+    still the median). A MAD of 0 (more than half the values identical, e.g. a counter that is
+    0 in most runs) gives a zero-width band: then every other value lies outside it, which is
+    what such a series says."""
+    a = _arr(values)
+    if a.size == 0:
+        return NoiseBand(0, math.nan, math.nan, math.nan, math.nan, k)
+    med = float(np.median(a))
+    if a.size < 3:
+        return NoiseBand(int(a.size), med, math.nan, math.nan, math.nan, k)
+    sigma = float(MAD_TO_SIGMA * np.median(np.abs(a - med)))
+    return NoiseBand(int(a.size), med, sigma, med - k * sigma, med + k * sigma, k)
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int            # position (in the series as given) of the first value of the new level
+    p_value: float        # permutation p of the segmentation test that found this step
+    z: float              # standardised Mann-Whitney statistic of that test (+: the level went up here)
+    median_before: float  # medians of the final segments either side of the step
+    median_after: float
+    rel_change: float     # median_after / median_before - 1 (inf/nan when median_before is 0)
+    n_before: int
+    n_after: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _arc_pairs(n: int, min_segment: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (i, j), 0 <= i < j <= n, cutting [0, n) into [0, i) [i, j) [j, n) where each
+    non-empty piece has at least ``min_segment`` values: j = n or i = 0 is a single split,
+    otherwise the middle piece is an "epidemic" level that comes back."""
+    ii, jj = [], []
+    for i in range(0, n - min_segment + 1):
+        if 0 < i < min_segment:
+            continue
+        for j in range(i + min_segment, n + 1):
+            if (i == 0 and j == n) or (0 < n - j < min_segment):
+                continue
+            ii.append(i)
+            jj.append(j)
+    return np.asarray(ii, dtype=int), np.asarray(jj, dtype=int)
+
+
+def _arc_z(cs: np.ndarray, ii: np.ndarray, jj: np.ndarray, n: int, tie_term: float) -> np.ndarray:
+    """Standardised Mann-Whitney U of the ranks inside [i, j) against the rest, for every
+    pair; ``cs`` is the cumulative rank sum with a leading 0 (2-D: one row per permutation).
+    Positive: the inside ranks higher. Tie-corrected variance."""
+    m = jj - ii
+    u = cs[..., jj] - cs[..., ii] - m * (m + 1) / 2.0
+    var = m * (n - m) / 12.0 * ((n + 1) - tie_term / (n * (n - 1)))
+    return (u - m * (n - m) / 2.0) / np.sqrt(var)
+
+
+def _best_arc(x: np.ndarray, min_segment: int, n_perm: int, seed) -> tuple[int, int, float, float] | None:
+    """(i, j, z, p) of the cut with the largest |z| and its permutation p (the same maximum
+    over every cut of each shuffled segment). None: too short to cut, or constant."""
+    from scipy.stats import rankdata
+    n = x.size
+    if n < 2 * min_segment:
+        return None
+    _, counts = np.unique(x, return_counts=True)
+    tie_term = float((counts.astype(float) ** 3 - counts).sum())
+    if tie_term == float(n) ** 3 - n:           # every value equal: nothing to cut
+        return None
+    r = rankdata(x)
+    ii, jj = _arc_pairs(n, min_segment)
+    z = _arc_z(np.r_[0.0, np.cumsum(r)], ii, jj, n, tie_term)
+    best = int(np.argmax(np.abs(z)))
+    obs = float(abs(z[best]))
+    rng = np.random.default_rng(seed)
+    exceed = 0
+    chunk = max(1, 2_000_000 // max(1, ii.size))
+    for start in range(0, n_perm, chunk):
+        b = min(chunk, n_perm - start)
+        rp = r[np.argsort(rng.random((b, n)), axis=1)]
+        cs = np.concatenate([np.zeros((b, 1)), np.cumsum(rp, axis=1)], axis=1)
+        exceed += int((np.abs(_arc_z(cs, ii, jj, n, tie_term)).max(axis=1) >= obs - 1e-9).sum())
+    return int(ii[best]), int(jj[best]), float(z[best]), (1 + exceed) / (n_perm + 1)
+
+
+def detect_steps(series: Sequence[float], min_segment: int = 3, alpha: float = 0.01, n_perm: int = 999,
+                 seed: int = DEFAULT_SEED, max_steps: int = 6, min_rel_change: float = 0.0) -> list[Step]:
+    """Level shifts in a time-ordered series (e.g. one cell's median throughput per nightly run).
+
+    Method: circular binary segmentation (Olshen et al. 2004, the copy-number method) with a
+    rank statistic and a permutation reference.
+    1. For every way to cut a segment into [start, i) [i, j) [j, end) - a single split when i is
+       the start or j the end, otherwise a middle stretch at another level that comes back
+       (a regression later fixed), each piece at least ``min_segment`` values - compute the
+       standardised Mann-Whitney U of the values inside [i, j) against the rest; take the cut
+       with the largest |z|. (Plain binary segmentation only tries single splits and misses a
+       dip in the middle of a series.)
+    2. Its significance is a permutation test of that maximum: shuffle the segment ``n_perm``
+       times and take the largest |z| over every cut of each shuffle; p = (1 + #{shuffles >=
+       observed}) / (n_perm + 1). Picking the best of many cuts is thus paid for, and the test
+       only assumes the values of a segment without a step are exchangeable: no normality, and a
+       single outlier run moves its rank by at most its own place.
+    3. If p < ``alpha`` (and the medians either side differ by at least ``min_rel_change``,
+       relative), keep the cut(s) and repeat on every piece, up to ``max_steps`` steps.
+    On a series of pure noise the chance of reporting any step is ``alpha`` (the first test).
+    Short series cannot reach a small p: 6 values with min_segment 3 give at best p = 0.1. NaNs
+    are skipped; indices refer to the series as given. Deterministic for a given ``seed``.
+    """
+    if min_segment < 1:
+        raise ValueError("min_segment must be >= 1")
+    raw = np.asarray(list(series), dtype=float)
+    pos = np.flatnonzero(~np.isnan(raw))
+    x = raw[pos]
+    found: dict[int, tuple[float, float]] = {}      # cut position in x -> (z at this cut, p)
+    todo = [(0, x.size)]
+    while todo and len(found) < max_steps:
+        a, b = todo.pop(0)
+        best = _best_arc(x[a:b], min_segment, n_perm, [seed, a, b])
+        if best is None:
+            continue
+        i, j, z, p = best
+        if p >= alpha:
+            continue
+        inside = np.r_[x[a + i:a + j]]
+        outside = np.r_[x[a:a + i], x[a + j:b]]
+        if abs(_rel(float(np.median(inside)), float(np.median(outside)))) < min_rel_change:
+            continue
+        if i > 0:
+            found[a + i] = (z, p)             # the level entering [i, j) moves by sign(z)
+        if a + j < b:
+            found[a + j] = (-z, p)            # and leaving it, back
+        todo += [(lo, hi) for lo, hi in ((a, a + i), (a + i, a + j), (a + j, b)) if hi - lo > 0]
+    cuts = sorted(found)[:max_steps]
+    bounds = [0] + cuts + [x.size]
+    out = []
+    for n_, k in enumerate(cuts):
+        before, after = x[bounds[n_]:k], x[k:bounds[n_ + 2]]
+        mb, ma = float(np.median(before)), float(np.median(after))
+        z, p = found[k]
+        out.append(Step(int(pos[k]), p, z, mb, ma, _rel(ma, mb), int(before.size), int(after.size)))
+    return out
+
+
+def segments(n: int, steps: Sequence[Step]) -> list[tuple[int, int]]:
+    """[start, end) index ranges of a series of length ``n`` between its steps."""
+    b = [0] + sorted(s.index for s in steps) + [n]
+    return [(b[i], b[i + 1]) for i in range(len(b) - 1)]
