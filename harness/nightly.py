@@ -84,7 +84,7 @@ def job_summary(run_dir: Path, verdict: str, compare_text: str, green_reason: st
         lines += ["| cell | Gbit/s | requeues/Mpkt | lock wait ns/pkt | NIC/app bytes |", "|---|---|---|---|---|"]
         for _, r in t.iterrows():
             lines.append(f"| {r.cell} | {r.gbit_s:.3f} | {r.requeues_per_mpkt:.1f} | {r.lock_wait_ns_per_pkt:.1f} "
-                         f"| {r.conservation} |")
+                         f"| {r.conservation_ratio:.3f} |")
     if compare_text:
         lines += ["", "<details><summary>compare against baseline</summary>", "", "```", compare_text.strip(),
                   "```", "</details>"]

@@ -38,8 +38,8 @@ def test_load_one_and_many():
     many = load_runs([BASE_A, BASE_B, SLOW])
     assert len(many.run_ids) == 3 and many.metrics.run_id.nunique() == 3
     assert len(many.wide()) == 30                            # 3 runs x 2 cells x 5 reps
-    # a results root expands to the run dirs under it
-    assert len(load_runs(RUNS).run_ids) == 5
+    # a results root expands to the run dirs under it (README.md lists them)
+    assert len(load_runs(RUNS).run_ids) == 8
 
 
 def test_old_schema_without_cpu_column_loads():
@@ -168,10 +168,18 @@ def _check_html(html: str) -> None:
     assert n_png == len(_figs(html))                          # every figure has its caption, and vice versa
 
 
+def _listing(d: Path) -> set[str]:
+    return {p.name for p in d.iterdir()}
+
+
 def test_report_default_run_dir(tmp_path):
+    from harness.analysis.report import ANALYSIS_DIR
     run = tmp_path / "default-2rep"
     shutil.copytree(DEFAULT, run)
+    before = _listing(ANALYSIS_DIR)
     assert cli("report", str(run)) == 0
+    # the kernel's connection file and any ipc sockets live in a temp dir, removed afterwards
+    assert _listing(ANALYSIS_DIR) - before == set()
     out = run / "report.html"
     html = out.read_text()
     _check_html(html)
@@ -214,6 +222,26 @@ def test_notebook_runs_standalone(tmp_path):
     assert not [o for o in outs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outs) >= 3
     assert np.any(["xb-tcg-banner" in o.get("data", {}).get("text/html", "") for o in outs])
+
+
+def test_kernel_runs_in_a_removed_temp_dir(tmp_path):
+    """A notebook writing relative to its cwd leaves nothing in analysis/; the kernel's temp dir
+    (cwd and connection file) is gone afterwards and the kernel talked TCP on 127.0.0.1."""
+    import nbformat
+    from harness.analysis.report import ANALYSIS_DIR, execute_notebook
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os, json, glob\n"
+        "open('stray.txt', 'w').write('x')\n"
+        "from ipykernel.connect import get_connection_file\n"
+        "cf = get_connection_file()\n"
+        "print(json.dumps({'cwd': os.getcwd(), 'cf': cf, 'conn': json.load(open(cf))}))")]
+    before = _listing(ANALYSIS_DIR)
+    execute_notebook(nb)
+    info = json.loads(nb.cells[0].outputs[0]["text"])
+    assert _listing(ANALYSIS_DIR) - before == set()
+    assert Path(info["cf"]).parent == Path(info["cwd"]) and not Path(info["cwd"]).exists()
+    assert info["conn"]["transport"] == "tcp" and info["conn"]["ip"] == "127.0.0.1"
 
 
 def test_failing_notebook_is_reported_not_written(tmp_path):

@@ -178,3 +178,70 @@ def test_normalised_rates():
     assert S.cpu_busy_pct(50, 100, 2) == pytest.approx(100.0)
     v = S.per_million(np.array([1.0, 2.0]), np.array([1e6, 0.0]))
     assert v[0] == pytest.approx(1.0) and math.isnan(v[1])
+
+
+# --- nightly history: noise band and step detection -------------------------------------
+def test_noise_band_hand_computed():
+    b = S.noise_band([1.0, 2.0, 3.0, 4.0, 100.0])          # median 3, MAD 1: the outlier does not widen it
+    assert (b.n, b.center, b.k) == (5, 3.0, 3.0)
+    assert b.sigma == pytest.approx(1.4826)
+    assert (b.lo, b.hi) == (pytest.approx(3 - 3 * 1.4826), pytest.approx(3 + 3 * 1.4826))
+    assert b.contains(4.0) and not b.contains(100.0)
+    assert S.noise_band([5.0, 5.0, 5.0, 6.0]).sigma == 0.0  # MAD 0: zero-width band, said so in the doc
+    two = S.noise_band([1.0, 2.0])                            # no spread from two values
+    assert two.center == 1.5 and math.isnan(two.sigma) and math.isnan(two.lo) and two.contains(99.0)
+    assert S.noise_band([]).n == 0 and S.noise_band([np.nan, 1.0, 2.0, 3.0]).n == 3
+    # a normal sample: the MAD-based sigma estimates the SD
+    assert S.noise_band(np.random.default_rng(3).normal(0, 2.0, 4000)).sigma == pytest.approx(2.0, rel=0.05)
+
+
+def test_detect_single_step_at_its_index():
+    rng = np.random.default_rng(1)
+    x = np.r_[rng.normal(10, 1, 18), rng.normal(13, 1, 12)]     # +3 sigma from index 18
+    steps = S.detect_steps(x)
+    assert [s.index for s in steps] == [18]
+    st = steps[0]
+    assert st.kind == "split" and st.z > 0 and st.p_value < 0.005
+    assert (st.n_before, st.n_after) == (18, 12)
+    assert st.median_after / st.median_before - 1 == pytest.approx(st.rel_change)
+    assert 0.2 < st.rel_change < 0.4
+    assert S.detect_steps(x) == steps                            # deterministic
+    assert S.segments(len(x), steps) == [(0, 18), (18, 30)]
+
+
+def test_detect_dip_that_comes_back_and_two_steps():
+    rng = np.random.default_rng(1)
+    dip = np.r_[rng.normal(10, 1, 10), rng.normal(7, 1, 10), rng.normal(10, 1, 10)]
+    steps = S.detect_steps(dip)
+    assert [s.index for s in steps] == [10, 20]
+    assert steps[0].rel_change < 0 < steps[1].rel_change and {s.kind for s in steps} == {"arc"}
+    stairs = np.r_[np.full(8, 100.0), np.full(8, 90.0), np.full(8, 80.0)] + rng.normal(0, 1, 24)
+    assert [s.index for s in S.detect_steps(stairs)] == [8, 16]
+
+
+def test_detect_no_step_in_pure_noise():
+    found = [len(S.detect_steps(np.random.default_rng(100 + i).normal(5.0, 1.0, 25), n_perm=299)) for i in range(40)]
+    assert sum(f > 0 for f in found) <= 2                        # false-alarm level 0.01 per series
+    assert S.detect_steps(np.random.default_rng(7).normal(0, 1, 60)) == []
+
+
+def test_detect_steps_edge_cases():
+    assert S.detect_steps([]) == [] and S.detect_steps([1.0, 2.0, 3.0]) == []
+    assert S.detect_steps([4.0] * 12) == []                      # constant
+    # 6 values cannot reach p < alpha/2 with 3 a side (best possible 1/20): honest, no step
+    assert S.detect_steps([0, 0, 0, 5, 5, 5]) == []
+    # one wild run is clipped (median +- 3 MAD-sigma) and cannot make a step of its own
+    y = np.random.default_rng(9).normal(0, 1, 20)
+    y[7] += 25
+    assert S.detect_steps(y) == []
+    # NaNs are skipped, indices refer to the series as given
+    x = np.r_[np.zeros(10), np.full(10, 5.0)] + np.random.default_rng(2).normal(0, 0.3, 20)
+    xn = np.insert(x, [3, 15], np.nan)
+    assert [s.index for s in S.detect_steps(x)] == [10]
+    assert [s.index for s in S.detect_steps(xn)] == [11]
+    # a real but tiny change is dropped by min_rel_change
+    small = np.r_[np.full(10, 100.0), np.full(10, 101.0)] + np.random.default_rng(4).normal(0, 0.05, 20)
+    assert [s.index for s in S.detect_steps(small)] == [10]
+    assert S.detect_steps(small, min_rel_change=0.05) == []
+    with pytest.raises(ValueError):
+        S.detect_steps(x, min_segment=0)

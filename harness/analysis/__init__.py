@@ -6,9 +6,11 @@ A/B comparison, and the notebooks/report.
     w = runs.wide()                       # one row per (run, cell, rep), key metrics as columns
     stats.summarize(w[w.cell == c].throughput_bps)
 
-Modules: ``load`` (Runs, load_runs, wide_table), ``stats`` (bootstrap CI, A/B tests, Jain,
-scaling efficiency, USL fit, normalised rates), ``compare`` (compare_runs), ``report``
-(figure helpers used by analysis/*.ipynb, build_report), ``commands`` (CLI wiring).
+Modules: ``load`` (Runs, load_runs, wide_table, host_cpu_table, churn_events), ``stats``
+(bootstrap CI, A/B tests, Jain, scaling efficiency, USL fit, normalised rates, noise_band,
+detect_steps), ``compare`` (compare_runs), ``report`` (figure helpers used by analysis/*.ipynb,
+build_report), ``races`` (sections of analysis/race_reproducers.ipynb: bufring-race,
+lltx-stacking, control-churn, probe effect, host-side view), ``commands`` (CLI wiring).
 
 Names are imported lazily, so ``harness.analysis.commands`` (imported by the CLI for every
 command) does not pull in numpy/pandas/scipy.
@@ -26,6 +28,6 @@ __all__ = ["Comparison", "Runs", "compare_runs", "load_runs", "stats", "wide_tab
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    if name in ("stats", "load", "compare", "report", "commands"):
+    if name in ("stats", "load", "compare", "report", "races", "commands"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

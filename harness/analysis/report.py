@@ -285,7 +285,7 @@ def label_cols(w: pd.DataFrame) -> list[str]:
 
 def _label(row, cols, multiline: bool = False) -> str:
     """"virtio-net q2 p4"; with ``multiline`` (tick labels) workload/os/kernel go on a first line."""
-    head, tail = [], []
+    head, tail, axes = [], [], []
     for c in cols:
         v = row[c]
         if c == "churn":
@@ -294,10 +294,10 @@ def _label(row, cols, multiline: bool = False) -> str:
             txt = "traced" if bool(v) else "untraced"
         else:
             txt = {"queues": f"q{v}", "procs": f"p{v}", "streams": f"s{v}", "msg_size": f"m{v}"}.get(c, str(v))
-        (head if c in ("workload", "os", "kernel") else tail).append(txt)
-    if multiline and head:
-        return " ".join(head) + "\n" + " ".join(tail)
-    return " ".join(head + tail)
+        (head if c in ("workload", "os", "kernel") else axes if c in AXES else tail).append(txt)
+    if multiline:
+        return "\n".join(" ".join(p) for p in (head, tail, axes) if p)
+    return " ".join(head + tail + axes)
 
 
 def summary(w: pd.DataFrame, metric: str, by: Sequence[str] | None = None,
@@ -410,7 +410,8 @@ def scaling_table(runs: Runs) -> pd.DataFrame:
     """Multi-queue throughput / (queues x single-queue throughput), medians, per config."""
     w = runs.wide()
     rows = []
-    grp = [c for c in ["workload", "os", "kernel", "nic", "procs", "streams", "proto", "msg_size"] + AXES if c in w]
+    grp = [c for c in ["workload", "os", "kernel", "nic", "procs", "streams", "proto", "msg_size"] if c in w]
+    grp += varying(w, AXES)
     for keys, g in w.groupby(grp, sort=True):
         single = g[g.queues == 1].throughput_bps.median()
         for q, gq in g[g.queues > 1].groupby("queues"):
@@ -446,7 +447,8 @@ def fig_scaling(runs: Runs):
 def usl_table(runs: Runs) -> pd.DataFrame:
     w = runs.wide()
     rows = []
-    grp = [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] + AXES if c in w]
+    grp = [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] if c in w]
+    grp += varying(w, AXES)
     for keys, g in w.groupby(grp, sort=True):
         f = S.fit_usl(g.procs.astype(float), g.throughput_bps / 1e9)
         rows.append({**dict(zip(grp, keys)), "levels": f.n_levels, "points": f.n_points, "fit": f.ok,
@@ -463,7 +465,8 @@ def fig_usl(runs: Runs, table: pd.DataFrame | None = None):
         return None
     w = runs.wide()
     fig, ax = _new_fig()
-    grp = [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] + AXES if c in w]
+    grp = [c for c in ["workload", "os", "kernel", "nic", "queues", "streams", "proto", "msg_size"] if c in w]
+    grp += varying(w, AXES)
     lc = [c for c in grp if c in ("nic", "queues") or w[c].astype(str).nunique() > 1]
     for i, (_, r) in enumerate(t.iterrows()):
         g = w
@@ -770,10 +773,10 @@ BAND_K = 3.0
 def history_steps(runs: Runs, metric: str, alpha: float = STEP_ALPHA, min_segment: int = STEP_MIN_SEGMENT,
                   scale: float = 1.0, unit: str = "") -> pd.DataFrame:
     """Level shifts in each cell configuration's per-run median of ``metric`` over the runs in
-    time order (``stats.detect_steps``: circular binary segmentation, Mann-Whitney statistic,
+    time order (``stats.detect_steps``: circular binary segmentation of winsorized values,
     permutation p). One row per step: the first run at the new level, the run before it, medians
     of the segments either side, change, p, and the harness git revision either side."""
-    cols = ["metric", "cfg", "first run at new level", "previous run", "before", "after", "change [%]", "p",
+    cols = ["metric", "cfg", "first run at new level", "previous run", "before", "after", "change [%]", "p", "kind",
             "runs before/after", "git before -> after"]
     if len(runs.manifests) < 2 * min_segment:
         return pd.DataFrame(columns=cols)
@@ -787,11 +790,28 @@ def history_steps(runs: Runs, metric: str, alpha: float = STEP_ALPHA, min_segmen
         for st in S.detect_steps(g["median"].to_numpy(dtype=float), min_segment=min_segment, alpha=alpha):
             now, prev = g.run_id.iloc[st.index], g.run_id.iloc[st.index - 1]
             rows.append({"metric": metric, "cfg": cfg, "first run at new level": now, "previous run": prev,
-                         "before": f"{st.median_before * scale:.4g}{unit}", "after": f"{st.median_after * scale:.4g}{unit}",
-                         "change [%]": st.rel_change * 100, "p": st.p_value,
+                         "before": f"{st.median_before * scale:.4g}{unit}",
+                         "after": f"{st.median_after * scale:.4g}{unit}",
+                         "change [%]": st.rel_change * 100, "p": st.p_value, "kind": st.kind,
                          "runs before/after": f"{st.n_before}/{st.n_after}",
                          "git before -> after": f"{rt.git.get(prev, '')} -> {rt.git.get(now, '')}"})
     return pd.DataFrame(rows, columns=cols)
+
+
+def history_steps_all(runs: Runs, metrics: Sequence[tuple[str, float, str]]) -> pd.DataFrame:
+    """``history_steps`` of several (metric, scale, unit) pairs in one table."""
+    parts = [history_steps(runs, m, scale=sc, unit=u) for m, sc, u in metrics]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def steps_missing_note(runs: Runs, min_segment: int = STEP_MIN_SEGMENT) -> str:
+    n = len(runs.manifests)
+    if n < 2 * min_segment:
+        return (f"Step detection needs at least {2 * min_segment} runs ({min_segment} either side of a step), "
+                f"{n} loaded.")
+    return (f"No level shift in any cell configuration over {n} runs (false-alarm level {STEP_ALPHA} per "
+            "series never reached): the series stay within their noise.")
 
 
 @_needs_ok_cells(_NONE)
@@ -810,7 +830,7 @@ def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float =
     fig, ax = _new_fig(10.5, 4.4)
     order = list(dict.fromkeys(h.sort_values(["started", "run_id"]).run_id))
     xpos = {r: i for i, r in enumerate(order)}
-    n_steps = 0
+    marks: dict[float, list[tuple[float, str]]] = {}
     for i, (cfg, g) in enumerate(h.groupby("cfg", sort=True)):
         color = f"C{i % 10}"
         g = g.assign(_x=g.run_id.map(xpos)).sort_values("_x").reset_index(drop=True)
@@ -827,10 +847,15 @@ def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float =
             ax.fill_between([x[a] - 0.4, x[b - 1] + 0.4], band.lo * scale, band.hi * scale, color=color,
                             alpha=0.12, lw=0)
         for st in found:
-            n_steps += 1
-            ax.axvline(x[st.index] - 0.5, color=color, ls="--", lw=1.3)
-            ax.annotate(f"{st.rel_change * 100:+.0f}%", (x[st.index] - 0.5, 1.0), xycoords=("data", "axes fraction"),
-                        xytext=(2, -10), textcoords="offset points", fontsize=7, color=color)
+            xs = x[st.index] - 0.5
+            ax.axvline(xs, color=color, ls="--", lw=1.3)
+            marks.setdefault(xs, []).append((st.rel_change * 100, color))
+    for xs, ms in marks.items():        # one label per step position, however many cells stepped there
+        ch = [c for c, _ in ms]
+        txt = (f"{ch[0]:+.1f}%" if len(ms) == 1 else
+               f"{len(ms)} cells {min(ch):+.1f}%" + (f" to {max(ch):+.1f}%" if max(ch) - min(ch) >= 0.05 else ""))
+        ax.annotate(txt, (xs, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -10), textcoords="offset points",
+                    fontsize=7, color=ms[0][1] if len(ms) == 1 else "k")
     step = max(1, len(order) // 12)
     ticks = list(range(0, len(order), step))
     rt = runs.runs_table().set_index("run_id")

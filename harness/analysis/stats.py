@@ -381,23 +381,25 @@ def noise_band(values: Iterable[float], k: float = 3.0) -> NoiseBand:
 class Step:
     index: int            # position (in the series as given) of the first value of the new level
     p_value: float        # permutation p of the segmentation test that found this step
-    z: float              # standardised Mann-Whitney statistic of that test (+: the level went up here)
+    z: float              # standardised level difference of that test (+: the level went up here)
     median_before: float  # medians of the final segments either side of the step
     median_after: float
     rel_change: float     # median_after / median_before - 1 (inf/nan when median_before is 0)
     n_before: int
     n_after: int
+    kind: str             # "split" (one level to another) | "arc" (a stretch at another level that ends)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _arc_pairs(n: int, min_segment: int) -> tuple[np.ndarray, np.ndarray]:
+def _arc_pairs(n: int, min_segment: int, single_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Every (i, j), 0 <= i < j <= n, cutting [0, n) into [0, i) [i, j) [j, n) where each
-    non-empty piece has at least ``min_segment`` values: j = n or i = 0 is a single split,
-    otherwise the middle piece is an "epidemic" level that comes back."""
+    non-empty piece has at least ``min_segment`` values: i = 0 (or j = n) is a single split,
+    otherwise the middle piece is a stretch at another level that comes back. ``single_only``:
+    the single splits (i = 0) alone."""
     ii, jj = [], []
-    for i in range(0, n - min_segment + 1):
+    for i in range(0, 1 if single_only else n - min_segment + 1):
         if 0 < i < min_segment:
             continue
         for j in range(i + min_segment, n + 1):
@@ -408,30 +410,36 @@ def _arc_pairs(n: int, min_segment: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ii, dtype=int), np.asarray(jj, dtype=int)
 
 
-def _arc_z(cs: np.ndarray, ii: np.ndarray, jj: np.ndarray, n: int, tie_term: float) -> np.ndarray:
-    """Standardised Mann-Whitney U of the ranks inside [i, j) against the rest, for every
-    pair; ``cs`` is the cumulative rank sum with a leading 0 (2-D: one row per permutation).
-    Positive: the inside ranks higher. Tie-corrected variance."""
+def _arc_stat(cs: np.ndarray, ii: np.ndarray, jj: np.ndarray, n: int) -> np.ndarray:
+    """mean inside [i, j) - mean of the rest, over sqrt(1/m + 1/(n - m)), for every pair; ``cs``
+    is the cumulative sum with a leading 0 (2-D: one row per permutation). Dividing by the
+    segment's SD (the same for every permutation) makes it the two-sample t of CBS."""
     m = jj - ii
-    u = cs[..., jj] - cs[..., ii] - m * (m + 1) / 2.0
-    var = m * (n - m) / 12.0 * ((n + 1) - tie_term / (n * (n - 1)))
-    return (u - m * (n - m) / 2.0) / np.sqrt(var)
+    ins = cs[..., jj] - cs[..., ii]
+    rest = cs[..., -1:] - ins
+    return (ins / m - rest / (n - m)) / np.sqrt(1.0 / m + 1.0 / (n - m))
 
 
-def _best_arc(x: np.ndarray, min_segment: int, n_perm: int, seed) -> tuple[int, int, float, float] | None:
-    """(i, j, z, p) of the cut with the largest |z| and its permutation p (the same maximum
+def _winsorize(x: np.ndarray, k: float = 3.0) -> np.ndarray:
+    """Clip to median +- k x 1.4826 MAD: one wild run cannot fake (or hide) a level."""
+    med = float(np.median(x))
+    sigma = MAD_TO_SIGMA * float(np.median(np.abs(x - med)))
+    return np.clip(x, med - k * sigma, med + k * sigma) if sigma > 0 else x
+
+
+def _best_cut(x: np.ndarray, min_segment: int, n_perm: int, seed, single_only: bool
+              ) -> tuple[int, int, float, float] | None:
+    """(i, j, t, p): the cut with the largest |statistic| and its permutation p (the same maximum
     over every cut of each shuffled segment). None: too short to cut, or constant."""
-    from scipy.stats import rankdata
     n = x.size
     if n < 2 * min_segment:
         return None
-    _, counts = np.unique(x, return_counts=True)
-    tie_term = float((counts.astype(float) ** 3 - counts).sum())
-    if tie_term == float(n) ** 3 - n:           # every value equal: nothing to cut
+    xw = _winsorize(x)
+    sd = float(np.std(xw, ddof=1))
+    if sd == 0:
         return None
-    r = rankdata(x)
-    ii, jj = _arc_pairs(n, min_segment)
-    z = _arc_z(np.r_[0.0, np.cumsum(r)], ii, jj, n, tie_term)
+    ii, jj = _arc_pairs(n, min_segment, single_only)
+    z = _arc_stat(np.r_[0.0, np.cumsum(xw)], ii, jj, n)
     best = int(np.argmax(np.abs(z)))
     obs = float(abs(z[best]))
     rng = np.random.default_rng(seed)
@@ -439,67 +447,73 @@ def _best_arc(x: np.ndarray, min_segment: int, n_perm: int, seed) -> tuple[int, 
     chunk = max(1, 2_000_000 // max(1, ii.size))
     for start in range(0, n_perm, chunk):
         b = min(chunk, n_perm - start)
-        rp = r[np.argsort(rng.random((b, n)), axis=1)]
-        cs = np.concatenate([np.zeros((b, 1)), np.cumsum(rp, axis=1)], axis=1)
-        exceed += int((np.abs(_arc_z(cs, ii, jj, n, tie_term)).max(axis=1) >= obs - 1e-9).sum())
-    return int(ii[best]), int(jj[best]), float(z[best]), (1 + exceed) / (n_perm + 1)
+        xp = xw[np.argsort(rng.random((b, n)), axis=1)]
+        cs = np.concatenate([np.zeros((b, 1)), np.cumsum(xp, axis=1)], axis=1)
+        exceed += int((np.abs(_arc_stat(cs, ii, jj, n)).max(axis=1) >= obs * (1 - 1e-12)).sum())
+    return int(ii[best]), int(jj[best]), float(z[best]) / sd, (1 + exceed) / (n_perm + 1)
 
 
 def detect_steps(series: Sequence[float], min_segment: int = 3, alpha: float = 0.01, n_perm: int = 999,
                  seed: int = DEFAULT_SEED, max_steps: int = 6, min_rel_change: float = 0.0) -> list[Step]:
     """Level shifts in a time-ordered series (e.g. one cell's median throughput per nightly run).
 
-    Method: circular binary segmentation (Olshen et al. 2004, the copy-number method) with a
-    rank statistic and a permutation reference.
-    1. For every way to cut a segment into [start, i) [i, j) [j, end) - a single split when i is
-       the start or j the end, otherwise a middle stretch at another level that comes back
-       (a regression later fixed), each piece at least ``min_segment`` values - compute the
-       standardised Mann-Whitney U of the values inside [i, j) against the rest; take the cut
-       with the largest |z|. (Plain binary segmentation only tries single splits and misses a
-       dip in the middle of a series.)
-    2. Its significance is a permutation test of that maximum: shuffle the segment ``n_perm``
-       times and take the largest |z| over every cut of each shuffle; p = (1 + #{shuffles >=
-       observed}) / (n_perm + 1). Picking the best of many cuts is thus paid for, and the test
-       only assumes the values of a segment without a step are exchangeable: no normality, and a
-       single outlier run moves its rank by at most its own place.
-    3. If p < ``alpha`` (and the medians either side differ by at least ``min_rel_change``,
-       relative), keep the cut(s) and repeat on every piece, up to ``max_steps`` steps.
-    On a series of pure noise the chance of reporting any step is ``alpha`` (the first test).
-    Short series cannot reach a small p: 6 values with min_segment 3 give at best p = 0.1. NaNs
-    are skipped; indices refer to the series as given. Deterministic for a given ``seed``.
+    Method: circular binary segmentation (CBS, Olshen et al. 2004, Biostatistics 5:557) with a
+    permutation reference, on winsorized values, in two stages per segment:
+    * Statistic of a cut: the difference between the mean inside and outside the cut,
+      standardised (the two-sample t of CBS), on values clipped to median +- 3 x 1.4826 MAD of
+      the segment, so a single wild run can neither fake nor hide a level.
+    * Stage 1, single split: the split point k (at least ``min_segment`` values each side) with
+      the largest |t|. Stage 2, only if stage 1 finds nothing: every cut into [start, i) [i, j)
+      [j, end) - a stretch at another level that comes back, e.g. a regression later fixed, which
+      a single split cannot see - with the largest |t|.
+    * Significance of the chosen cut: shuffle the segment ``n_perm`` times, take the largest |t|
+      over the same set of cuts of each shuffle; p = (1 + #{shuffles >= observed}) / (n_perm + 1).
+      Picking the best of many cuts is thus paid for, and nothing is assumed but that the values
+      of a segment without a step are exchangeable. Each stage is tested at ``alpha`` / 2
+      (Bonferroni), so on a series of pure noise the chance of reporting any step is at most
+      ``alpha``; testing single splits first keeps the power for the common case, one step.
+    * A kept cut (whose medians either side also differ by at least ``min_rel_change``,
+      relative) splits the segment; every piece is searched again, up to ``max_steps`` steps.
+    Short series cannot reach a small p: with 6 values and min_segment 3 the best possible is
+    1/20 per stage. NaNs are skipped; indices refer to the series as given. Deterministic for a
+    given ``seed``.
     """
     if min_segment < 1:
         raise ValueError("min_segment must be >= 1")
     raw = np.asarray(list(series), dtype=float)
     pos = np.flatnonzero(~np.isnan(raw))
     x = raw[pos]
-    found: dict[int, tuple[float, float]] = {}      # cut position in x -> (z at this cut, p)
+    found: dict[int, tuple[float, float, str]] = {}   # cut position in x -> (t at this cut, p, kind)
     todo = [(0, x.size)]
     while todo and len(found) < max_steps:
         a, b = todo.pop(0)
-        best = _best_arc(x[a:b], min_segment, n_perm, [seed, a, b])
+        best = None
+        for single in (True, False):
+            cut = _best_cut(x[a:b], min_segment, n_perm, [seed, a, b, int(single)], single)
+            if cut is not None and cut[3] < alpha / 2:
+                best = cut
+                break
         if best is None:
             continue
-        i, j, z, p = best
-        if p >= alpha:
-            continue
-        inside = np.r_[x[a + i:a + j]]
-        outside = np.r_[x[a:a + i], x[a + j:b]]
+        i, j, t, p = best
+        if i == 0:                                 # a single split at j: the level of [j, b) differs
+            i, j, t = j, b, -t
+        inside, outside = x[a + i:a + j], np.r_[x[a:a + i], x[a + j:b]]
         if abs(_rel(float(np.median(inside)), float(np.median(outside)))) < min_rel_change:
             continue
-        if i > 0:
-            found[a + i] = (z, p)             # the level entering [i, j) moves by sign(z)
+        kind = "split" if a + j == b else "arc"
+        found[a + i] = (t, p, kind)                # the level entering [i, j) moves by sign(t)
         if a + j < b:
-            found[a + j] = (-z, p)            # and leaving it, back
-        todo += [(lo, hi) for lo, hi in ((a, a + i), (a + i, a + j), (a + j, b)) if hi - lo > 0]
+            found[a + j] = (-t, p, kind)           # and leaving it, back
+        todo += [(lo, hi) for lo, hi in ((a, a + i), (a + i, a + j), (a + j, b)) if hi > lo]
     cuts = sorted(found)[:max_steps]
     bounds = [0] + cuts + [x.size]
     out = []
     for n_, k in enumerate(cuts):
         before, after = x[bounds[n_]:k], x[k:bounds[n_ + 2]]
         mb, ma = float(np.median(before)), float(np.median(after))
-        z, p = found[k]
-        out.append(Step(int(pos[k]), p, z, mb, ma, _rel(ma, mb), int(before.size), int(after.size)))
+        t, p, kind = found[k]
+        out.append(Step(int(pos[k]), p, t, mb, ma, _rel(ma, mb), int(before.size), int(after.size), kind))
     return out
 
 
