@@ -232,9 +232,15 @@ class Machine:
             self._qmp = q
         return self._qmp
 
+    def _qmp_return(self, command: str):
+        """The command's "return" value (the legacy client hands back either the whole
+        response or just its return value, depending on its version)."""
+        r = self.qmp().cmd(command)
+        return r["return"] if isinstance(r, dict) and "return" in r else r
+
     def status(self) -> str:
         try:
-            return self.qmp().cmd("query-status")["return"]["status"]
+            return self._qmp_return("query-status")["status"]
         except Exception as e:  # noqa: BLE001 — status is advisory
             return f"unknown ({e})"
 
@@ -243,7 +249,7 @@ class Machine:
         migrate and compete on one host CPU. Thread ids come from QMP query-cpus-fast."""
         host = sorted(os.sched_getaffinity(0))
         out = []
-        for cpu in self.qmp().cmd("query-cpus-fast")["return"]:
+        for cpu in self._qmp_return("query-cpus-fast"):
             target = host[cpu["cpu-index"] % len(host)]
             os.sched_setaffinity(cpu["thread-id"], {target})
             out.append({"vcpu": cpu["cpu-index"], "thread_id": cpu["thread-id"], "host_cpu": target})

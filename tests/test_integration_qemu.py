@@ -51,6 +51,11 @@ def test_smoke_run_measures_real_guest(smoke_run):
     assert man["complete"] is True
     assert man["guest_image"]["kernel_release"].endswith("-amd64")
     assert man["benchmarks"]["boot_to_ssh_s"], "boot time not recorded"
+    pins = man["boots"][0]["vcpu_pinning"]          # smoke.toml pins vCPUs (QMP query-cpus-fast)
+    assert [p["vcpu"] for p in pins] == [0, 1] and all(p["thread_id"] > 0 for p in pins)
+    # host CPU per named QEMU thread: the vCPU threads are there
+    threads = set(pd.read_parquet(rd / "metrics.parquet").query("metric == 'host_thread_cpu_s'").native_name)
+    assert {"CPU 0/TCG", "CPU 1/TCG"} <= threads or {"CPU 0/KVM", "CPU 1/KVM"} <= threads
     m = pd.read_parquet(rd / "metrics.parquet")
     assert set(m.accel) == {man["accel"]}
     assert m.kernel.str.endswith("-amd64").all()
