@@ -56,7 +56,10 @@ report: venv
 
 # The nightly job on one runner: run, report, compare with the baseline, promote if green.
 # XMITBENCH_NIGHTLY_REDUCED=1 (or NIGHTLY_WORKLOAD=...) runs the small TCG matrix instead.
+# Under TCG two runs of the SAME configuration differed by -21.9 % (p = 0.016, 5 x 3 s) on
+# this 2-core host, so the reduced (TCG) nightly gates at 30 %; KVM runners use 5 %.
 NIGHTLY_WORKLOAD ?= $(if $(XMITBENCH_NIGHTLY_REDUCED),workloads/nightly-tcg.toml,workloads/nightly.toml)
+NIGHTLY_THRESHOLD ?= $(if $(XMITBENCH_NIGHTLY_REDUCED),0.30,0.05)
 nightly: setup
 	$(VENV)/bin/xmitbench images build linux-deb
-	$(VENV)/bin/xmitbench nightly $(NIGHTLY_WORKLOAD)
+	$(VENV)/bin/xmitbench nightly $(NIGHTLY_WORKLOAD) --threshold $(NIGHTLY_THRESHOLD)
