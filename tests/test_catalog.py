@@ -78,8 +78,10 @@ class FileServer:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 self.end_headers()
                 if not head:
-                    self.wfile.write(body)
+                    # count before writing: the client may finish reading (and the test
+                    # assert) before this thread runs again
                     owner.sent[self.path] += len(body)
+                    self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
