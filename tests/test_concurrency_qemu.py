@@ -45,7 +45,10 @@ def test_two_runs_at_once_do_not_cross_talk(tmp_path):
         m = pd.read_parquet(rd / "metrics.parquet")
         nic_tx = m[(m.source == "ethtool -S") & (m.metric == "tx_bytes") & m["queue"].notna()].value.sum()
         peer_rx = m[m.metric == "peer_rx_bytes"].value.sum()
-        assert nic_tx > 0 and peer_rx == nic_tx, (name, nic_tx, peer_rx)   # its own traffic, all of it
+        # its own traffic, all of it: the guest and the tap are read a moment apart, so a
+        # stray control packet (ARP, IPv6 ND) may fall between the readings; another run's
+        # traffic would double the count
+        assert nic_tx > 1e6 and abs(peer_rx - nic_tx) <= 2000, (name, nic_tx, peer_rx)
         man = json.loads((rd / "manifest.json").read_text())
         ports.add(next(a for a in man["boots"][0]["argv"] if a.startswith("user,")))
         netns.add(rd.name)

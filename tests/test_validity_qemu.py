@@ -23,7 +23,7 @@ name = "{name}"
 repetitions = 1
 duration_s = 3
 warmup_s = 0
-retries = 0
+retries = 1
 udp_bitrate = "100M"
 [machine]
 vcpus = 2
@@ -47,13 +47,19 @@ def _run(tmp_path: Path, name: str, proto: str, size: int, setup: list[str]) -> 
     p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(wl), "--results", str(results)],
                        capture_output=True, text=True, timeout=600, cwd=REPO)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    cells = pd.read_parquet(next(results.iterdir()) / "cells.parquet")
-    assert list(cells.status) == ["ok"], cells.reason.tolist()
-    return {"validity": json.loads(cells.validity[0]), "valid": bool(cells.valid[0])}
+    cells = pd.read_parquet(next(results.iterdir()) / "cells.parquet").sort_values("attempt")
+    final = cells.iloc[-1]      # under TCG an iperf3 run occasionally fails; the retry is recorded
+    assert final.status == "ok", cells.reason.tolist()
+    return {"validity": json.loads(final.validity), "valid": bool(final.valid)}
 
 
 def test_conservation_flags_injected_loss(tmp_path):
-    r = _run(tmp_path, "loss", "udp", 1400, ["/sbin/tc qdisc replace dev xb0 root netem loss 10%"])
+    # 10 % loss on UDP (the measured datagrams) only: iperf3's TCP control connection stays clean
+    tc = "/sbin/tc"
+    r = _run(tmp_path, "loss", "udp", 1400, [
+        f"{tc} qdisc replace dev xb0 root handle 1: prio bands 3 priomap 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+        f"{tc} qdisc replace dev xb0 parent 1:3 handle 30: netem loss 10%",
+        f"{tc} filter replace dev xb0 parent 1: protocol ip prio 1 u32 match ip protocol 17 0xff flowid 1:3"])
     cons = r["validity"]["conservation"]
     assert cons["ok"] is False and r["valid"] is False
     # about 10 % of the application's bytes never left the NIC
