@@ -58,7 +58,7 @@ def cmd_run(args) -> int:
         shard = parse_shard(args.shard) if args.shard else None
     _require_root("run")
     _stop_on_signals()
-    console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
+    console = Console(stderr=False, width=None if sys.stdout.isatty() else 200)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("cells"), TimeRemainingColumn(), console=console,
                   disable=not console.is_terminal) as prog:
