@@ -23,6 +23,16 @@ def split_sections(text: str) -> dict[str, str]:
     return out
 
 
+def parse_sections(raw: dict[str, str], parsers: dict) -> list:
+    """Samples from each captured section by its parser; a section the snapshot did not
+    capture (or that came back empty) adds nothing."""
+    out: list = []
+    for name, parse in parsers.items():
+        if raw.get(name, "").strip():
+            out += parse(raw[name])
+    return out
+
+
 class GuestBase:
     os_name = ""
 

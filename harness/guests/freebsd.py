@@ -16,7 +16,7 @@ import shlex
 
 from ..parsers import freebsd as F
 from ..samples import Sample
-from .base import SECTION, GuestBase, split_sections
+from .base import SECTION, GuestBase, parse_sections, split_sections
 
 DRIVER_PREFIX = {"virtio-net": "vtnet", "e1000e": "em", "vmxnet3": "vmx", "igb": "igb"}
 DEFAULT_TOOLS = {"iperf3": "/usr/local/bin/iperf3", "sysctl": "/sbin/sysctl", "netstat": "/usr/bin/netstat",
@@ -179,11 +179,7 @@ class FreeBSDGuest(GuestBase):
         parsers = {"netstat_i": lambda t: F.parse_netstat_interface_json(t, self.iface),
                    "netstat_s": F.parse_netstat_stats_json, "sysctl_dev": F.parse_sysctl,
                    "vmstat_i": F.parse_vmstat_i, "cp_times": F.parse_cp_times}
-        out: list[Sample] = []
-        for name, parse in parsers.items():
-            if raw.get(name, "").strip():   # a section the snapshot did not capture adds nothing
-                out += parse(raw[name])
-        return out
+        return parse_sections(raw, parsers)
 
     @staticmethod
     def parse_locks(before: dict[str, str], after: dict[str, str], method: str, senders: dict[str, str] | None = None):

@@ -12,7 +12,7 @@ import shlex
 
 from ..parsers import linux as P
 from ..samples import Sample
-from .base import SECTION, GuestBase, split_sections  # noqa: F401 (re-exported)
+from .base import SECTION, GuestBase, parse_sections, split_sections  # noqa: F401 (re-exported)
 
 IFACE = "xb0"
 
@@ -167,11 +167,7 @@ class LinuxGuest(GuestBase):
                    "tc_qdisc": P.parse_tc_qdisc_json, "ip_link": P.parse_ip_link_json,
                    "softnet_stat": P.parse_softnet_stat, "interrupts": P.parse_proc_interrupts,
                    "proc_stat": P.parse_proc_stat_cpu}
-        out: list[Sample] = []
-        for name, parse in parsers.items():
-            if raw.get(name, "").strip():   # a section the snapshot did not capture adds nothing
-                out += parse(raw[name])
-        return out
+        return parse_sections(raw, parsers)
 
     @staticmethod
     def parse_locks(before: dict[str, str], after: dict[str, str], method: str, senders=None):
