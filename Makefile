@@ -5,9 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKLOAD ?= workloads/default.toml
 # Debian packages the harness runs on the host (QEMU, iperf3 peers, namespaces) and uses to
-# build the guest (apt-get download, dpkg-deb, ldconfig).
-SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-venv dpkg apt libc-bin
-SYSTEM_TOOLS := qemu-system-x86_64 qemu-img iperf3 ip ss dpkg-deb apt-get
+# build the guest (apt-get download, dpkg-deb, ldconfig); xorriso + isolinux build the guest's
+# disk-image variant, the local stand-in for a cloud image that the tests boot.
+SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-venv dpkg apt libc-bin \
+                   xorriso isolinux syslinux-common
+SYSTEM_TOOLS := qemu-system-x86_64 qemu-img qemu-io iperf3 ip ss dpkg-deb apt-get xorriso
 
 .PHONY: bench test setup system-deps venv smoke clean-stale report nightly
 
@@ -26,6 +28,7 @@ setup: system-deps venv
 # Installs system packages when root; otherwise prints the exact command and stops.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || [ -x /sbin/$$t ] || missing="$$missing $$t"; done; \
+	[ -f /usr/lib/ISOLINUX/isolinux.bin ] || missing="$$missing isolinux"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-BUILDER_VERSION = "5"
+BUILDER_VERSION = "6"
 
 # What the guest must run. Libraries are added by dependency closure below.
 SEED_PACKAGES = ["busybox-static", "dropbear-bin", "iperf3", "libiperf0", "iproute2", "ethtool"]
@@ -34,7 +34,8 @@ KERNEL_META = "linux-image-amd64"
 
 # NIC drivers measured, plus what the race workloads stack on them.
 WANTED_MODULES = ["virtio_pci", "virtio_net", "e1000e", "igb", "vmxnet3", "8021q", "ip_gre", "sch_netem",
-                  "sch_prio", "cls_u32"]   # prio + u32: impair one flow class (e.g. UDP) only
+                  "sch_prio", "cls_u32",   # prio + u32: impair one flow class (e.g. UDP) only
+                  "virtio_blk", "isofs"]   # the disk-image variant reads a NoCloud seed ISO
 
 # Real tools that a busybox applet of the same name must never shadow.
 REAL_TOOLS = {"ip", "tc", "ethtool", "iperf3", "dropbear", "bridge", "ss"}
@@ -296,6 +297,22 @@ echo "xmitbench: init $(cat /proc/uptime)" > /dev/console
 while read -r m; do insmod "/lib/modules/xmitbench/$m" 2>/dev/console; done < /etc/xmitbench/modules.order
 arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}";; esac; done; }
 MGMT_MAC=$(arg xb.mgmt_mac); DATA_MAC=$(arg xb.data_mac); DATA_IP=$(arg xb.data_ip)
+KEY=$(arg xb.key)
+# Booted from disk (no per-run kernel command line): behave like a cloud image and take the
+# key from a NoCloud seed (ISO labelled cidata), the way cloud-init / nuageinit would.
+if [ -z "$KEY" ]; then
+  MGMT_MAC=52:54:00:00:00:01
+  mkdir -p /seed
+  for dev in /dev/vd? /dev/sr?; do
+    mount -t iso9660 -o ro "$dev" /seed 2>/dev/null || continue
+    if [ -f /seed/user-data ]; then
+      KEY=$(grep -o 'ssh-ed25519 [A-Za-z0-9+/=]*' /seed/user-data | head -1 | cut -d' ' -f2)
+      echo "xmitbench: NoCloud seed on $dev" > /dev/console
+      umount /seed; break
+    fi
+    umount /seed
+  done
+fi
 $IP link set lo up
 for d in /sys/class/net/*; do
   n=${d##*/}; mac=$(cat "$d/address")
@@ -305,7 +322,7 @@ done
 $IP addr add 198.19.0.15/24 dev xbmgmt && $IP link set xbmgmt up
 if [ -n "$DATA_IP" ] && [ -e /sys/class/net/xb0 ]; then $IP addr add "$DATA_IP" dev xb0 && $IP link set xb0 up; fi
 mkdir -p /root/.ssh /etc/dropbear && chmod 700 /root/.ssh
-echo "ssh-ed25519 $(arg xb.key) xmitbench" > /root/.ssh/authorized_keys
+echo "ssh-ed25519 $KEY xmitbench" > /root/.ssh/authorized_keys
 chmod 600 /root/.ssh/authorized_keys
 # -s: no password logins; -R: make host keys now; -E: log to stderr (the console).
 # xb.nossh=1 exists for the fault-injection test of a guest whose SSH never comes up.
@@ -448,3 +465,33 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
     log(f"guest image linux-deb {key}: built in {manifest['build_s']['total']} s "
         f"({release}, initramfs {manifest['initramfs_bytes'] // 1024} KiB)")
     return GuestImage("linux-deb", out_dir / "bzImage", out_dir / "initramfs.cpio.gz", release, key, manifest)
+
+
+def build_disk_variant(img: GuestImage, log=print) -> Path:
+    """The same guest as a bootable disk (a hybrid ISO: isolinux, kernel, initramfs) that
+    takes its SSH key from a NoCloud seed: a local stand-in for a cloud image, so the
+    overlay + seed + boot-from-disk path runs here without downloading anything."""
+    out = img.dir / "disk-variant.iso"
+    if out.exists():
+        return out
+    lib = Path("/usr/lib/ISOLINUX")
+    mods = Path("/usr/lib/syslinux/modules/bios")
+    if not (lib / "isolinux.bin").exists() or not shutil.which("xorriso"):
+        raise ImageBuildError("building the disk variant needs Debian's isolinux, syslinux-common and xorriso")
+    with tempfile.TemporaryDirectory(prefix="xb-disk-") as tmp:
+        root = Path(tmp) / "iso"
+        (root / "isolinux").mkdir(parents=True)
+        shutil.copy(lib / "isolinux.bin", root / "isolinux")
+        shutil.copy(mods / "ldlinux.c32", root / "isolinux")
+        shutil.copy(img.kernel, root / "bzImage")
+        shutil.copy(img.initrd, root / "initrd.gz")
+        (root / "isolinux" / "isolinux.cfg").write_text(
+            "DEFAULT xb\nPROMPT 0\nTIMEOUT 0\nLABEL xb\n  KERNEL /bzImage\n"
+            "  APPEND initrd=/initrd.gz console=ttyS0 panic=-1 quiet loglevel=4\n")
+        tmp_out = out.with_name(out.name + ".tmp")
+        _run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(tmp_out), "-isohybrid-mbr",
+              str(lib / "isohdpfx.bin"), "-c", "isolinux/boot.cat", "-b", "isolinux/isolinux.bin",
+              "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table", "-V", "XMITBENCH", str(root)])
+        tmp_out.rename(out)
+    log(f"guest disk variant: {out}")
+    return out
