@@ -25,6 +25,7 @@ from .faults import Injector, scan_serial
 from .guestimage import GuestImage, build_linux_deb
 from .bootimage import CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, prepare_image, seed_for
 from .guests import driver_class
+from .guests.base import sender_outputs
 from .machine import (DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, QEMU, Machine, MachineSpec, device_help, free_port,
                       lock_visibility_method, probe_accel, qemu_version, tap_queues)
 from .nics import NICS, qemu_supported_devices
@@ -471,7 +472,7 @@ class Runner:
         validity = self._validity(cell, samples, senders, results, guest)
         if cell.churn != "none":
             validity["churn"] = churn_recovery(senders.get("churn", ""),
-                                               [senders[k] for k in sorted(senders) if k.startswith("iperf3_")])
+                                               sender_outputs(senders))
         if interval_note:
             validity["interval_probe"] = interval_note
         rd.add(metrics=rows, locks=lock_rows,
@@ -489,7 +490,7 @@ class Runner:
         nic_pkts = sum(per_q_pkts.values())
         if not per_q_bytes:  # drivers without per-queue counters: interface totals
             nic_bytes, nic_pkts = tot_bytes, tot_pkts
-        app = sum(app_bytes_total(senders[k]) for k in sorted(senders) if k.startswith("iperf3_"))
+        app = sum(app_bytes_total(text) for text in sender_outputs(senders))
         busy = _cpu_busy_share(samples)
         v = {"conservation": conservation(app, nic_bytes, nic_pkts, cell.proto, cell.stack),
              "emulated": self.accel == "tcg",

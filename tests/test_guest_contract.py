@@ -53,6 +53,13 @@ def test_senders_are_pinned_processes_one_port_each(os_name):
     assert script.count(f"{SECTION}iperf3_") == 3
 
 
+def test_sender_outputs_in_process_order_past_ten():
+    from harness.guests.base import sender_outputs
+    raw = {f"iperf3_{i}": str(i) for i in range(12)}
+    raw["churn"] = "x"
+    assert sender_outputs(raw) == [str(i) for i in range(12)]     # not iperf3_0, _1, _10, _11, _2 ...
+
+
 @pytest.mark.parametrize("os_name", DRIVERS)
 def test_sender_output_parses(os_name):
     g, _, _ = DRIVERS[os_name]()

@@ -23,6 +23,13 @@ def split_sections(text: str) -> dict[str, str]:
     return out
 
 
+def sender_outputs(raw: dict[str, str]) -> list[str]:
+    """The iperf3 JSON of each sender process, in process order (iperf3_0, iperf3_1, ...,
+    iperf3_10: numeric, so sender i is the process pinned to vCPU i mod vCPUs)."""
+    keys = [k for k in raw if k.startswith("iperf3_") and k[7:].isdigit()]
+    return [raw[k] for k in sorted(keys, key=lambda k: int(k[7:]))]
+
+
 def parse_sections(raw: dict[str, str], parsers: dict) -> list:
     """Samples from each captured section by its parser; a section the snapshot did not
     capture (or that came back empty) adds nothing."""
@@ -47,4 +54,4 @@ class GuestBase:
 
     @staticmethod
     def parse_senders(raw: dict[str, str]):
-        return [parse_iperf3_json(raw[k]) for k in sorted(raw) if k.startswith("iperf3_")]
+        return [parse_iperf3_json(text) for text in sender_outputs(raw)]
