@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import threading
 import time
@@ -137,7 +138,7 @@ class Runner:
         for sk in self.plan.skipped:
             for rep in range(wl.repetitions):
                 if (sk.cell.cell_id, rep) not in self.done:
-                    rd.add(cell=self._cell_row(sk.cell, rep, "skipped", sk.reason, group=None))
+                    self._record_skip(sk.cell, rep, sk.reason, None)
         rd.flush()
         self.dp = DataPlane(rd.run_id)
         measured = 0.0
@@ -149,9 +150,7 @@ class Runner:
                 if isinstance(image, ImageUnavailable):
                     for cr in group.runs:
                         if (cr.cell.cell_id, cr.rep) not in self.done:
-                            rd.add(cell=self._cell_row(cr.cell, cr.rep, "skipped", str(image), gi))
-                            if self.progress:
-                                self.progress(cr)
+                            self._record_skip(cr.cell, cr.rep, str(image), gi, cr)
                     rd.flush()
                     continue
                 measured += self._run_group(gi, group)
@@ -187,10 +186,9 @@ class Runner:
             "guest_build_s": self.image.manifest.get("build_s", {}).get("total"),
             "image_step_s": round(self.timings.get("image", 0.0), 2),
             "boot_to_ssh_s": boots,
-            "boot_to_ssh_s_median": sorted(boots)[len(boots) // 2] if boots else None,
+            "boot_to_ssh_s_median": statistics.median_high(boots) if boots else None,
             "cell_overhead_s": [round(x, 2) for x in self.cell_overheads],
-            "cell_overhead_s_median": (sorted(self.cell_overheads)[len(self.cell_overheads) // 2]
-                                       if self.cell_overheads else None),
+            "cell_overhead_s_median": statistics.median_high(self.cell_overheads) if self.cell_overheads else None,
             "measured_s": round(measured, 2), "wall_s": round(wall, 2),
             "efficiency": round(measured / wall, 3) if wall else None,
         }
@@ -272,10 +270,8 @@ class Runner:
                     continue
                 unsupported = self.dp.stack_unsupported(cr.cell.stack)
                 if unsupported:
-                    self.rd.add(cell=self._cell_row(cr.cell, cr.rep, "skipped", unsupported, gi))
+                    self._record_skip(cr.cell, cr.rep, unsupported, gi, cr)
                     self.rd.flush()
-                    if self.progress:
-                        self.progress(cr)
                     continue
                 attempt = self.attempts.get((cr.cell.cell_id, cr.rep), 0)
                 for _ in range(1 + self.workload.retries):
@@ -347,6 +343,13 @@ class Runner:
         finally:
             watchdog.cancel()
             self.injector.disarm()
+
+    def _record_skip(self, cell, rep: int, reason: str, gi, cr=None) -> None:
+        """A cell run that cannot be measured here, with the reason (`cr`: it counts as done
+        for the progress bar)."""
+        self.rd.add(cell=self._cell_row(cell, rep, "skipped", reason, gi))
+        if cr is not None and self.progress:
+            self.progress(cr)
 
     def _record_failure(self, cr, attempt: int, reason: str, m, gi) -> None:
         raw = self.rd.raw_dir(cr.cell.cell_id, cr.rep, attempt)
@@ -430,29 +433,25 @@ class Runner:
         ctx = self._ctx(cell, rep, boot)
         rows = [{**ctx, "queue": s.queue, "cpu": s.cpu, "metric": s.metric, "value": s.value, "unit": s.unit,
                  "source": s.source, "native_name": s.native_name} for s in samples]
-        sent_bps = sum(r.sent_bps for r in results)
-        rows.append({**ctx, "queue": None, "metric": "throughput_bps", "value": float(sent_bps),
-                     "unit": "bits/s", "source": "iperf3", "native_name": "end.sum_sent.bits_per_second"})
-        rows.append({**ctx, "queue": None, "metric": "app_bytes", "value": float(sum(r.sent_bytes for r in results)),
-                     "unit": "bytes", "source": "iperf3", "native_name": "end.sum_sent.bytes"})
+
+        def add(metric: str, value: float, unit: str, source: str, native_name: str) -> None:
+            rows.append({**ctx, "queue": None, "metric": metric, "value": float(value), "unit": unit,
+                         "source": source, "native_name": native_name})
+
+        add("throughput_bps", sum(r.sent_bps for r in results), "bits/s", "iperf3", "end.sum_sent.bits_per_second")
+        add("app_bytes", sum(r.sent_bytes for r in results), "bytes", "iperf3", "end.sum_sent.bytes")
         if cell.proto == "tcp":
-            rows.append({**ctx, "queue": None, "metric": "tcp_retransmits",
-                         "value": float(sum(r.retransmits or 0 for r in results)), "unit": "count",
-                         "source": "iperf3", "native_name": "end.sum_sent.retransmits"})
+            add("tcp_retransmits", sum(r.retransmits or 0 for r in results), "count", "iperf3",
+                "end.sum_sent.retransmits")
         for i, r in enumerate(results):
-            rows.append({**ctx, "queue": None, "metric": f"sender{i}_bps", "value": float(r.sent_bps),
-                         "unit": "bits/s", "source": "iperf3", "native_name": "end.sum_sent.bits_per_second"})
+            add(f"sender{i}_bps", r.sent_bps, "bits/s", "iperf3", "end.sum_sent.bits_per_second")
         if tap_before and tap_after:
             for k in ("bytes", "packets", "dropped"):
-                v = tap_after["stats64"]["rx"][k] - tap_before["stats64"]["rx"][k]
-                rows.append({**ctx, "queue": None, "metric": f"peer_rx_{k}", "value": float(v),
-                             "unit": "count" if k == "dropped" else k, "source": "peer ip -s -j link (tap)",
-                             "native_name": f"stats64.rx.{k}"})
-
+                add(f"peer_rx_{k}", tap_after["stats64"]["rx"][k] - tap_before["stats64"]["rx"][k],
+                    "count" if k == "dropped" else k, "peer ip -s -j link (tap)", f"stats64.rx.{k}")
         cpu_b, cpu_a = host_thread_cpu(host_before), host_thread_cpu(host_after)
         for name in sorted(cpu_a):
-            rows.append({**ctx, "queue": None, "metric": "host_thread_cpu_s", "value": cpu_a[name] - cpu_b.get(name, 0.0),
-                         "unit": "s", "source": "host /proc/<qemu>/task/*/stat", "native_name": name})
+            add("host_thread_cpu_s", cpu_a[name] - cpu_b.get(name, 0.0), "s", "host /proc/<qemu>/task/*/stat", name)
         lock_rows = []
         if wl.lock_stats and cell.traced:
             method = self.rd.manifest["lock_method"]
@@ -462,12 +461,10 @@ class Runner:
                                   "lock": rec.lock, "caller": rec.caller, "kind": rec.kind,
                                   "contentions": rec.contentions, "wait_ns_total": rec.wait_ns_total,
                                   "wait_ns_max": rec.wait_ns_max, "method": rec.method})
-            rows.append({**ctx, "queue": None, "metric": "lock_wait_ns",
-                         "value": float(sum(r["wait_ns_total"] for r in lock_rows)), "unit": "ns",
-                         "source": "lock:contention hist", "native_name": "xb_lock_wait.wait_ns"})
-            rows.append({**ctx, "queue": None, "metric": "lock_contentions",
-                         "value": float(sum(r["contentions"] for r in lock_rows)), "unit": "count",
-                         "source": "lock:contention hist", "native_name": "xb_lock_wait.hitcount"})
+            add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", "lock:contention hist",
+                "xb_lock_wait.wait_ns")
+            add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", "lock:contention hist",
+                "xb_lock_wait.hitcount")
 
         validity = self._validity(cell, samples, senders, results, guest)
         if cell.churn != "none":
