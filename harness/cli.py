@@ -34,6 +34,11 @@ def _stop_on_signals() -> None:
 
 
 def cmd_run(args) -> int:
+    return run_workload(args)[0]
+
+
+def run_workload(args) -> tuple[int, Path | None]:
+    """`xmitbench run`: (exit status, the run dir it wrote or None if interrupted)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -75,7 +80,7 @@ def cmd_run(args) -> int:
             where = runner.rd.path if getattr(runner, "rd", None) else "(no run dir yet)"
             print(f"xmitbench: interrupted ({e or 'SIGINT'}); everything this run started is stopped; "
                   f"run dir {where}; continue with: xmitbench run --resume {where}", file=sys.stderr)
-            return 130
+            return 130, None
     render(rd.path, console)
     if args.report:
         from .analysis.report import build_report
@@ -83,7 +88,7 @@ def cmd_run(args) -> int:
         console.print(f"report: {out}")
     cells = __import__("pandas").read_parquet(rd.path / "cells.parquet")
     final = cells.sort_values("attempt").groupby(["cell", "rep"]).tail(1)
-    return 1 if (final.status == "failed").any() else 0
+    return (1 if (final.status == "failed").any() else 0), rd.path
 
 
 def cmd_plan(args) -> int:
@@ -191,11 +196,10 @@ def cmd_nightly(args) -> int:
         name = json.loads((run_dir / "manifest.json").read_text())["workload"]["name"]
     else:
         name = load_workload(args.workload).name
-        rc = cmd_run(argparse.Namespace(workload=args.workload, results=args.results, shard=None,
-                                        resume=None, report=False))
-        if rc == 130:
+        rc, run_dir = run_workload(argparse.Namespace(workload=args.workload, results=args.results, shard=None,
+                                                      resume=None, report=False))
+        if run_dir is None:
             return rc
-        run_dir = sorted(p for p in Path(args.results).iterdir() if (p / "manifest.json").exists())[-1]
     report = build_report([run_dir])
     print(f"report: {report}")
     green, why = N.run_is_green(run_dir)

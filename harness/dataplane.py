@@ -76,6 +76,7 @@ class DataPlane:
         self.tap = None
         self.servers: list[subprocess.Popen] = []
         self.created = False
+        self._stack_probe: dict[str, str | None] = {}   # stack kind -> why unsupported (None: fine)
 
     # -- namespace ----------------------------------------------------------------
     def create(self) -> None:
@@ -130,7 +131,7 @@ class DataPlane:
         Probed once per kind on a throw-away veth (some host kernels lack 8021q / ip_gre)."""
         if kind == "direct":
             return None
-        cache = self.__dict__.setdefault("_stack_probe", {})
+        cache = self._stack_probe
         if kind not in cache:
             probe = ["link", "add", "link", "xbprobe0", "name", "xbprobe0.7", "type", "vlan", "id", "7"] \
                 if kind == "vlan" else ["link", "add", "xbprobegre", "type", "gre", "local", "198.18.255.1",
