@@ -387,15 +387,21 @@ def series_cols(w: pd.DataFrame) -> list[str]:
             if c in ("nic", "queues") or c in varying(w, other)]
 
 
+def _plot_vs_procs(ax, w: pd.DataFrame, metric: str) -> None:
+    """One line per configuration (series_cols): median of `metric` over repetitions vs sender
+    processes, with 95 % bootstrap CI whiskers."""
+    sc = series_cols(w)
+    for i, (keys, g) in enumerate(w.groupby(sc, sort=True)):
+        s = summary(g, metric, ["procs"])
+        ax.errorbar(s.procs.astype(float), s["median"], yerr=_errbars(s), marker="o", capsize=4,
+                    label=_label(dict(zip(sc, keys if isinstance(keys, tuple) else (keys,))), sc), color=f"C{i % 10}")
+
+
 @_needs_ok_cells(_NONE)
 def fig_throughput_vs_senders(runs: Runs):
     w = runs.wide()
     fig, ax = _new_fig()
-    sc = series_cols(w)
-    for i, (keys, g) in enumerate(w.groupby(sc, sort=True)):
-        s = summary(g, "gbit_s", ["procs"])
-        ax.errorbar(s.procs.astype(float), s["median"], yerr=_errbars(s), marker="o", capsize=4,
-                    label=_label(dict(zip(sc, keys if isinstance(keys, tuple) else (keys,))), sc), color=f"C{i % 10}")
+    _plot_vs_procs(ax, w, "gbit_s")
     ax.set_title("Throughput vs concurrent sender processes")
     ax.set_xlabel("iperf3 sender processes, each pinned to its own vCPU [count]")
     ax.set_ylabel("throughput, median over reps [Gbit/s]")
@@ -713,11 +719,7 @@ def fig_contentions_vs_senders(runs: Runs):
     if w.lock_contentions.isna().all():
         return None
     fig, ax = _new_fig()
-    sc = series_cols(w)
-    for i, (keys, g) in enumerate(w.groupby(sc, sort=True)):
-        s = summary(g, "lock_contentions", ["procs"])
-        ax.errorbar(s.procs.astype(float), s["median"], yerr=_errbars(s), marker="o", capsize=4,
-                    label=_label(dict(zip(sc, keys if isinstance(keys, tuple) else (keys,))), sc), color=f"C{i % 10}")
+    _plot_vs_procs(ax, w, "lock_contentions")
     ax.set_title("Contended lock acquisitions vs sender processes")
     ax.set_xlabel("iperf3 sender processes [count]")
     ax.set_ylabel("contentions per cell run, median [count]")
