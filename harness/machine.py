@@ -287,26 +287,15 @@ def probe_accel(kernel: Path, initrd: Path, timeout: float = 20.0) -> tuple[str,
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg", "/dev/kvm missing or not accessible"
     with tempfile.TemporaryDirectory(prefix="xb-kvmprobe-") as d:
-        log = Path(d) / "serial.log"
-        argv = [QEMU, "-nodefaults", "-nographic", "-accel", "kvm", "-cpu", "host", "-m", "256",
-                "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
-                "-append", "console=ttyS0 panic=-1", "-serial", f"file:{log}", "-monitor", "none"]
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        t0, ok = time.monotonic(), False
+        # the same command line as a real boot (build_argv), minus the data NIC
+        m = Machine(MachineSpec(kernel, initrd, "virtio-net-pci", 1, vcpus=1, memory_mib=256, accel="kvm",
+                                ssh_port=free_port(), serial_log=Path(d) / "serial.log"))
+        m.start()
         try:
-            while time.monotonic() - t0 < timeout and proc.poll() is None:
-                if log.exists() and "xmitbench: init" in log.read_text(errors="replace"):
-                    ok = True
-                    break
-                time.sleep(0.2)
+            secs = m.wait_serial("xmitbench: init", timeout)
+            return "kvm", f"KVM probe boot reached init in {secs:.1f} s"
+        except MachineError as e:
+            return "tcg", f"KVM probe boot: {e}; using TCG"
         finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        if ok:
-            return "kvm", f"KVM probe boot reached init in {time.monotonic() - t0:.1f} s"
-        err = proc.stderr.read().decode(errors="replace").strip()[-200:] if proc.stderr else ""
-        what = (f"QEMU exited ({proc.returncode}) before the guest reached init" if proc.returncode not in (None, -9)
-                else f"guest did not reach init within {timeout:.0f} s")
-        return "tcg", f"KVM probe boot: {what}" + (f" ({err})" if err else "") + "; using TCG"
+            m.kill()
+            m.stop()
