@@ -99,6 +99,7 @@ def cmd_plan(args) -> int:
     from .machine import (DATA_MAC, PEER_DATA_IP, MachineSpec, build_argv, device_help,
                           lock_visibility_method, tap_queues)
     from .nics import NICS, qemu_supported_devices
+    from .stacks import STACKS, VLAN_ID
     from .plan import parse_shard, plan
     from .workload import load_workload
     wl = load_workload(args.workload)
@@ -140,10 +141,21 @@ def cmd_plan(args) -> int:
             print(f"-- {cr.run_id}")
             if nic.runtime_queue_change(bk.os):
                 print("   " + guest.set_queues_command(c.queues))
+            for cmd in wl.setup_for(bk.os):
+                print("   " + cmd)
+            peer_ip = PEER_DATA_IP
+            stack_cmd = guest.stack_command(c.stack)
+            guest.stack_dev = guest.STACK_DEVS.get(c.stack)
+            if stack_cmd:
+                peer_ip = STACKS[c.stack].peer_ip
+                print("   " + stack_cmd)
+                print(f"   # peer end in the harness namespace: {c.stack} to {peer_ip}" +
+                      (f" (vid {VLAN_ID}; vid 0 where the host has no 8021q)" if c.stack == "vlan" else ""))
             print("   snapshot before/after: " + (guest.snapshot_command(locks=wl.lock_stats)
                                                   if bk.os == "linux" else guest.snapshot_command()))
-            script = guest.senders_script(ports, wl.machine.vcpus, PEER_DATA_IP, c.duration_s, c.warmup_s,
-                                          c.streams, c.proto, c.msg_size, c.udp_bitrate)
+            churn = guest.churn_command(c.churn, wl.churn_interval_s, wl.churn_count, c.queues)
+            script = guest.senders_script(ports, wl.machine.vcpus, peer_ip, c.duration_s, c.warmup_s,
+                                          c.streams, c.proto, c.msg_size, c.udp_bitrate, churn=churn)
             print("   " + script.replace("\n", "\n   "))
     for sk in p.skipped:
         print(f"skipped {sk.cell.cell_id}: {sk.reason}")

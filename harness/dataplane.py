@@ -19,7 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from .machine import DATA_PREFIX, PEER_DATA_IP, die_with_parent
+from .machine import DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC, die_with_parent
+from .stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI, PeerStack
 
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454CA
@@ -119,44 +120,83 @@ class DataPlane:
             os.set_inheritable(fd, True)
         self.tap = name
         self.stacks: set[str] = set()
+        # a fixed MAC: the guest's static neighbour entries for stacked devices point at it
+        _ip("-n", self.netns, "link", "set", name, "address", PEER_DATA_MAC)
         _ip("-n", self.netns, "addr", "add", f"{PEER_DATA_IP}/{DATA_PREFIX}", "dev", name)
         _ip("-n", self.netns, "link", "set", name, "up")
         return fds
 
-    # peer side of the stacked devices (the guest driver builds the other end)
-    PEER_STACKS = {"vlan": ("xbv100", "198.18.1.1/24"), "gre": ("xbgre", "198.18.2.1/24")}
+    # peer side of the stacked devices (the guest driver builds the other end; addresses in stacks.py)
+    PEER_DEVS = {"vlan": "xbv100", "gre": "xbgre", "vxlan": "xbvx"}
+    _PROBES = {
+        "vlan": ["link", "add", "link", "xbprobe0", "name", "xbprobe0.7", "type", "vlan", "id", "7"],
+        "gre": ["link", "add", "xbprobegre", "type", "gre", "local", "198.18.255.1", "remote", "198.18.255.2"],
+        "vxlan": ["link", "add", "xbprobevx", "type", "vxlan", "id", "7", "dstport", str(VXLAN_PORT),
+                  "local", "198.18.255.1", "remote", "198.18.255.2"],
+    }
+
+    def _host_can(self, kind: str) -> str | None:
+        """None if the host kernel can create `kind` in the namespace, else ip's error.
+        Probed once per kind on a throw-away veth (some host kernels lack 8021q / ip_gre)."""
+        if kind not in self._stack_probe:
+            _ip("-n", self.netns, "link", "add", "xbprobe0", "type", "veth", "peer", "name", "xbprobe1")
+            r = _ip("-n", self.netns, *self._PROBES[kind], check=False)
+            for dev in ("xbprobe0", "xbprobegre", "xbprobevx"):
+                _ip("-n", self.netns, "link", "del", dev, check=False)
+            self._stack_probe[kind] = None if r.returncode == 0 else r.stderr.strip()
+        return self._stack_probe[kind]
 
     def stack_unsupported(self, kind: str) -> str | None:
         """Why the peer namespace cannot terminate a stacked device on this host, or None.
-        Probed once per kind on a throw-away veth (some host kernels lack 8021q / ip_gre)."""
-        if kind == "direct":
+        A VLAN is always terminable: without 8021q the peer takes priority-tagged frames (see
+        `stack_peer`)."""
+        if kind in ("direct", "vlan"):
             return None
-        cache = self._stack_probe
-        if kind not in cache:
-            probe = ["link", "add", "link", "xbprobe0", "name", "xbprobe0.7", "type", "vlan", "id", "7"] \
-                if kind == "vlan" else ["link", "add", "xbprobegre", "type", "gre", "local", "198.18.255.1",
-                                        "remote", "198.18.255.2"]
-            _ip("-n", self.netns, "link", "add", "xbprobe0", "type", "veth", "peer", "name", "xbprobe1")
-            r = _ip("-n", self.netns, *probe, check=False)
-            _ip("-n", self.netns, "link", "del", "xbprobe0", check=False)
-            _ip("-n", self.netns, "link", "del", "xbprobegre", check=False)
-            cache[kind] = (None if r.returncode == 0 else
-                           f"the host kernel cannot terminate {kind} in the peer namespace "
-                           f"(ip link add type {kind}: {r.stderr.strip()})")
-        return cache[kind]
+        err = self._host_can(kind)
+        return None if err is None else (f"the host kernel cannot terminate {kind} in the peer namespace "
+                                         f"(ip link add type {kind}: {err})")
 
-    def add_stack(self, kind: str) -> None:
-        if kind == "direct" or kind in self.stacks:
-            return
-        dev, addr = self.PEER_STACKS[kind]
+    def stack_peer(self, kind: str) -> PeerStack:
+        """How the peer will terminate `kind`; the guest end must match (its VLAN id)."""
+        if kind == "vlan" and self._host_can("vlan") is not None:
+            # No 8021q on the host: the guest tags with VID 0 (802.1p priority tag), which the
+            # host's core receive path strips without a vlan device (__netif_receive_skb_core).
+            # The guest's TX path is the same for every VID (vlan_dev_hard_start_xmit).
+            return PeerStack("vlan", 0, "vid 0 (priority-tagged): the host kernel has no 8021q, its core "
+                                        "receive path untags VID 0; the guest TX path is the same for any VID")
         if kind == "vlan":
-            _ip("-n", self.netns, "link", "add", "link", self.tap, "name", dev, "type", "vlan", "id", "100")
+            return PeerStack("vlan", VLAN_ID, f"vid {VLAN_ID}, peer vlan device on the tap")
+        if kind == "vxlan":
+            return PeerStack("vxlan", detail=f"vni {VXLAN_VNI}, udp {VXLAN_PORT}, peer vxlan device over the tap")
+        return PeerStack(kind, detail=f"peer {kind} device" if kind != "direct" else "")
+
+    def add_stack(self, kind: str) -> PeerStack:
+        """Build the peer end of `kind` (once per run) and return how it terminates."""
+        peer = self.stack_peer(kind)
+        if kind == "direct" or kind in self.stacks:
+            return peer
+        s = STACKS[kind]
+        guest_ip = s.guest_cidr.split("/")[0]
+        prefix = s.guest_cidr.split("/")[1]
+        dev = self.PEER_DEVS[kind]
+        if kind == "vlan" and peer.vlan_id == 0:
+            dev = self.tap       # the core untags VID 0 frames: they arrive on the tap itself
+        elif kind == "vlan":
+            _ip("-n", self.netns, "link", "add", "link", self.tap, "name", dev, "type", "vlan", "id", str(VLAN_ID))
+        elif kind == "vxlan":
+            _ip("-n", self.netns, "link", "add", dev, "type", "vxlan", "id", str(VXLAN_VNI), "dstport",
+                str(VXLAN_PORT), "local", PEER_DATA_IP, "remote", GUEST_DATA_IP, "dev", self.tap)
         else:
             _ip("-n", self.netns, "link", "add", dev, "type", "gre", "local", PEER_DATA_IP,
-                "remote", "198.18.0.2", "ttl", "64")
-        _ip("-n", self.netns, "addr", "add", addr, "dev", dev)
+                "remote", GUEST_DATA_IP, "ttl", "64")
+        _ip("-n", self.netns, "addr", "add", f"{s.peer_ip}/{prefix}", "dev", dev)
+        if kind == "vlan":
+            # static both ways: with VID 0 the replies arrive untagged on the guest's lower
+            # device, so ARP cannot resolve across the VLAN; do the same with a real VID for parity
+            _ip("-n", self.netns, "neigh", "replace", guest_ip, "lladdr", DATA_MAC, "dev", dev, "nud", "permanent")
         _ip("-n", self.netns, "link", "set", dev, "up")
         self.stacks.add(kind)
+        return peer
 
     # -- peers ----------------------------------------------------------------------
     def start_servers(self, ports: list[int], timeout: float = 10.0, bind: str = PEER_DATA_IP) -> None:

@@ -33,7 +33,7 @@ SEED_PACKAGES = ["busybox-static", "dropbear-bin", "iperf3", "libiperf0", "iprou
 KERNEL_META = "linux-image-amd64"
 
 # NIC drivers measured, plus what the race workloads stack on them.
-WANTED_MODULES = ["virtio_pci", "virtio_net", "e1000e", "igb", "vmxnet3", "8021q", "ip_gre", "sch_netem",
+WANTED_MODULES = ["virtio_pci", "virtio_net", "e1000e", "igb", "vmxnet3", "8021q", "ip_gre", "vxlan", "sch_netem",
                   "sch_prio", "cls_u32",   # prio + u32: impair one flow class (e.g. UDP) only
                   "virtio_blk", "isofs"]   # the disk-image variant reads a NoCloud seed ISO
 

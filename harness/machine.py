@@ -21,6 +21,7 @@ from pathlib import Path
 QEMU = os.environ.get("XMITBENCH_QEMU", "qemu-system-x86_64")
 MGMT_MAC = "52:54:00:00:00:01"
 DATA_MAC = "52:54:00:12:34:56"
+PEER_DATA_MAC = "02:78:62:00:00:01"   # the tap in the peer namespace (locally administered)
 GUEST_MGMT_IP = "198.19.0.15"
 GUEST_DATA_IP = "198.18.0.2"
 PEER_DATA_IP = "198.18.0.1"

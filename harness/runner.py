@@ -33,6 +33,7 @@ from .nics import NICS, qemu_supported_devices
 from .plan import Plan, plan as make_plan
 from .results import RunDir, git_revision, host_info
 from .samples import delta
+from .stacks import STACKS
 from .ssh import GuestShell, make_key
 from .validity import (app_bytes_total, churn_recovery, conservation, host_thread_cpu, queue_spread,
                        sender_saturation)
@@ -376,11 +377,10 @@ class Runner:
         for cmd in setup_cmds:      # the workload's own guest commands (XPS, qdisc, ...)
             guest.run(cmd)
         peer_ip = PEER_DATA_IP
-        stack_cmd = guest.stack_command(cell.stack)
+        peer_stack = self.dp.add_stack(cell.stack)     # the peer end first: it picks the VLAN id
+        stack_cmd = guest.setup_stack(cell.stack, peer_stack.vlan_id)
         if stack_cmd:
-            guest.run(stack_cmd)
-            self.dp.add_stack(cell.stack)
-            peer_ip = guest.STACKS[cell.stack][2]
+            peer_ip = STACKS[cell.stack].peer_ip
         churn_cmd = guest.churn_command(cell.churn, wl.churn_interval_s, wl.churn_count, cell.queues)
         ports = [BASE_PORT + i for i in range(cell.procs)]
         self.dp.start_servers(ports, bind=peer_ip)
@@ -415,6 +415,7 @@ class Runner:
         save("commands.sh", "\n".join([
             "# queue setup", guest.set_queues_command(cell.queues),
             "# workload setup commands", *setup_cmds, "# stacked device", stack_cmd or "(direct)",
+            *([f"# peer end: {peer_stack.detail}"] if peer_stack.detail else []),
             "# snapshot (before and after)",
             guest.snapshot_command(locks=wl.lock_stats),
             "# lock statistics (installed once per boot, read by the snapshots)", guest.lock_start_script(),
@@ -472,6 +473,8 @@ class Runner:
                                                sender_outputs(senders))
         if interval_note:
             validity["interval_probe"] = interval_note
+        if peer_stack.detail:     # not a check: how the peer terminated the stack, kept beside them
+            validity["stack_peer"] = peer_stack.detail
         rd.add(metrics=rows, locks=lock_rows,
                cell=self._cell_row(cell, rep, "ok", "", gi, attempt=attempt, kernel=boot["kernel"], driver=driver,
                                    started=started, wall_s=time.monotonic() - t0, measured_s=measured,

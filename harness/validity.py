@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 
+from .stacks import STACKS
+
 # Per-skb header bytes a Linux NIC counts on top of payload (skb->len of a GSO skb holds
 # ONE header): Ethernet 14 + IPv4 20 + TCP 20+12 (timestamps) or UDP 8.
 HEADER_BYTES = {"tcp": 14 + 20 + 32, "udp": 14 + 20 + 8}
 # Extra bytes per packet on the physical NIC when traffic goes through a stacked device.
-STACK_OVERHEAD = {"direct": 0, "vlan": 4, "gre": 20 + 4}
+STACK_OVERHEAD = {"direct": 0, **{k: s.overhead for k, s in STACKS.items()}}
 CONSERVATION_TOLERANCE = 0.03
 QUEUE_SHARE_MIN = 0.05
 

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 
 from harness.errors import InputError
 from harness.nics import NICS, OSES, NicModel
+from harness.stacks import KINDS as STACK_KINDS
 
 # Guest images a workload may name, with the OS each one runs. Others add entries here as
 # images become buildable (e.g. "freebsd-14.3": "freebsd").
@@ -98,7 +99,7 @@ _SCHEMA: dict[str, tuple[str, ...]] = {
     "setup": ("linux", "freebsd"),
 }
 # How traffic reaches the NIC: directly, or through a stacked virtual device (Linux: LLTX).
-STACKS = ("direct", "vlan", "gre")
+STACKS = STACK_KINDS
 # Control-path reconfiguration run in a bounded loop while the senders run.
 CHURNS = ("none", "link-flap", "mtu", "queues")
 CHURN_INTERVAL_S = (1, 60)

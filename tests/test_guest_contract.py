@@ -120,3 +120,49 @@ def test_freebsd_lock_tracing_runs_beside_the_senders():
     assert "lockstat -C -s 8 -D 30 sleep 11" in script
     assert "fbt::vtnet_txq_mq_start:return" in script and "tick-11s" in script
     assert f"{SECTION}lockstat" in script and f"{SECTION}dtrace_bufring" in script
+
+
+class RecordingShell:
+    """Stands in for SSH in pure tests: records each command, answers nothing."""
+    def __init__(self):
+        self.commands: list[str] = []
+
+    def run(self, cmd, timeout=30.0, check=True):
+        self.commands.append(cmd)
+        return 0, "", ""
+
+
+@pytest.mark.parametrize("os_name", DRIVERS)
+@pytest.mark.parametrize("stack, vid", [("vlan", 100), ("vlan", 0), ("vxlan", 100)])
+def test_stacked_device_setup_and_its_counters(os_name, stack, vid):
+    from harness.machine import PEER_DATA_MAC
+    from harness.stacks import STACKS, VXLAN_PORT, VXLAN_VNI
+    g, _, _ = DRIVERS[os_name]()
+    g.shell = RecordingShell()
+    assert g.setup_stack("direct", vid) is None and g.stack_dev is None and g.shell.commands == []
+    cmd = g.setup_stack(stack, vid)
+    assert g.shell.commands == [cmd] and g.stack_dev == g.STACK_DEVS[stack]
+    assert STACKS[stack].guest_cidr in cmd and g.stack_dev in cmd
+    if stack == "vlan" or os_name == "linux":   # FreeBSD's unicast vxlan routes to its remote, no vxlandev
+        assert re.search(rf"\b{g.iface}\b", cmd)
+    if stack == "vlan":   # the VID the peer chose, and a static neighbour (a VID-0 peer answers untagged)
+        assert re.search(rf"\bvlan (id )?{vid}\b", cmd) and PEER_DATA_MAC in cmd and STACKS["vlan"].peer_ip in cmd
+    else:
+        assert str(VXLAN_VNI) in cmd and str(VXLAN_PORT) in cmd and "198.18.0.1" in cmd and "198.18.0.2" in cmd
+    # the snapshot now reads the stacked device too, and its counters stay apart from the NIC's
+    snap = g.snapshot_command()
+    assert snap.count(g.stack_dev) == 1
+    if os_name == "linux":
+        text = (FIX / "linux/guest/virtio_net_q2/ip_-s_-j_link_show.json").read_text()
+        raw = {"stack_link": text, "ip_link": text}
+    else:
+        text = (FIX / "freebsd/netstat_--libxo_json_-i_-d_-b_-I_vtnet0.after.json").read_text()
+        raw = {"netstat_stack": text.replace('"vtnet0"', f'"{g.stack_dev}"'),
+               "netstat_i": text.replace('"vtnet0"', f'"{g.iface}"')}
+    samples = g.parse_snapshot(raw)
+    stacked = [s for s in samples if s.metric.startswith("stack_")]
+    nic = [s for s in samples if not s.metric.startswith("stack_")]
+    assert stacked and nic and len(stacked) == len(nic)
+    assert {s.source for s in stacked} == {f"{nic[0].source} ({g.stack_dev})"}
+    assert "stack_tx_packets" in {s.metric for s in stacked}
+    assert not {s.key for s in stacked} & {s.key for s in nic}

@@ -30,7 +30,7 @@ from .load import KEY, UNTRACED_SUFFIX, Runs, churn_events, host_cpu_table
 from .report import _all_zero_note, _errbars, _html, _label, _short, label_cols, note
 
 SMALL_UDP_BYTES = 128
-STACK_ORDER = ("direct", "vlan", "gre")
+STACK_ORDER = ("direct", "vlan", "vxlan", "gre")
 CHURN_ORDER = ("none", "link-flap", "mtu", "queues")
 KIND_ORDER = ("vCPU", "I/O", "main loop + other", "all threads (unnamed)")
 KIND_COLOR = {"vCPU": "C0", "I/O": "C2", "main loop + other": "C7", "all threads (unnamed)": "C5"}
@@ -353,7 +353,7 @@ def fig_lltx(runs: Runs):
     grp = [c for c in ["workload", "os", "nic", "procs"] if c in ("nic", "procs") or ok[c].astype(str).nunique() > 1]
     w = measured_only(w, grp)
     stacks = _stacks(w)
-    colors = {"direct": "C0", "vlan": "C1", "gre": "C3"}
+    colors = {"direct": "C0", "vlan": "C1", "vxlan": "C2", "gre": "C3"}
     for ax, (m, title, ylabel) in zip(axes, [
             ("lock_wait_ns_per_pkt", "contended-lock wait per TX packet", "lock wait per TX packet [ns/packet]"),
             ("requeues_per_mpkt", "qdisc requeues", "requeues per million TX packets [1/Mpkt]")]):

@@ -2,6 +2,8 @@
 back what the sender script printed between section markers."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..parsers.iperf3 import parse_iperf3_json
 
 SECTION = "@@xmitbench-section "
@@ -40,8 +42,24 @@ def parse_sections(raw: dict[str, str], parsers: dict) -> list:
     return out
 
 
+def as_stacked(samples: list, dev: str) -> list:
+    """Counters of the stacked device (vlan/vxlan/gre) kept apart from the NIC's: own source,
+    metric prefixed `stack_` (native_name unchanged, so it still reads as the tool prints it)."""
+    return [replace(s, source=f"{s.source} ({dev})", metric=f"stack_{s.metric}") for s in samples]
+
+
 class GuestBase:
     os_name = ""
+    STACK_DEVS: dict[str, str] = {}
+    stack_dev: str | None = None     # the stacked device this boot has, once set up
+
+    def setup_stack(self, stack: str, vlan_id: int) -> str | None:
+        """Create the stacked device for `stack` (idempotent); its counters join the snapshots."""
+        cmd = self.stack_command(stack, vlan_id=vlan_id)
+        if cmd:
+            self.run(cmd)
+        self.stack_dev = self.STACK_DEVS.get(stack)
+        return cmd
 
     def run(self, cmd: str, timeout: float = 30.0, check: bool = True) -> str:
         return self.shell.run(cmd, timeout=timeout, check=check)[1]

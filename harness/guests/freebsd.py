@@ -14,9 +14,11 @@ from __future__ import annotations
 import re
 import shlex
 
+from ..machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC
 from ..parsers import freebsd as F
 from ..samples import Sample
-from .base import SECTION, GuestBase, parse_sections, split_sections
+from ..stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
+from .base import SECTION, GuestBase, as_stacked, parse_sections, split_sections
 
 DRIVER_PREFIX = {"virtio-net": "vtnet", "e1000e": "em", "vmxnet3": "vmx", "igb": "igb"}
 DEFAULT_TOOLS = {"iperf3": "/usr/local/bin/iperf3", "sysctl": "/sbin/sysctl", "netstat": "/usr/bin/netstat",
@@ -64,17 +66,22 @@ class FreeBSDGuest(GuestBase):
         return ("sed -i '' '/# xmitbench$/d' /boot/loader.conf 2>/dev/null; "
                 + "; ".join(f"echo {shlex.quote(l + ' # xmitbench')} >> /boot/loader.conf" for l in lines))
 
-    STACKS = {"vlan": ("vlan100", "198.18.1.2/24", "198.18.1.1")}
+    # stacked devices: the guest's device name per kind (addresses in harness/stacks.py).
+    # gre(4) is left out: it needs a tunnel route setup that differs from Linux's (see workload.py)
+    STACK_DEVS = {"vlan": "vlan1", "vxlan": "vxlan1"}
 
-    def stack_command(self, stack: str) -> str | None:
+    def stack_command(self, stack: str, vlan_id: int = VLAN_ID) -> str | None:
         if stack == "direct":
             return None
-        if stack not in self.STACKS:
+        if stack not in self.STACK_DEVS:
             raise RuntimeError(f"stack {stack} is not set up on FreeBSD guests")
-        dev, addr, _ = self.STACKS[stack]
-        ifc = self.tools["ifconfig"]
-        return (f"{ifc} {dev} >/dev/null 2>&1 || {{ {ifc} {dev} create vlan 100 vlandev {self.iface} && "
-                f"{ifc} {dev} inet {addr} up; }}")
+        dev, s, ifc = self.STACK_DEVS[stack], STACKS[stack], self.tools["ifconfig"]
+        create = {"vlan": f"{ifc} {dev} create vlan {vlan_id} vlandev {self.iface}",
+                  "vxlan": f"{ifc} {dev} create vxlanid {VXLAN_VNI} vxlanlocal {GUEST_DATA_IP} "
+                           f"vxlanremote {PEER_DATA_IP} vxlanlocalport {VXLAN_PORT} vxlanremoteport {VXLAN_PORT}"}[stack]
+        # static ARP on a VLAN, as on Linux: a VID-0 peer answers untagged on the lower device
+        arp = f" && arp -S {s.peer_ip} {PEER_DATA_MAC}" if stack == "vlan" else ""
+        return f"{ifc} {dev} >/dev/null 2>&1 || {{ {create} && {ifc} {dev} inet {s.guest_cidr} up{arp}; }}"
 
     def churn_command(self, churn: str, interval_s: int, count: int, queues: int) -> str | None:
         ifc, i = self.tools["ifconfig"], self.iface
@@ -99,6 +106,8 @@ class FreeBSDGuest(GuestBase):
             "vmstat_i": f"{t['vmstat']} -ia",
             "cp_times": f"{t['sysctl']} -n kern.cp_times",
         }
+        if self.stack_dev:
+            parts["netstat_stack"] = f"{t['netstat']} --libxo json -i -d -b -I {self.stack_dev}"
         return "; ".join(f"echo '{SECTION}{k}'; {v} 2>&1" for k, v in parts.items())
 
     def senders_script(self, ports: list[int], vcpus: int, peer_ip: str, duration_s: int, warmup_s: int,
@@ -178,7 +187,9 @@ class FreeBSDGuest(GuestBase):
     def parse_snapshot(self, raw: dict[str, str], driver: str | None = None) -> list[Sample]:
         parsers = {"netstat_i": lambda t: F.parse_netstat_interface_json(t, self.iface),
                    "netstat_s": F.parse_netstat_stats_json, "sysctl_dev": F.parse_sysctl,
-                   "vmstat_i": F.parse_vmstat_i, "cp_times": F.parse_cp_times}
+                   "vmstat_i": F.parse_vmstat_i, "cp_times": F.parse_cp_times,
+                   "netstat_stack": lambda t: as_stacked(F.parse_netstat_interface_json(t, self.stack_dev),
+                                                         self.stack_dev or "stacked")}
         return parse_sections(raw, parsers)
 
     @staticmethod

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 import shlex
 
+from ..machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC
 from ..parsers import linux as P
 from ..samples import Sample
-from .base import SECTION, GuestBase, parse_sections, split_sections  # noqa: F401 (re-exported)
+from ..stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
+from .base import SECTION, GuestBase, as_stacked, parse_sections, split_sections  # noqa: F401 (re-exported)
 
 IFACE = "xb0"
 
@@ -35,26 +37,33 @@ class LinuxGuest(GuestBase):
             "interrupts": "cat /proc/interrupts",
             "proc_stat": "cat /proc/stat",
         }
+        if self.stack_dev:
+            parts["stack_link"] = f"{t['ip']} -s -j link show dev {self.stack_dev}"
         if locks:
             parts.update({f"lock_{name}": f"cat /sys/kernel/tracing/{path}"
                           for name, path in P.LOCK_HIST_READ.items()})
         return "; ".join(f"echo '{SECTION}{k}'; {v} 2>&1" for k, v in parts.items())
 
-    # stacked devices: (guest device, guest address, peer address) per kind
-    STACKS = {"vlan": ("xb0.100", "198.18.1.2/24", "198.18.1.1"),
-              "gre": ("xbgre", "198.18.2.2/24", "198.18.2.1")}
+    # stacked devices: the guest's device name per kind (addresses in harness/stacks.py)
+    STACK_DEVS = {"vlan": "xb0.vlan", "gre": "xbgre", "vxlan": "xbvx"}
 
-    def stack_command(self, stack: str) -> str | None:
-        """Create the stacked device over xb0 (vlan(8021q) / gre); both are LLTX on Linux, so
-        the physical queue's _xmit_lock does the serialising."""
-        ip = self.tools["ip"]
+    def stack_command(self, stack: str, vlan_id: int = VLAN_ID) -> str | None:
+        """Create the stacked device over the data NIC (vlan / gre / vxlan); all are LLTX on
+        Linux, so the physical queue's _xmit_lock does the serialising."""
         if stack == "direct":
             return None
-        dev, addr, _ = self.STACKS[stack]
-        link = (f"{ip} link add link {self.iface} name {dev} type vlan id 100" if stack == "vlan" else
-                f"{ip} link add {dev} type gre local 198.18.0.2 remote 198.18.0.1 ttl 64")
-        return (f"[ -e /sys/class/net/{dev} ] || {{ {link} && {ip} addr add {addr} dev {dev} && "
-                f"{ip} link set {dev} up; }}")
+        ip, i = self.tools["ip"], self.iface
+        dev, s = self.STACK_DEVS[stack], STACKS[stack]
+        link = {"vlan": f"{ip} link add link {i} name {dev} type vlan id {vlan_id}",
+                "gre": f"{ip} link add {dev} type gre local {GUEST_DATA_IP} remote {PEER_DATA_IP} ttl 64",
+                "vxlan": f"{ip} link add {dev} type vxlan id {VXLAN_VNI} dstport {VXLAN_PORT} "
+                         f"local {GUEST_DATA_IP} remote {PEER_DATA_IP} dev {i}"}[stack]
+        # static neighbour on a VLAN: a VID-0 peer answers untagged on the lower device,
+        # where ARP would not resolve for the VLAN device (see DataPlane.stack_peer)
+        neigh = (f" && {ip} neigh replace {s.peer_ip} lladdr {PEER_DATA_MAC} dev {dev} nud permanent"
+                 if stack == "vlan" else "")
+        return (f"[ -e /sys/class/net/{dev} ] || {{ {link} && {ip} addr add {s.guest_cidr} dev {dev} && "
+                f"{ip} link set {dev} up{neigh}; }}")
 
     def churn_command(self, churn: str, interval_s: int, count: int, queues: int) -> str | None:
         """A bounded reconfiguration loop run beside the senders; prints one uptime stamp per
@@ -161,12 +170,12 @@ class LinuxGuest(GuestBase):
         self._lock_tracing_on = True
 
 
-    @staticmethod
-    def parse_snapshot(raw: dict[str, str], driver: str | None = None) -> list[Sample]:
+    def parse_snapshot(self, raw: dict[str, str], driver: str | None = None) -> list[Sample]:
         parsers = {"ethtool_S": lambda t: P.parse_ethtool_stats(t, driver=driver),
                    "tc_qdisc": P.parse_tc_qdisc_json, "ip_link": P.parse_ip_link_json,
                    "softnet_stat": P.parse_softnet_stat, "interrupts": P.parse_proc_interrupts,
-                   "proc_stat": P.parse_proc_stat_cpu}
+                   "proc_stat": P.parse_proc_stat_cpu,
+                   "stack_link": lambda t: as_stacked(P.parse_ip_link_json(t), self.stack_dev or "stacked")}
         return parse_sections(raw, parsers)
 
     @staticmethod
