@@ -87,7 +87,8 @@ def run_workload(args) -> tuple[int, Path | None]:
         out = build_report([rd.path])
         console.print(f"report: {out}")
     cells = __import__("pandas").read_parquet(rd.path / "cells.parquet")
-    final = cells.sort_values("attempt").groupby(["cell", "rep"]).tail(1)
+    from .analysis.load import last_attempts
+    final = last_attempts(cells)
     return (1 if (final.status == "failed").any() else 0), rd.path
 
 
@@ -221,7 +222,8 @@ def cmd_nightly(args) -> int:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             crc = cmd_compare(argparse.Namespace(base=str(base), cand=str(run_dir), metric=args.metric,
-                                                 threshold=args.threshold, alpha=args.alpha, seed=0, csv=None))
+                                                 threshold=args.threshold, alpha=args.alpha, seed=0, csv=None,
+                                                 include_invalid=args.include_invalid))
         compare_text = out.getvalue()
         print(compare_text)
         regressed = crc == 1
@@ -298,6 +300,8 @@ def main(argv=None) -> int:
     ng.add_argument("--baseline-dir", help="default $XMITBENCH_BASELINE_DIR or /var/lib/xmitbench/baseline")
     ng.add_argument("--metric", action="append", help="compared metric (repeatable; default throughput_bps)")
     ng.add_argument("--threshold", type=float, default=0.05)
+    ng.add_argument("--include-invalid", action="store_true",
+                    help="gate on cell runs that failed a validity check too (under TCG every sender saturates)")
     ng.add_argument("--alpha", type=float, default=0.05)
     ng.add_argument("--no-promote", action="store_true", help="never update the baseline")
     ng.set_defaults(fn=cmd_nightly)

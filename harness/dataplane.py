@@ -195,6 +195,13 @@ class DataPlane:
             # device, so ARP cannot resolve across the VLAN; do the same with a real VID for parity
             _ip("-n", self.netns, "neigh", "replace", guest_ip, "lladdr", DATA_MAC, "dev", dev, "nud", "permanent")
         _ip("-n", self.netns, "link", "set", dev, "up")
+        if kind == "vxlan":
+            # inner checksums in software: an offloaded inner TCP checksum reaches QEMU as a
+            # partial-checksum vnet header, and QEMU's e1000e RX path (net_rx_pkt) completes the
+            # checksum of the L4 header it parses itself, the outer UDP, so the guest sees bad
+            # inner TCP checksums (TcpInCsumErrors) and the connection never opens
+            subprocess.run(["ip", "netns", "exec", self.netns, "ethtool", "-K", dev, "tx", "off"],
+                           check=True, capture_output=True, timeout=10)
         self.stacks.add(kind)
         return peer
 

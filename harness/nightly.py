@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .analysis.load import last_attempts
+
 DEFAULT_BASELINE_ROOT = Path(os.environ.get("XMITBENCH_BASELINE_DIR", "/var/lib/xmitbench/baseline"))
 
 
@@ -34,7 +36,7 @@ def run_is_green(run_dir: Path) -> tuple[bool, str]:
     if not man.get("complete"):
         return False, "run incomplete"
     cells = pd.read_parquet(run_dir / "cells.parquet")
-    final = cells.sort_values("attempt").groupby(["cell", "rep"]).tail(1)
+    final = last_attempts(cells)
     failed = final[final.status == "failed"]
     if len(failed):
         return False, f"{len(failed)} failed cell run(s): {sorted(set(failed.cell))[:3]}"

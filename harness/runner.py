@@ -35,8 +35,8 @@ from .results import RunDir, git_revision, host_info
 from .samples import delta
 from .stacks import STACKS
 from .ssh import GuestShell, make_key
-from .validity import (app_bytes_total, churn_recovery, conservation, host_thread_cpu, queue_spread,
-                       sender_saturation)
+from .validity import (RERUN_CHECKS, app_bytes_total, churn_recovery, conservation, failed_checks,
+                       host_thread_cpu, is_valid, queue_spread, sender_saturation)
 
 BASE_PORT = 5201
 BOOT_TIMEOUT_S = 120.0
@@ -62,6 +62,8 @@ class Runner:
         self.resume = resume
         self.done: set[tuple[str, int]] = set()          # (cell, rep) already ok (resume)
         self.attempts: dict[tuple[str, int], int] = {}   # attempts made so far (resume)
+        self._rerun_after: dict[tuple[str, int], tuple[int, list[str]]] = {}   # invalid attempt -> checks
+        self._last_validity: dict = {}
         self.injector = Injector()
         self._last_machine = None
 
@@ -321,7 +323,12 @@ class Runner:
             if faults:
                 raise CellFailure(f"guest kernel {faults[0].kind}: {faults[0].line}")
             self.cell_overheads.append(time.monotonic() - t_cell - cr.cell.duration_s - cr.cell.warmup_s)
-            return True, vm, secs
+            rerun = [c for c in failed_checks(self._last_validity) if c in RERUN_CHECKS]
+            if rerun:   # recorded as ok but invalid; the loop re-runs it if the budget allows
+                self._rerun_after[(cr.cell.cell_id, cr.rep)] = (attempt, rerun)
+                self.log(f"cell {cr.run_id} attempt {attempt} invalid ({', '.join(rerun)}): "
+                         f"re-run within the retry budget")
+            return not rerun, vm, secs
         except KeyboardInterrupt as e:
             self._record_failure(cr, attempt, f"interrupted ({e or 'SIGINT'})", m, gi)
             raise
@@ -475,8 +482,11 @@ class Runner:
             validity["interval_probe"] = interval_note
         if peer_stack.detail:     # not a check: how the peer terminated the stack, kept beside them
             validity["stack_peer"] = peer_stack.detail
+        self._last_validity = validity
+        prev = self._rerun_after.get((cell.cell_id, rep))
+        note = f"re-run: attempt {prev[0]} failed {', '.join(prev[1])}" if prev else ""
         rd.add(metrics=rows, locks=lock_rows,
-               cell=self._cell_row(cell, rep, "ok", "", gi, attempt=attempt, kernel=boot["kernel"], driver=driver,
+               cell=self._cell_row(cell, rep, "ok", note, gi, attempt=attempt, kernel=boot["kernel"], driver=driver,
                                    started=started, wall_s=time.monotonic() - t0, measured_s=measured,
                                    validity=validity,
                                    raw_dir=str(rd.raw_dir(cell.cell_id, rep, attempt).relative_to(rd.path))))
@@ -512,7 +522,7 @@ class Runner:
                 "os": cell.boot_key.os, "kernel": kernel, "nic": cell.nic, "driver": driver,
                 "queues": cell.queues, "streams": cell.streams, "procs": cell.procs, "proto": cell.proto,
                 "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn, "traced": cell.traced,
-                "duration_s": cell.duration_s, "valid": _valid(validity) if status == "ok" else None,
+                "duration_s": cell.duration_s, "valid": is_valid(validity) if status == "ok" else None,
                 "accel": getattr(self, "accel", None), "emulated": getattr(self, "accel", None) == "tcg",
                 "boot_group": group, "started": started, "wall_s": wall_s, "measured_s": measured_s,
                 "validity": validity or {}, "raw_dir": raw_dir}
@@ -526,15 +536,6 @@ def host_activity() -> dict:
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
     return {"loadavg": os.getloadavg(), "other_qemu_pids": qemus,
             "other_xmitbench_netns": [l.split()[0] for l in ns if l.startswith("xb-")]}
-
-
-def _valid(v: dict) -> bool:
-    """A cell to trust: bytes conserved, every configured queue used, senders not saturated.
-    Emulation is reported beside, not folded in: under TCG every cell would be invalid."""
-    return bool(v.get("conservation", {}).get("ok", False)
-                and v.get("queue_spread", {}).get("ok", True)
-                and not v.get("sender_saturation", {}).get("saturated", False)
-                and v.get("churn", {}).get("all_recovered", True) is not False)
 
 
 def qemu_thread_stats(pid: int | None) -> dict[str, str]:

@@ -11,11 +11,11 @@ import pandas as pd
 def cell_table(run_dir: Path) -> pd.DataFrame:
     """Median over repetitions per cell, from the analysis layer's wide table (one place
     decides how counters are added up: root qdisc only, per-queue vs interface totals)."""
-    from .analysis.load import load_runs
+    from .analysis.load import last_attempts, load_runs
     w = load_runs([run_dir]).wide(only_ok=True)
     if w.empty:
         return pd.DataFrame()
-    cells = pd.read_parquet(run_dir / "cells.parquet")
+    cells = last_attempts(pd.read_parquet(run_dir / "cells.parquet"))   # a re-run's final word
     ok = cells[cells.status == "ok"].copy()
     ok["v"] = ok["validity"].map(lambda v: json.loads(v) if isinstance(v, str) and v else {})
     spread = ok.groupby("cell")["v"].first().map(_spread)

@@ -106,3 +106,30 @@ def host_thread_cpu(stat_texts: dict[str, str], clk_tck: int = 100) -> dict[str,
         utime, stime = int(fields[11]), int(fields[12])   # stat fields 14 and 15
         out[name] = out.get(name, 0.0) + (utime + stime) / clk_tck
     return out
+
+
+# Checks a re-run can change (a transient loss, a recovery that came late). Queue spread and
+# sender saturation are properties of the configuration: a re-run would only repeat them.
+RERUN_CHECKS = ("conservation", "churn")
+
+
+def failed_checks(v: dict) -> list[str]:
+    """Names of the validity checks this cell run failed (emulation is reported, not failed)."""
+    out = []
+    if v.get("conservation", {}).get("ok") is False:
+        out.append("conservation")
+    if v.get("queue_spread", {}).get("ok") is False:
+        out.append("queue_spread")
+    if v.get("sender_saturation", {}).get("saturated") is True:
+        out.append("sender_saturation")
+    if v.get("churn", {}).get("all_recovered") is False:
+        out.append("churn")
+    return out
+
+
+def is_valid(v: dict) -> bool:
+    """A cell to trust: bytes conserved, every configured queue used, senders not saturated,
+    throughput back after every churn event. Emulation is reported beside, not folded in:
+    under TCG every cell would be invalid."""
+    return "conservation" in v and not failed_checks(v)
+

@@ -141,12 +141,45 @@ def test_compare_cli_exit_codes(capsys):
     assert "insufficient reps" in capsys.readouterr().out
 
 
+def _with_invalid(src: Path, dst: Path, cell: str) -> Path:
+    """A copy of a run dir whose `cell` failed the sender-saturation check in every rep."""
+    import pandas as pd
+    shutil.copytree(src, dst)
+    c = pd.read_parquet(dst / "cells.parquet")
+    if "valid" not in c:
+        c["valid"] = c.status.eq("ok")
+    bad = c.cell == cell
+    v = [json.loads(x) if x else {} for x in c.loc[bad, "validity"]]
+    c.loc[bad, "validity"] = [json.dumps({**x, "sender_saturation": {"saturated": True}}) for x in v]
+    c.loc[bad, "valid"] = False
+    c.to_parquet(dst / "cells.parquet")
+    return dst
+
+
+def test_compare_leaves_out_invalid_cells_unless_asked(tmp_path, capsys):
+    cell = "virtio-net.q2.p2.s1.udp.m1400"
+    slow = _with_invalid(SLOW, tmp_path / "slow", cell)
+    # the regressed cell is invalid in the candidate: left out, listed, no regression verdict
+    assert cli("compare", str(BASE_A), str(slow), "--threshold", "0.05") == 0
+    out = capsys.readouterr().out
+    assert "excluded candidate: 5 of 10 cell runs invalid, left out (sender_saturation 5)" in out
+    assert cell not in out.split("excluded")[0]
+    # asked for: compared, and the regression is back
+    assert cli("compare", str(BASE_A), str(slow), "--threshold", "0.05", "--include-invalid") == 1
+    out = capsys.readouterr().out
+    assert "invalid cell runs included" in out and "REGRESSION" in out
+    # every common cell invalid: a clear input error that names the way out
+    both = _with_invalid(tmp_path / "slow", tmp_path / "slow2", "virtio-net.q1.p2.s1.udp.m1400")
+    with pytest.raises(InputError, match="--include-invalid"):
+        cli("compare", str(BASE_A), str(both))
+
+
 def test_compare_cli_bad_input(tmp_path):
     with pytest.raises(InputError, match="unknown metric"):
         cli("compare", str(BASE_A), str(SLOW), "--metric", "bogus")
     with pytest.raises(InputError, match="does not exist"):
         cli("compare", str(tmp_path / "missing"), str(SLOW))
-    with pytest.raises(InputError, match="no cell with status ok in common"):
+    with pytest.raises(InputError, match="no valid cell with status ok in common"):
         cli("compare", str(BASE_A), str(DEFAULT))
 
 

@@ -70,16 +70,19 @@ def test_smoke_workload():
 def test_default_workload():
     w = load_workload(ROOT / "workloads" / "default.toml")
     runs, skipped = expand(w)
-    assert len(runs) == 12          # 3 (nic, queues) pairs x 2 procs x 2 reps
-    assert len({r.cell.cell_id for r in runs}) == 6
+    # 3 (nic, queues) pairs x 2 procs x 2 reps, plus each cell once untraced (probe effect)
+    assert len(runs) == 12 + 6
+    assert len({r.cell.cell_id for r in runs}) == 12
+    untraced = [r for r in runs if not r.cell.traced]
+    assert len(untraced) == 6 and all(r.cell.cell_id.endswith(".untraced") and r.rep == 0 for r in untraced)
     assert [(s.cell.cell_id, s.reason) for s in skipped] == [
         ("linux-deb.e1000e.q2.p1.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
         ("linux-deb.e1000e.q2.p4.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
     ]
     p = plan(w, QEMU_72_DEVICES)
-    assert [(g.boot_key.nic, g.boot_key.queues, len(g.runs)) for g in p.groups] == [
-        ("virtio-net", 2, 8), ("e1000e", 1, 4)]
-    assert p.eta_s == 2 * BOOT_S + 12 * (10 + 1 + OVERHEAD_S)
+    assert [(g.boot_key.nic, g.boot_key.queues, g.boot_key.traced, len(g.runs)) for g in p.groups] == [
+        ("virtio-net", 2, True, 8), ("e1000e", 1, True, 4), ("virtio-net", 2, False, 4), ("e1000e", 1, False, 2)]
+    assert p.eta_s == 4 * BOOT_S + 18 * (10 + 1 + OVERHEAD_S)
 
 
 def test_sha256_and_path(tmp_path):

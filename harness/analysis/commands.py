@@ -36,15 +36,22 @@ def cmd_compare(args) -> int:
     if not 0 < args.alpha < 1:
         raise InputError("--alpha", "", f"expected a probability in (0, 1), got {args.alpha}")
     base, cand = load_runs([args.base]), load_runs([args.cand])
-    cmp = compare_runs(base, cand, metrics, threshold=args.threshold, alpha=args.alpha, seed=args.seed)
+    include_invalid = getattr(args, "include_invalid", False)
+    cmp = compare_runs(base, cand, metrics, threshold=args.threshold, alpha=args.alpha, seed=args.seed,
+                       include_invalid=include_invalid)
     if cmp.table.empty:
-        raise InputError(args.cand, "cells", "no cell with status ok in common with " + str(args.base)
+        raise InputError(args.cand, "cells", "no valid cell with status ok in common with " + str(args.base)
                          + (f"; base has {', '.join(cmp.only_base)}" if cmp.only_base else "")
-                         + (f"; candidate has {', '.join(cmp.only_cand)}" if cmp.only_cand else ""))
+                         + (f"; candidate has {', '.join(cmp.only_cand)}" if cmp.only_cand else "")
+                         + (f"; {'; '.join(cmp.excluded)} (--include-invalid compares them)" if cmp.excluded else ""))
     print(f"base {', '.join(base.run_ids)}  vs  candidate {', '.join(cand.run_ids)}  "
           f"(regression: worse by > {args.threshold:.0%} AND p < {args.alpha})")
     for w in cmp.warnings:
         print(f"warning: {w}")
+    for e in cmp.excluded:
+        print(f"excluded {e} (--include-invalid compares them)")
+    if include_invalid:
+        print("note: invalid cell runs included (--include-invalid)")
     print(format_table(cmp))
     for c in cmp.only_base:
         print(f"only in base: {c}")
@@ -86,4 +93,6 @@ def register(subparsers) -> None:
     c.add_argument("--alpha", type=float, default=0.05, help="significance level")
     c.add_argument("--seed", type=int, default=20261123, help="bootstrap seed")
     c.add_argument("--csv", type=Path, help="also write the table as CSV")
+    c.add_argument("--include-invalid", action="store_true",
+                   help="also compare cell runs that failed a validity check (left out and listed by default)")
     c.set_defaults(fn=cmd_compare)

@@ -1,7 +1,9 @@
 """A/B comparison of two sets of runs, cell by cell (``xmitbench compare BASE CAND``).
 
 Cells are matched by cell id (nic, queues, procs, streams, proto, msg_size); the
-repetitions of each side (only status ok) are the samples. Per cell and metric the table gives
+repetitions of each side (only status ok) are the samples. Cell runs that failed a validity
+check (``cells.valid`` false: bytes not conserved, a configured queue idle, a saturated
+sender, no recovery after churn) are left out and listed, unless ``include_invalid``. Per cell and metric the table gives
 both medians with bootstrap CIs, the relative delta with its bootstrap CI, the test used, p,
 Cliff's delta, and a verdict (see ``stats.ab_test`` for the rules, including why fewer than 3
 repetitions a side give "insufficient reps" rather than a p-value).
@@ -27,6 +29,7 @@ class Comparison:
     only_base: list[str] = field(default_factory=list)
     only_cand: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)   # invalid cell runs left out, per side
     threshold: float = 0.05
     alpha: float = 0.05
 
@@ -47,17 +50,53 @@ def check_metric(metric: str, source: str = "--metric") -> str:
 
 def compare_runs(base: Runs, cand: Runs, metrics: list[str] | tuple[str, ...] = ("throughput_bps",),
                  threshold: float = 0.05, alpha: float = 0.05, seed: int = S.DEFAULT_SEED,
-                 match_on: str = "cell") -> Comparison:
+                 match_on: str = "cell", include_invalid: bool = False) -> Comparison:
     """Per matching cell and metric: medians, CIs, delta, test, verdict."""
-    return compare_frames(base.wide(), cand.wide(), metrics, threshold, alpha, seed, match_on)
+    return compare_frames(base.wide(), cand.wide(), metrics, threshold, alpha, seed, match_on, include_invalid)
+
+
+# wide-table column -> (value that fails, check name as in cells.validity)
+_CHECKS = {"conservation_ok": (False, "conservation"), "queue_spread_ok": (False, "queue_spread"),
+           "saturated": (True, "sender_saturation"), "churn_all_recovered": (False, "churn")}
+
+
+def failed_checks(row) -> list[str]:
+    """The validity checks one wide-table row failed."""
+    out = []
+    for col, (bad, name) in _CHECKS.items():
+        v = row.get(col)
+        if v is not None and not pd.isna(v) and bool(v) == bad:
+            out.append(name)
+    return out
+
+
+def split_invalid(w: pd.DataFrame, side: str) -> tuple[pd.DataFrame, list[str]]:
+    """(valid rows, one line per check saying how many cell runs it excluded on this side).
+    Rows from run dirs without a validity flag count as valid."""
+    if "valid" not in w or w.empty:
+        return w, []
+    bad = w["valid"].astype("boolean").fillna(True) == False  # noqa: E712 — nullable boolean
+    if not bad.any():
+        return w, []
+    counts: dict[str, int] = {}
+    for _, r in w[bad].iterrows():
+        for c in failed_checks(r) or ["unknown check"]:
+            counts[c] = counts.get(c, 0) + 1
+    why = ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
+    return w[~bad], [f"{side}: {int(bad.sum())} of {len(w)} cell runs invalid, left out ({why})"]
 
 
 def compare_frames(wb: pd.DataFrame, wc: pd.DataFrame, metrics: list[str] | tuple[str, ...] = ("throughput_bps",),
                    threshold: float = 0.05, alpha: float = 0.05, seed: int = S.DEFAULT_SEED,
-                   match_on: str = "cell") -> Comparison:
+                   match_on: str = "cell", include_invalid: bool = False) -> Comparison:
     """compare_runs over two wide tables (rows with status ok)."""
     for m in metrics:
         check_metric(m)
+    excluded: list[str] = []
+    if not include_invalid:
+        wb, eb = split_invalid(wb, "base")
+        wc, ec = split_invalid(wc, "candidate")
+        excluded = eb + ec
     bcells, ccells = set(wb[match_on]), set(wc[match_on])
     common = sorted(bcells & ccells)
     warnings = []
@@ -87,7 +126,7 @@ def compare_frames(wb: pd.DataFrame, wc: pd.DataFrame, metrics: list[str] | tupl
                                         "base_ci_hi", "cand_median", "cand_ci_lo", "cand_ci_hi", "delta_pct",
                                         "delta_ci_lo_pct", "delta_ci_hi_pct", "test", "p_value", "cliffs_delta",
                                         "hedges_g", "significant", "verdict", "note"])
-    return Comparison(table, sorted(bcells - ccells), sorted(ccells - bcells), warnings, threshold, alpha)
+    return Comparison(table, sorted(bcells - ccells), sorted(ccells - bcells), warnings, excluded, threshold, alpha)
 
 
 def _fmt(v: float, unit: str) -> str:

@@ -437,6 +437,7 @@ def wide_table(runs: Runs) -> pd.DataFrame:
         "peer_rx_bytes": q("peer_rx_bytes"),
         "if_tx_packets": q("tx_packets", "ip -s -j link"),
         "if_tx_bytes": q("tx_bytes", "ip -s -j link"),
+        "stack_tx_packets": q("stack_tx_packets"),     # the stacked device's own TX counter
     }
     w = base.join(pd.DataFrame(cols), how="left").join(cpu_table(m), how="left")
     w = w.join(host_cpu_wide(host_cpu_table(m, cells)), how="left")
@@ -486,9 +487,13 @@ def wide_table(runs: Runs) -> pd.DataFrame:
 
 
 def last_attempts(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, cell, rep): the last attempt wins (a retried cell keeps its final word)."""
+    """One row per (run, cell, rep), the cell run's final word: its last measured (status ok)
+    attempt if it has one, else its last attempt. A re-run of an invalid cell that then fails
+    does not throw away the measurement it was meant to improve on."""
     if "attempt" in cells:
         cells = cells.sort_values("attempt", kind="stable")
+    if "status" in cells:
+        cells = cells.assign(_ok=cells.status == "ok").sort_values("_ok", kind="stable").drop(columns="_ok")
     return cells.drop_duplicates(KEY, keep="last")
 
 

@@ -10,7 +10,7 @@ Which cells a section is about:
 * bufring-race: runs of a workload named ``bufring*``, or UDP cells with datagrams <= 128 B
   (small datagrams make the per-packet enqueue path, the one the buf_ring race is in, the
   bottleneck).
-* lltx-stacking: runs of a workload named ``lltx*``, or any cell with ``stack`` vlan/gre.
+* lltx-stacking: runs of a workload named ``lltx*``, or any cell with a stacked device (vlan/vxlan/gre).
 * control-churn: cells with ``churn`` other than none, and the churn=none cells of the same runs
   (the baseline they are compared with).
 * probe effect: a traced cell and its ``.untraced`` twin (``workload.probe_effect = true``).
@@ -85,7 +85,7 @@ def applicable(runs: Runs) -> dict[str, str]:
     return {
         "bufring-race": "" if len(bufring_cells(runs)) else
         f"no bufring-race cells (workload bufring*, or UDP datagrams <= {SMALL_UDP_BYTES} B)",
-        "lltx-stacking": "" if len(lltx_cells(runs)) else "no lltx-stacking cells (workload lltx*, or stack vlan/gre)",
+        "lltx-stacking": "" if len(lltx_cells(runs)) else "no lltx-stacking cells (workload lltx*, or a stacked device)",
         "control-churn": "" if len(churn_cells(runs)) else "no cell with churn other than none",
         "probe effect": "" if len(probe_pairs(runs)) else
         "no traced cell with an .untraced twin (set probe_effect = true in the workload)",
@@ -359,7 +359,7 @@ def fig_lltx(runs: Runs):
             ("requeues_per_mpkt", "qdisc requeues", "requeues per million TX packets [1/Mpkt]")]):
         _grouped_panel(ax, w, grp, "stack", stacks, m, title, ylabel, colors=colors)
         ax.set_xlabel("NIC, sender processes p (bars: stack; dots: repetitions)", fontsize=8)
-    fig.suptitle("lltx-stacking: sending directly on the NIC vs through a VLAN / GRE device on it", fontsize=11)
+    fig.suptitle("lltx-stacking: sending directly on the NIC vs through a VLAN / VXLAN / GRE device on it", fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -379,7 +379,11 @@ def lltx_table(runs: Runs) -> pd.DataFrame:
             row.update({"Gbit/s": _med_range(ok.gbit_s, "{:.3g}"),
                         "lock wait [ns/packet]": _med_range(ok.lock_wait_ns_per_pkt),
                         "requeues [1/Mpkt]": _med_range(ok.requeues_per_mpkt),
-                        "contentions": _med_range(ok.lock_contentions), "status": "ok"})
+                        "contentions": _med_range(ok.lock_contentions),
+                        "stacked dev TX [packets]": (_med_range(ok.stack_tx_packets, "{:.3g}")
+                                                     if g["stack"].iloc[0] != "direct" else ""),
+                        "peer end": _short(str(ok.stack_peer.dropna().iloc[0]), 60)
+                        if "stack_peer" in ok and ok.stack_peer.notna().any() else "", "status": "ok"})
         rows.append(row)
     out = pd.DataFrame(rows)
     out["_o"] = out["stack"].map({s: i for i, s in enumerate(STACK_ORDER)}).fillna(9)
@@ -412,7 +416,7 @@ def lltx_lock_table(runs: Runs, top: int = 5) -> pd.DataFrame:
 
 
 def lltx_skipped(runs: Runs) -> pd.DataFrame:
-    """Stacked (vlan/gre) cells that did not run: one row per (stack, status, reason) with the
+    """Stacked (vlan/vxlan/gre) cells that did not run: one row per (stack, status, reason) with the
     cells (os nic p) it hit and how many cell runs."""
     w = lltx_cells(runs)
     s = w[(w["stack"].astype(str) != "direct") & (w.status != "ok")]
@@ -436,8 +440,8 @@ def lltx_skipped_note(runs: Runs) -> str:
         return ""
     n_ok, n = int((st.status == "ok").sum()), len(st)
     reasons = lltx_skipped(runs)
-    head = (f"No stacked (vlan/gre) cell ran ({n} cell runs): only the direct cells are measured below."
-            if n_ok == 0 else f"{n - n_ok} of {n} stacked (vlan/gre) cell runs did not run.")
+    head = (f"No stacked (vlan/vxlan/gre) cell ran ({n} cell runs): only the direct cells are measured below."
+            if n_ok == 0 else f"{n - n_ok} of {n} stacked (vlan/vxlan/gre) cell runs did not run.")
     # the reasons that hit the Linux stacked cells (the ones that could have run) first
     lin = reasons[reasons["cells (os nic p)"].str.contains("linux")]
     first = (lin if len(lin) else reasons).drop_duplicates("stack")

@@ -60,10 +60,10 @@ class LinuxGuest(GuestBase):
                          f"local {GUEST_DATA_IP} remote {PEER_DATA_IP} dev {i}"}[stack]
         # static neighbour on a VLAN: a VID-0 peer answers untagged on the lower device,
         # where ARP would not resolve for the VLAN device (see DataPlane.stack_peer)
-        neigh = (f" && {ip} neigh replace {s.peer_ip} lladdr {PEER_DATA_MAC} dev {dev} nud permanent"
+        extra = (f" && {ip} neigh replace {s.peer_ip} lladdr {PEER_DATA_MAC} dev {dev} nud permanent"
                  if stack == "vlan" else "")
         return (f"[ -e /sys/class/net/{dev} ] || {{ {link} && {ip} addr add {s.guest_cidr} dev {dev} && "
-                f"{ip} link set {dev} up{neigh}; }}")
+                f"{ip} link set {dev} up{extra}; }}")
 
     def churn_command(self, churn: str, interval_s: int, count: int, queues: int) -> str | None:
         """A bounded reconfiguration loop run beside the senders; prints one uptime stamp per
