@@ -55,7 +55,8 @@ def prepare_image(name: str, log=print, allow_unverified: bool = False, built=No
     try:
         got = fetch(image, allow_unverified=allow_unverified)
     except ImageFetchError as e:
-        raise ImageUnavailable(f"image {name}: {e}") from None
+        msg = str(e)      # the runner names the image; the catalog's own prefix would say it twice
+        raise ImageUnavailable(msg[len(name) + 2:] if msg.startswith(f"{name}: ") else msg) from None
     return BootImage(name, image.os, disk=got.path, release=image.release, user="root",
                      tools=dict(DEFAULT_TOOLS) if image.os == "linux" else {},
                      verified=got.verified,

@@ -14,6 +14,7 @@ from harness.workload import BootKey, CellRun, SkippedCell, Workload, expand
 
 # Estimates for eta_s; rough on purpose (TCG boots are slower, KVM faster).
 BOOT_S = 10.0       # boot a guest until SSH answers, set it up, shut it down
+CLOUD_BOOT_S = 60.0  # a cloud image: full OS boot, cloud-init/nuageinit, package install
 OVERHEAD_S = 3.0    # per cell run: set queues, start sinks/senders, snapshot counters
 
 
@@ -22,8 +23,15 @@ class BootGroup:
     boot_key: BootKey
     runs: tuple[CellRun, ...]   # in execution order (repetitions interleaved)
 
+    def boot_cost_s(self, boot_s: float = BOOT_S) -> float:
+        """The harness's own initramfs guest boots in ``boot_s``; a cloud image takes longer,
+        and a FreeBSD one boots twice (loader tunables for the queue count need a reboot)."""
+        if self.boot_key.image == "linux-deb":
+            return boot_s
+        return CLOUD_BOOT_S * (2 if self.boot_key.os == "freebsd" else 1)
+
     def est_s(self, boot_s: float = BOOT_S, overhead_s: float = OVERHEAD_S) -> float:
-        return boot_s + sum(r.cell.duration_s + r.cell.warmup_s + overhead_s for r in self.runs)
+        return self.boot_cost_s(boot_s) + sum(r.cell.duration_s + r.cell.warmup_s + overhead_s for r in self.runs)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ LOCK_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "queues", "procs
                 "kind", "contentions", "wait_ns_total", "wait_ns_max", "method"]
 CELL_COLUMNS = ["run_id", "cell", "rep", "attempt", "status", "reason", "os", "kernel", "nic", "driver",
                 "queues", "streams", "procs", "proto", "msg_size", "stack", "churn", "traced", "duration_s",
-                "accel", "emulated", "valid",
+                "accel", "emulated", "valid", "image_verified",
                 "boot_group", "started", "wall_s", "measured_s", "validity", "raw_dir"]
 
 

@@ -53,8 +53,10 @@ class CellFailure(RuntimeError):
 
 class Runner:
     def __init__(self, workload, results_root: Path, shard=None, log=print, progress=None,
-                 image: GuestImage | None = None, on_plan=None, resume: Path | None = None):
+                 image: GuestImage | None = None, on_plan=None, resume: Path | None = None,
+                 allow_unverified: bool = False):
         self.workload, self.results_root, self.shard = workload, results_root, shard
+        self.allow_unverified = allow_unverified   # use catalog images without a checksum; rows say so
         self.log, self.progress, self.on_plan = log, progress, on_plan
         self.image = image
         self.timings: dict[str, float] = defaultdict(float)
@@ -82,7 +84,11 @@ class Runner:
         self.images: dict[str, BootImage | ImageUnavailable] = {}
         for name in dict.fromkeys(c.image for c in self.workload_cells()):
             try:
-                self.images[name] = prepare_image(name, log=self.log, built=self.image)
+                self.images[name] = prepare_image(name, log=self.log, built=self.image,
+                                                  allow_unverified=self.allow_unverified)
+                if not self.images[name].verified:
+                    self.log(f"WARNING: image {name} is NOT checksum-verified (--allow-unverified); "
+                             f"every row of its cells says image_verified=false")
             except ImageUnavailable as e:
                 self.images[name] = e
                 self.log(f"image {name}: {e}; its cells are recorded as skipped")
@@ -255,6 +261,7 @@ class Runner:
         boot["kernel"] = guest.kernel_release()
         boot["driver"] = guest.nic_driver()
         boot["tx_queues_at_boot"] = guest.tx_queue_count()
+        boot["lock_method"] = guest.lock_method(self.accel)
         if self.workload.lock_stats and bk.traced:
             guest.lock_stats_enable()
         self.timings["boot"] += time.monotonic() - t0
@@ -462,17 +469,16 @@ class Runner:
             add("host_thread_cpu_s", cpu_a[name] - cpu_b.get(name, 0.0), "s", "host /proc/<qemu>/task/*/stat", name)
         lock_rows = []
         if wl.lock_stats and cell.traced:
-            method = self.rd.manifest["lock_method"]
+            method = guest.lock_method(self.accel)
             for rec in guest.parse_locks(before, after, method, senders):
                 lock_rows.append({**{k: ctx[k] for k in ("cell", "rep", "os", "kernel", "nic", "queues",
                                                          "procs", "accel")},
                                   "lock": rec.lock, "caller": rec.caller, "kind": rec.kind,
                                   "contentions": rec.contentions, "wait_ns_total": rec.wait_ns_total,
                                   "wait_ns_max": rec.wait_ns_max, "method": rec.method})
-            add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", "lock:contention hist",
-                "xb_lock_wait.wait_ns")
-            add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", "lock:contention hist",
-                "xb_lock_wait.hitcount")
+            src, wait_native, count_native = guest.LOCK_TOTALS
+            add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", src, wait_native)
+            add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", src, count_native)
 
         validity = self._validity(cell, samples, senders, results, guest)
         if cell.churn != "none":
@@ -510,6 +516,12 @@ class Runner:
             v["queue_spread"] = queue_spread(dict(per_q_pkts), cell.queues)
         return v
 
+    def _image_verified(self, name: str) -> bool | None:
+        """True: the image's checksum was verified (linux-deb: built from apt-verified .debs);
+        False: used unverified on the user's explicit flag; None: the image was never obtained."""
+        img = getattr(self, "images", {}).get(name)
+        return img.verified if isinstance(img, BootImage) else None
+
     def _ctx(self, cell, rep, boot) -> dict:
         return {"cell": cell.cell_id, "rep": rep, "os": cell.os, "kernel": boot["kernel"], "nic": cell.nic,
                 "driver": boot["driver"], "queues": cell.queues, "streams": cell.streams, "procs": cell.procs,
@@ -524,6 +536,7 @@ class Runner:
                 "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn, "traced": cell.traced,
                 "duration_s": cell.duration_s, "valid": is_valid(validity) if status == "ok" else None,
                 "accel": getattr(self, "accel", None), "emulated": getattr(self, "accel", None) == "tcg",
+                "image_verified": self._image_verified(cell.image),
                 "boot_group": group, "started": started, "wall_s": wall_s, "measured_s": measured_s,
                 "validity": validity or {}, "raw_dir": raw_dir}
 

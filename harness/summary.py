@@ -55,6 +55,7 @@ def _label(cell: str, common: set[str]) -> str:
 def render(run_dir: Path, console=None) -> str:
     from rich.console import Console
     from rich.table import Table
+    from .analysis.load import last_attempts
     man = json.loads((run_dir / "manifest.json").read_text())
     console = console or Console()
     t = cell_table(run_dir)
@@ -74,7 +75,7 @@ def render(run_dir: Path, console=None) -> str:
                           _f(r.lock_contentions, 0), _f(r.conservation_ratio, 3), r.spread or "",
                           r.churn or "", r.valid)
     console.print(table)
-    final = cells.sort_values("attempt").groupby(["cell", "rep"]).tail(1)
+    final = last_attempts(cells)
     for _, r in final[final.status == "skipped"].drop_duplicates("cell").iterrows():
         console.print(f"[yellow]skipped[/] {r.cell}: {r.reason}")
     for _, r in cells[cells.status == "failed"].iterrows():
@@ -87,6 +88,10 @@ def render(run_dir: Path, console=None) -> str:
                       f"efficiency {b.get('efficiency')} (measured {b.get('measured_s')} s / wall {b.get('wall_s')} s)")
     if man.get("emulated"):
         console.print(f"[bold red]WARNING[/]: {man.get('warning')}")
+    names = sorted(n for n, i in (man.get("images") or {}).items() if isinstance(i, dict) and i.get("verified") is False)
+    if names:
+        console.print(f"[bold red]WARNING[/]: image(s) {', '.join(names)} used without a verified checksum "
+                      f"(--allow-unverified); their rows say image_verified=false")
     console.print(f"run dir: {run_dir}")
     return ""
 

@@ -290,6 +290,26 @@ def test_wrong_checksum_refused(tmp_path, server, cache):
         cat.fetch(img, allow_unverified=True)   # allow_unverified never overrides a mismatch
 
 
+def test_one_corrupted_byte_in_the_image_is_caught(tmp_path, server, cache):
+    """The checksum file is right; one byte of the served image is not (a bad mirror, a bit
+    flip in transit). Then the same byte flipped in an already verified cached base."""
+    xz = lzma.compress(payload())
+    server.files["/img/t.raw.xz"] = xz[:1000] + bytes([xz[1000] ^ 0x01]) + xz[1001:]
+    server.files["/img/CHECKSUM.SHA512"] = bsd_sum("t.raw.xz", xz)
+    img = one_image(tmp_path, server, "t.raw.xz")
+    with pytest.raises(cat.ImageFetchError, match=r"sha512 mismatch for t\.raw\.xz"):
+        cat.fetch(img)
+    server.files["/img/t.raw.xz"] = xz                  # the mirror is fixed
+    got = cat.fetch(img)
+    assert got.verified and cat.verify(img)
+    base = got.path
+    base.chmod(0o644)
+    data = bytearray(base.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    base.write_bytes(bytes(data))
+    assert not cat.verify(img)                          # `images verify` catches the cached copy
+
+
 def test_missing_checksum_refused_unless_allowed(tmp_path, server, cache):
     raw = payload()
     server.files["/img/t.raw"] = raw            # no checksum file on the server: 404

@@ -46,3 +46,39 @@ def test_disk_image_boots_through_overlay_and_seed(tmp_path):
     m = pd.read_parquet(rd / "metrics.parquet")
     q2 = m[(m.queues == 2) & (m.source == "ethtool -S") & (m.metric == "tx_packets") & m["queue"].notna()]
     assert set(q2.groupby("queue").value.sum().loc[lambda s: s > 0].index) == {0, 1}
+
+
+def test_unverified_image_refused_unless_flag_then_every_row_says_so(tmp_path):
+    """A catalog image with no checksum: skipped with the reason by default; with
+    `run --allow-unverified` it is measured and every cell row carries image_verified=false."""
+    import shutil
+    import uuid
+    from harness.catalog import cache_root
+    disk = build_disk_variant(build_linux_deb(log=lambda *a: None))
+    name = f"xb-nosum-{uuid.uuid4().hex[:8]}"          # its own cache dir, removed at the end
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(f'[[image]]\nname = "{name}"\nos = "linux"\nrelease = "6.1"\ndefault_user = "root"\n'
+                       f'path = "{disk}"\nformat = "raw"\n')
+    wl = tmp_path / "nosum.toml"
+    wl.write_text('[workload]\nname = "nosum"\nrepetitions = 1\nduration_s = 1\nwarmup_s = 0\n'
+                  f'[machine]\nvcpus = 2\nmemory_mib = 512\naccel = "tcg"\nimage = "{name}"\n'
+                  '[matrix]\nnic = ["virtio-net"]\nqueues = [1]\nprocs = [1]\n')
+    env = {**os.environ, "XMITBENCH_CATALOG": str(catalog), "XMITBENCH_CLOUD_BOOT_TIMEOUT_S": "120"}
+
+    def run(*flags):
+        out = tmp_path / ("r" + "".join(flags))
+        p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(wl), "--results", str(out), *flags],
+                           capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        return p.stdout, pd.read_parquet(next(out.iterdir()) / "cells.parquet")
+
+    try:
+        _, refused = run()
+        assert list(refused.status) == ["skipped"] and "refusing unverified image" in refused.reason.iloc[0]
+        assert refused.image_verified.isna().all()
+        out, cells = run("--allow-unverified")
+        assert list(cells.status) == ["ok"], cells.reason.tolist()
+        assert cells.image_verified.tolist() == [False]
+        assert "NOT checksum-verified" in out and "image_verified=false" in out
+    finally:
+        shutil.rmtree(cache_root() / "images-cloud" / name, ignore_errors=True)

@@ -166,3 +166,11 @@ def test_stacked_device_setup_and_its_counters(os_name, stack, vid):
     assert {s.source for s in stacked} == {f"{nic[0].source} ({g.stack_dev})"}
     assert "stack_tx_packets" in {s.metric for s in stacked}
     assert not {s.key for s in stacked} & {s.key for s in nic}
+
+
+@pytest.mark.parametrize("os_name", DRIVERS)
+def test_lock_totals_keep_each_kernels_native_names(os_name):
+    g, _, _ = DRIVERS[os_name]()
+    source, wait_native, count_native = g.LOCK_TOTALS
+    assert (source == "lockstat") == (os_name == "freebsd") and wait_native != count_native
+    assert ("lockstat" in g.lock_method("tcg")) == (os_name == "freebsd")

@@ -153,6 +153,9 @@ def test_freebsd_queue_counts_need_a_boot(tmp_path, monkeypatch):
     assert [(g.boot_key.nic, g.boot_key.queues) for g in p.groups] == [
         ("virtio-net", 1), ("virtio-net", 2), ("e1000e", 1), ("e1000e", 2)]
     assert p.skipped == ()
+    # each FreeBSD group boots a cloud image twice (the reboot applies the loader tunables)
+    from harness.plan import CLOUD_BOOT_S
+    assert p.eta_s == 4 * 2 * CLOUD_BOOT_S + len(p.runs) * (w.duration_s + w.warmup_s + OVERHEAD_S)
 
 
 def test_qemu_without_device_skips_with_reason(tmp_path):

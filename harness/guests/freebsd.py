@@ -145,6 +145,13 @@ class FreeBSDGuest(GuestBase):
             lines.append(f"echo '{SECTION}dtrace_bufring'; cat /tmp/xb/dtrace_bufring.txt 2>/dev/null")
         return "\n".join(lines)
 
+    # lockstat(1) rows: Count per (lock, caller) and its mean nsec; totals are sums of Count*nsec
+    LOCK_TOTALS = ("lockstat", "sum(Count*nsec)", "sum(Count)")
+
+    @staticmethod
+    def lock_method(accel: str) -> str:
+        return F.LOCKSTAT_METHOD
+
     def lock_start_script(self) -> str:
         return "kldload -n dtraceall"
 

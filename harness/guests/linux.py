@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from ..machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC
+from ..machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC, lock_visibility_method
 from ..parsers import linux as P
 from ..samples import Sample
 from ..stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
@@ -118,6 +118,13 @@ class LinuxGuest(GuestBase):
         if churn:
             lines.append(f"echo '{SECTION}churn'; cat /tmp/xb/churn.txt /tmp/xb/churn.err")
         return "\n".join(lines)
+
+    # (source, native name of the wait total, of the contention count) of the per-cell lock totals
+    LOCK_TOTALS = ("lock:contention hist", "xb_lock_wait.wait_ns", "xb_lock_wait.hitcount")
+
+    @staticmethod
+    def lock_method(accel: str) -> str:
+        return lock_visibility_method(accel)
 
     def lock_start_script(self) -> str:
         required = [f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path}" for path, text in P.LOCK_HIST_SETUP]
