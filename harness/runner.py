@@ -244,10 +244,7 @@ class Runner:
             script = guest.boot_config_script(bk.nic, bk.queues)
             if script:  # FreeBSD: queue counts are loader tunables, applied by a reboot
                 guest.run(script)
-                shell.run_detached("shutdown -r now")
-                shell.close()
-                time.sleep(5)
-                shell.connect(timeout=CLOUD_BOOT_TIMEOUT_S)
+                boot["reboot_s"] = round(guest.reboot(timeout=CLOUD_BOOT_TIMEOUT_S), 2)
                 guest.setup_data_interface(DATA_MAC, f"{GUEST_DATA_IP}/{DATA_PREFIX}")
                 boot["rebooted_for"] = script
         except BaseException:

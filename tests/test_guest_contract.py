@@ -174,3 +174,40 @@ def test_lock_totals_keep_each_kernels_native_names(os_name):
     source, wait_native, count_native = g.LOCK_TOTALS
     assert (source == "lockstat") == (os_name == "freebsd") and wait_native != count_native
     assert ("lockstat" in g.lock_method("tcg")) == (os_name == "freebsd")
+
+
+class RebootingShell(RecordingShell):
+    """Answers the boot-id command with `ids` in turn; `None` = the connection drops."""
+    def __init__(self, ids):
+        super().__init__()
+        self.ids, self.connects, self.detached = list(ids), 0, []
+
+    def run(self, cmd, timeout=30.0, check=True):
+        self.commands.append(cmd)
+        i = self.ids.pop(0)
+        if i is None:
+            raise OSError("connection reset")
+        return 0, i + "\n", ""
+
+    def run_detached(self, cmd):
+        self.detached.append(cmd)
+
+    def connect(self, timeout=30.0):
+        self.connects += 1
+        return 0.0
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("os_name", DRIVERS)
+def test_reboot_waits_for_a_new_boot_not_the_dying_one(os_name):
+    g, _, _ = DRIVERS[os_name]()
+    # old boot id; sshd of the dying system still answers once; then drops; then the new boot
+    g.shell = RebootingShell(["old", "old", None, "new"])
+    g.reboot(timeout=60, poll_s=0, sleep=lambda s: None)
+    assert g.shell.detached == ["shutdown -r now"] and g.shell.connects == 3
+    assert set(g.shell.commands) == {g.BOOT_ID_COMMAND}
+    g.shell = RebootingShell(["old"] + ["old"] * 1000)
+    with pytest.raises(RuntimeError, match="did not come back from its reboot"):
+        g.reboot(timeout=0.05, poll_s=0.01, sleep=lambda s: __import__("time").sleep(s))

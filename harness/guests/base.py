@@ -2,6 +2,7 @@
 back what the sender script printed between section markers."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from ..parsers.iperf3 import parse_iperf3_json
@@ -52,6 +53,34 @@ class GuestBase:
     os_name = ""
     STACK_DEVS: dict[str, str] = {}
     stack_dev: str | None = None     # the stacked device this boot has, once set up
+
+    BOOT_ID_COMMAND = "cat /proc/sys/kernel/random/boot_id"   # changes on every boot
+
+    def boot_id(self) -> str:
+        return self.run(self.BOOT_ID_COMMAND).strip()
+
+    def reboot(self, timeout: float, poll_s: float = 3.0, sleep=time.sleep) -> float:
+        """Reboot the guest and reconnect to the NEW boot. sshd of the old system can answer
+        for a while after `shutdown -r now` (rc.shutdown runs first), so reconnecting alone
+        proves nothing: the boot id must change. Returns seconds until the new boot answered."""
+        t0 = time.monotonic()
+        before = self.boot_id()
+        self.shell.run_detached("shutdown -r now")
+        self.shell.close()
+        while True:
+            sleep(poll_s)
+            left = timeout - (time.monotonic() - t0)
+            if left <= 0:
+                raise RuntimeError(f"guest did not come back from its reboot within {timeout:.0f} s "
+                                   f"(boot id still {before!r})")
+            try:
+                self.shell.connect(timeout=left)
+                now = self.boot_id()
+            except Exception:  # noqa: BLE001 — the old system went away under us: poll again
+                now = None
+            if now and now != before:
+                return time.monotonic() - t0
+            self.shell.close()
 
     def setup_stack(self, stack: str, vlan_id: int) -> str | None:
         """Create the stacked device for `stack` (idempotent); its counters join the snapshots."""

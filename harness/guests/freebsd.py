@@ -145,6 +145,8 @@ class FreeBSDGuest(GuestBase):
             lines.append(f"echo '{SECTION}dtrace_bufring'; cat /tmp/xb/dtrace_bufring.txt 2>/dev/null")
         return "\n".join(lines)
 
+    BOOT_ID_COMMAND = "sysctl -n kern.boottime"   # "{ sec = ..., usec = ... } <date>": new each boot
+
     # lockstat(1) rows: Count per (lock, caller) and its mean nsec; totals are sums of Count*nsec
     LOCK_TOTALS = ("lockstat", "sum(Count*nsec)", "sum(Count)")
 
