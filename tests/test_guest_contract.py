@@ -14,6 +14,12 @@ from harness.guests.linux import SECTION, LinuxGuest, split_sections
 from harness.samples import delta
 
 FIX = Path(__file__).parent / "fixtures"
+
+
+def fb(name: str) -> str:
+    """A FreeBSD fixture's output without its header (see tests/fixtures/freebsd/generate.py)."""
+    return "".join(l for l in (FIX / "freebsd" / name).read_text().splitlines(keepends=True)
+                   if not l.startswith("#@ "))
 IPERF = (FIX / "linux" / "guest" / "virtio_net_q2" / "iperf3_-J.tcp.json").read_text()
 
 
@@ -25,9 +31,8 @@ def linux():
 
 def freebsd():
     g = FreeBSDGuest(None, iface="vtnet0")
-    f = FIX / "freebsd"
-    raw = lambda w: {"sysctl_dev": (f / f"sysctl_dev.vtnet.0.{w}.txt").read_text(),
-                     "netstat_i": (f / f"netstat_--libxo_json_-i_-d_-b_-I_vtnet0.{w}.json").read_text()}
+    raw = lambda w: {"sysctl_dev": fb(f"sysctl_dev.vtnet.0.{w}.txt"),
+                     "netstat_i": fb(f"netstat_--libxo_json_-i_-d_-b_-I_vtnet0.{w}.json")}
     return g, raw("before"), raw("after")
 
 
@@ -95,7 +100,7 @@ def test_lock_records_carry_the_method(os_name):
         recs = g.parse_locks({"lock_wait": "", "lock_stack": ""}, {"lock_wait": wait, "lock_stack": stack}, "m")
         assert all(r.method == "m" for r in recs)
     else:
-        recs = g.parse_locks({}, {}, "m", {"lockstat": (FIX / "freebsd/lockstat_sleep_10.txt").read_text()})
+        recs = g.parse_locks({}, {}, "m", {"lockstat": fb("lockstat_sleep_10.txt")})
         assert all(r.method.startswith("lockstat") for r in recs)
     assert recs and all(r.contentions > 0 and r.wait_ns_total >= 0 for r in recs)
 
@@ -156,7 +161,7 @@ def test_stacked_device_setup_and_its_counters(os_name, stack, vid):
         text = (FIX / "linux/guest/virtio_net_q2/ip_-s_-j_link_show.json").read_text()
         raw = {"stack_link": text, "ip_link": text}
     else:
-        text = (FIX / "freebsd/netstat_--libxo_json_-i_-d_-b_-I_vtnet0.after.json").read_text()
+        text = fb("netstat_--libxo_json_-i_-d_-b_-I_vtnet0.after.json")
         raw = {"netstat_stack": text.replace('"vtnet0"', f'"{g.stack_dev}"'),
                "netstat_i": text.replace('"vtnet0"', f'"{g.iface}"')}
     samples = g.parse_snapshot(raw)

@@ -58,10 +58,14 @@ from harness.parsers.linux import LockRecord
 from harness.samples import delta
 
 FIX = Path(__file__).parent / "fixtures" / "freebsd"
+_spec = importlib.util.spec_from_file_location("freebsd_fixture_gen", FIX / "generate.py")
+GEN = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(GEN)
 
 
 def fixture(name: str) -> str:
-    return (FIX / name).read_text()
+    """The tool's output, without the header naming the command and its FreeBSD source."""
+    return GEN.strip_header((FIX / name).read_text())
 
 
 def by(samples, native, queue=None, cpu=None, source=None):
@@ -363,11 +367,13 @@ def test_dtrace_script_text():
 
 # --------------------------------------------------------------------------- fixtures
 def test_fixtures_are_what_generate_py_renders():
-    spec = importlib.util.spec_from_file_location("freebsd_fixture_gen", FIX / "generate.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
-    rendered = gen.render_all()
+    rendered = GEN.render_all()
     for name, text in rendered.items():
+        on_file = (FIX / name).read_text()
+        assert on_file == GEN.with_header(name, text), name
+        # every fixture names its command and the freebsd-src file(s) whose format it follows
+        head = [l for l in on_file.splitlines() if l.startswith(GEN.HEADER_PREFIX)]
+        assert len(head) == 2 and "`" in head[0] and "format from freebsd-src: " in head[1], name
         assert fixture(name) == text, name
     on_disk = {p.name for p in FIX.iterdir() if p.suffix in (".txt", ".json")}
     assert on_disk == set(rendered)
