@@ -109,17 +109,21 @@ def cmd_plan(args) -> int:
     p = plan(wl, qemu_supported_devices(device_help()), shard)
     print(f"workload {wl.path} ({wl.sha256[:12]}): {len(p.runs)} cell runs in {len(p.groups)} boot groups, "
           f"{len(p.skipped)} skipped; ETA {p.eta_s / 60:.1f} min (plus image downloads)")
+    print("placeholders: <cache> the guest image dir (`xmitbench images list`), <state> a per-boot dir, "
+          "<run> the run dir, <per-run-key> the run's SSH public key; fd=/fds= are the tap queues the "
+          "harness opens in its namespace and hands to QEMU")
+    same: dict[str, dict[str, tuple]] = {}    # nic -> os -> the data NIC and CPU options
     for gi, g in enumerate(p.groups):
         bk = g.boot_key
         nic = NICS[bk.nic]
         cloud = bk.image != "linux-deb"
         accel = bk.accel if bk.accel != "auto" else "tcg"
         spec = MachineSpec(None if cloud else Path("<cache>/bzImage"),
-                           None if cloud else Path("<cache>/initramfs.cpio.gz"), nic.qemu_device, bk.queues,
+                           None if cloud else Path("<cache>/initramfs.cpio.gz"), nic.qemu_device, bk.qemu_queues,
                            vcpus=bk.vcpus, memory_mib=bk.memory_mib, accel=accel, ssh_port=0,
                            ssh_pubkey_b64="<per-run-key>", serial_log=Path("<run>/serial/boot.log"),
                            qmp_socket=Path("<state>/qmp.sock"),
-                           tap_fds=list(range(3, 3 + tap_queues(nic.qemu_device, bk.queues))),
+                           tap_fds=list(range(3, 3 + tap_queues(nic.qemu_device, bk.qemu_queues))),
                            disk=Path(f"<state>/{bk.image}-overlay.qcow2") if cloud else None,
                            seed_iso=Path("<state>/seed.iso") if cloud else None, guest_egress=cloud)
         if bk.os == "linux":
@@ -128,7 +132,9 @@ def cmd_plan(args) -> int:
             cls = driver_class(bk.os)
             guest = cls(None, None, iface=cls.expected_iface(bk.nic))
         print(f"\n== boot group {gi}: {bk.label} ({bk.os}; accel {bk.accel}: auto probes KVM, else TCG)")
-        print("   qemu: " + shlex.join(build_argv(spec)))
+        argv = build_argv(spec)
+        print("   qemu: " + shlex.join(argv))
+        same.setdefault(bk.nic, {}).setdefault(bk.os, set()).add(data_plane_options(argv))
         print(f"   lock method: {guest.lock_method(accel)}")
         print(f"   data NIC: MAC {DATA_MAC} -> {GUEST_DATA_ADDR} (peer {PEER_DATA_IP} in the harness namespace)")
         boot_script = guest.boot_config_script(bk.nic, bk.queues)
@@ -158,10 +164,26 @@ def cmd_plan(args) -> int:
             churn = guest.churn_command(c.churn, wl.churn_interval_s, wl.churn_count, c.queues)
             script = guest.senders_script(ports, wl.machine.vcpus, peer_ip, c.duration_s, c.warmup_s,
                                           c.streams, c.proto, c.msg_size, c.udp_bitrate, churn=churn)
-            print("   " + script.replace("\n", "\n   "))
+            print(script)       # unindented: a heredoc in it must end at column 0 to paste
+    for nic, by_os in same.items():
+        if len(by_os) > 1:
+            opts = {o for s in by_os.values() for o in s}
+            print(f"{nic}: data NIC, tap and CPU options across {' and '.join(sorted(by_os))}: "
+                  + ("identical" if len(opts) == 1 else "DIFFERENT: " + " | ".join(" ".join(o) for o in sorted(opts))))
     for sk in p.skipped:
         print(f"skipped {sk.cell.cell_id}: {sk.reason}")
     return 0
+
+
+def data_plane_options(argv: list[str]) -> tuple[str, ...]:
+    """What must match between kernels for a fair comparison: the data NIC's -device and
+    -netdev, and -accel/-cpu/-smp/-m. (Boot medium and management NIC differ by image kind.)"""
+    out = []
+    for flag, val in zip(argv, argv[1:]):
+        if (flag == "-device" and "netdev=data" in val) or (flag == "-netdev" and val.startswith("tap,id=data")) \
+                or flag in ("-accel", "-cpu", "-smp", "-m"):
+            out.append(f"{flag} {val}")
+    return tuple(out)
 
 
 def cmd_images(args) -> int:

@@ -209,7 +209,7 @@ class Runner:
         image: BootImage = self.images[bk.image]
         t0 = time.monotonic()
         tapname = "xbt" + hashlib.sha1(f"{self.rd.run_id}-{boot_no}".encode()).hexdigest()[:8]
-        fds = self.dp.open_tap(tapname, tap_queues(nic.qemu_device, bk.queues))
+        fds = self.dp.open_tap(tapname, tap_queues(nic.qemu_device, bk.qemu_queues))
         serial = self.rd.path / "serial" / f"boot{boot_no:02d}-{bk.image}-{bk.nic}.log"
         state = self.key_dir / f"boot{boot_no}"
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ class Runner:
             from .catalog import make_overlay
             disk = make_overlay(image.disk, state)       # the cached base is never written
             seed = seed_for(image, self.key.public_line, state / "seed.iso")
-        spec = MachineSpec(image.kernel, image.initrd, nic.qemu_device, bk.queues,
+        spec = MachineSpec(image.kernel, image.initrd, nic.qemu_device, bk.qemu_queues,
                            vcpus=bk.vcpus, memory_mib=bk.memory_mib, accel=self.accel,
                            ssh_port=free_port(), ssh_pubkey_b64=self.key.public_b64,
                            serial_log=serial, qmp_socket=state / "qmp.sock", tap_fds=fds,

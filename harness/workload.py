@@ -160,7 +160,10 @@ class BootKey:
 
     ``queues`` is the TX queue count the VM boots with: for NICs whose queue count changes at
     run time it is the largest any cell of that NIC needs (the guest driver selects fewer);
-    otherwise it is the cell's own count.
+    otherwise it is the cell's own count, set by the guest kernel at boot (FreeBSD loader
+    tunables). ``device_queues`` (0: same as ``queues``) is what the emulated device offers:
+    the largest count of that NIC in the workload, so every kernel gets the identical QEMU
+    device line and only the guest's own setting differs.
     """
     image: str
     os: str
@@ -170,11 +173,17 @@ class BootKey:
     accel: str
     queues: int
     traced: bool = True   # lock tracing installed at boot (False: the probe-effect twin)
+    device_queues: int = 0
+
+    @property
+    def qemu_queues(self) -> int:
+        """Queue pairs of the emulated device (the QEMU command line)."""
+        return self.device_queues or self.queues
 
     @property
     def label(self) -> str:
-        return (f"{self.image}.{self.nic}.q{self.queues}.c{self.vcpus}"
-                f".m{self.memory_mib}.{self.accel}" + ("" if self.traced else ".untraced"))
+        return (f"{self.image}.{self.nic}.q{self.queues}" + (f".dev{self.device_queues}" if self.device_queues else "")
+                + f".c{self.vcpus}.m{self.memory_mib}.{self.accel}" + ("" if self.traced else ".untraced"))
 
 
 @dataclass(frozen=True)
@@ -470,7 +479,8 @@ def expand(workload: Workload) -> Expansion:
     """
     wl, mc, mx = workload, workload.machine, workload.matrix
     # The largest queue count each runtime-changeable NIC needs: its VM boots with that.
-    boot_queues: dict[str, int] = {}
+    boot_queues: dict[tuple[str, str], int] = {}
+    device_queues: dict[str, int] = {}   # per NIC over every image: one device line for all kernels
     combos: list[tuple[Any, ...]] = []
     skipped: list[SkippedCell] = []
     images = known_images()
@@ -486,13 +496,17 @@ def expand(workload: Workload) -> Expansion:
         combos.append((image, os_name, nic_name, q, p, s, proto, size, stack, churn, reason))
         if reason is None:
             boot_queues[image, nic_name] = max(boot_queues.get((image, nic_name), 0), q)
+            device_queues[nic_name] = max(device_queues.get(nic_name, 0), q)
 
     groups: dict[BootKey, list[Cell]] = {}
     untraced: dict[BootKey, list[Cell]] = {}
     for image, os_name, nic_name, q, p, s, proto, size, stack, churn, reason in combos:
         nic = NICS[nic_name]
-        bq = boot_queues[image, nic_name] if nic.runtime_queue_change(os_name) and reason is None else q
-        key = BootKey(image, os_name, nic_name, mc.vcpus, mc.memory_mib, mc.accel, bq)
+        runtime = nic.runtime_queue_change(os_name) and reason is None
+        bq = boot_queues[image, nic_name] if runtime else q
+        dq = device_queues.get(nic_name, bq) if reason is None else bq
+        key = BootKey(image, os_name, nic_name, mc.vcpus, mc.memory_mib, mc.accel, bq,
+                      device_queues=dq if dq != bq else 0)
         cell_id = (f"{image}.{nic_name}.q{q}.p{p}.s{s}.{proto}.m{size}"
                    + ("" if stack == "direct" else f".{stack}") + ("" if churn == "none" else f".churn-{churn}"))
         cell = Cell(

@@ -84,6 +84,22 @@ def test_plan_prints_argv_and_commands():
     assert "skipped linux-deb.e1000e.q2" in p.stdout
 
 
+def test_plan_linux_and_freebsd_share_the_data_nic_line():
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "plan", str(REPO / "workloads/linux-vs-freebsd.toml")],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    # one QEMU line per boot group, FreeBSD's included; its loader tunables and reboot are shown
+    assert out.count("qemu: ") == out.count("== boot group ") >= 4
+    assert "hw.vtnet.mq_max_pairs" in out and "shutdown -r now" in out and "cpuset -l" in out
+    for nic in ("virtio-net", "e1000e"):
+        assert f"{nic}: data NIC, tap and CPU options across freebsd and linux: identical" in out
+    # a FreeBSD q1 cell boots the same 2-queue device as Linux; the tunable picks 1 queue
+    assert "freebsd-14.3.virtio-net.q1.dev2" in out
+    # guest scripts are printed as they run: a heredoc's end marker at column 0, so it pastes
+    assert "\nXB_D_EOF\n" in out
+
+
 def test_run_key_is_private(tmp_path):
     import stat
     from harness.ssh import make_key
