@@ -3,6 +3,8 @@ base + per-run qcow2 overlay + NoCloud seed). An image that cannot be had is an
 `ImageUnavailable` with the reason, which the runner records as skipped cells."""
 from __future__ import annotations
 
+import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,50 @@ def prepare_image(name: str, log=print, allow_unverified: bool = False, built=No
                      info={"name": name, "release": image.release, "source_url": got.source_url,
                            "sha256": got.sha, "source_digest": got.source_digest, "verified": got.verified,
                            "unverified_reason": got.reason, "kernel_release": None})
+
+
+def seed_steps_over_ssh(image: BootImage, pubkey_line: str) -> tuple[str, str] | None:
+    """(login user, root script) for what this image's first-boot agent cannot do from the
+    seed, or None. FreeBSD 14.1's nuageinit knows no runcmd/packages: the harness then logs
+    in as the default user `freebsd` (its key comes through ssh_authorized_keys in every
+    nuageinit), becomes root with su (FreeBSD VM images: root has no password, the default
+    user is in wheel) and does the same steps itself: root's key, key-only root login, iperf3."""
+    if image.os != "freebsd":
+        return None
+    from .catalog import load_catalog
+    from .seed import DEFAULT_PACKAGES, nuageinit_supports
+    keys = nuageinit_supports(image.release)
+    if {"runcmd", "packages"} <= keys:
+        return None
+    user = load_catalog().get(image.name).default_user
+    steps = ["mkdir -p -m 700 /root/.ssh", f"echo '{pubkey_line.strip()}' >> /root/.ssh/authorized_keys",
+             "chmod 600 /root/.ssh/authorized_keys",
+             "sed -i '' -e '/^PermitRootLogin/d' /etc/ssh/sshd_config",
+             "echo 'PermitRootLogin prohibit-password' >> /etc/ssh/sshd_config"]
+    if "packages" not in keys:
+        steps.append("env ASSUME_ALWAYS_YES=yes pkg install -y " + " ".join(DEFAULT_PACKAGES["freebsd"]))
+    steps.append("service sshd restart")
+    return user, "su -m root -c " + shlex.quote(" && ".join(steps))
+
+
+def first_login(image: BootImage, pubkey_line: str, make_shell, timeout: float):
+    """A root shell on a freshly booted guest: directly, or through the default user when the
+    seed could not set root up (seed_steps_over_ssh). `make_shell(user)` gives an unconnected
+    GuestShell. Returns (shell, what was done over SSH or "")."""
+    fallback = seed_steps_over_ssh(image, pubkey_line) if image.is_cloud else None
+    if fallback:
+        user, script = fallback
+        t0 = time.monotonic()
+        sh = make_shell(user)
+        sh.connect(timeout=timeout)
+        sh.run(script, timeout=600)      # pkg install over the guest's own network
+        sh.close()
+        root = make_shell("root")
+        root.connect(timeout=max(30.0, timeout - (time.monotonic() - t0)))
+        return root, f"as {user}: {script}"
+    root = make_shell("root")
+    root.connect(timeout=timeout)
+    return root, ""
 
 
 def seed_for(image: BootImage, pubkey_line: str, dest: Path) -> Path:

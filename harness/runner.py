@@ -24,7 +24,8 @@ from . import __version__
 from .dataplane import DataPlane, clean_stale
 from .faults import Injector, scan_serial
 from .guestimage import GuestImage, build_linux_deb
-from .bootimage import CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, prepare_image, seed_for
+from .bootimage import (CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, first_login, prepare_image,
+                        seed_for)
 from .guests import driver_class
 from .guests.base import sender_outputs
 from .machine import (DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, QEMU, Machine, MachineSpec, device_help, free_port,
@@ -237,8 +238,11 @@ class Runner:
         try:
             if not image.is_cloud:
                 m.wait_serial("xmitbench: ready", BOOT_TIMEOUT_S)
-            shell = GuestShell(spec.ssh_port, self.key)
-            shell.connect(timeout=SSH_TIMEOUT_S if not image.is_cloud else CLOUD_BOOT_TIMEOUT_S)
+            shell, over_ssh = first_login(image, self.key.public_line,
+                                          lambda user: GuestShell(spec.ssh_port, self.key, user=user),
+                                          SSH_TIMEOUT_S if not image.is_cloud else CLOUD_BOOT_TIMEOUT_S)
+            if over_ssh:       # what the seed could not do for this release, done over SSH
+                boot["first_boot_over_ssh"] = over_ssh
             guest = driver_class(bk.os)(shell, image.tools)
             guest.setup_data_interface(DATA_MAC, f"{GUEST_DATA_IP}/{DATA_PREFIX}")
             script = guest.boot_config_script(bk.nic, bk.queues)

@@ -9,9 +9,10 @@ the same to all of them; anything else (a multi-line string, a string holding bo
 ``"`` or a backslash) is refused instead of risking a different reading in the guest.
 
 What nuageinit acts on depends on the release (``nuageinit_supports``): keys it does not know
-are ignored, so the caller does those steps (packages, runcmd) over SSH instead. A guest here
-has no route to package mirrors anyway (QEMU user networking with restrict=on), so package
-installs from the seed only work with a reachable local mirror.
+are ignored, so the caller does those steps (packages, runcmd) over SSH instead
+(bootimage.seed_steps_over_ssh). A cloud guest's management NIC is QEMU user networking with
+egress (restrict=off, bootimage.CLOUD_PACKAGES_NEED_EGRESS) so its package installs can reach
+the mirrors; the initramfs guest's stays restrict=on.
 """
 from __future__ import annotations
 

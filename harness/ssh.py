@@ -57,9 +57,9 @@ def make_key(directory: Path) -> RunKey:
 class GuestShell:
     """Commands on the guest. Each command has a timeout; a lost connection raises SSHError."""
 
-    def __init__(self, port: int, key: RunKey, host: str = "127.0.0.1"):
+    def __init__(self, port: int, key: RunKey, host: str = "127.0.0.1", user: str = "root"):
         assert host == "127.0.0.1", "management is loopback only"
-        self.port, self.key, self.host = port, key, host
+        self.port, self.key, self.host, self.user = port, key, host, user
         self.client: paramiko.SSHClient | None = None
         self.host_key_fingerprint: str | None = None
 
@@ -74,7 +74,7 @@ class GuestShell:
             # loopback forward, so trust-on-first-use per boot is right; fingerprint recorded.
             c.set_missing_host_key_policy(paramiko.AutoAddPolicy())
             try:
-                c.connect(self.host, self.port, username="root", pkey=pkey, timeout=5,
+                c.connect(self.host, self.port, username=self.user, pkey=pkey, timeout=5,
                           banner_timeout=5, auth_timeout=5, allow_agent=False, look_for_keys=False)
                 self.client = c
                 hk = c.get_transport().get_remote_server_key()

@@ -127,3 +127,45 @@ def test_user_data_text_passthrough():
     assert seed.user_data_text("#!/bin/sh\necho hi\n").startswith("#!")
     with pytest.raises(ValueError):
         seed.user_data_text("users: []\n")
+
+
+class _Shell:
+    """Records what first_login does on each login user's connection."""
+    def __init__(self, log, user):
+        self.log, self.user = log, user
+
+    def connect(self, timeout=30.0):
+        self.log.append(("connect", self.user))
+
+    def run(self, cmd, timeout=60.0, check=True):
+        self.log.append(("run", self.user, cmd))
+        return 0, "", ""
+
+    def close(self):
+        self.log.append(("close", self.user))
+
+
+@pytest.mark.parametrize("release, fallback", [("14.1", True), ("14.2", False), ("14.3", False), ("15.0", False)])
+def test_first_login_does_over_ssh_what_the_releases_nuageinit_cannot(release, fallback, monkeypatch, tmp_path):
+    from harness import bootimage as B
+    from harness import catalog as C
+    (tmp_path / "d.qcow2").write_bytes(b"")
+    cat = tmp_path / "catalog.toml"
+    cat.write_text(f'[[image]]\nname = "fbsd-x"\nos = "freebsd"\nrelease = "{release}"\ndefault_user = "freebsd"\n'
+                   f'path = "{tmp_path / "d.qcow2"}"\nsha256 = "{"0" * 64}"\n')
+    monkeypatch.setenv("XMITBENCH_CATALOG", str(cat))
+    img = B.BootImage("fbsd-x", "freebsd", disk=tmp_path / "d.qcow2", release=release)
+    log: list = []
+    shell, done = B.first_login(img, KEY, lambda user: _Shell(log, user), timeout=60)
+    assert shell.user == "root" and log[-1] == ("connect", "root")
+    if not fallback:
+        assert done == "" and log == [("connect", "root")]
+        return
+    # 14.1: no runcmd/packages in nuageinit -> the default user sets root up and installs iperf3
+    assert [e[:2] for e in log] == [("connect", "freebsd"), ("run", "freebsd"), ("close", "freebsd"),
+                                    ("connect", "root")]
+    script = log[1][2]
+    assert script.startswith("su -m root -c ") and done.startswith("as freebsd: su -m root -c ")
+    for step in ("/root/.ssh/authorized_keys", "PermitRootLogin prohibit-password", "pkg install -y iperf3",
+                 "service sshd restart", KEY.split()[1]):
+        assert step in script
