@@ -106,19 +106,29 @@ def test_bufring_single_vs_multi_queue():
     assert (q1.unexplained_pct > 0.2).all() and (q1.silent_pct.abs() < 0.1).all()
 
 
-def test_lltx_direct_cells_and_skipped_stacks():
+def test_lltx_direct_vlan_vxlan_measured_gre_skipped():
     r = load_runs(LLTX)
     t = X.lltx_table(r)
-    assert set(t[t.status == "ok"]["stack"]) == {"direct"} and set(t["stack"]) == {"direct", "vlan", "gre"}
+    ok = t[t.status == "ok"]
+    assert set(ok["stack"]) == {"direct", "vlan", "vxlan"} and set(t["stack"]) == {"direct", "vlan", "vxlan", "gre"}
+    assert (ok["reps ok"] == "3/3").all() and len(ok) == 12       # 2 NICs x 2 sender counts x 3 stacks
+    # the stacked device's own TX counter proves the traffic went through it; direct has none
+    assert (ok[ok["stack"] != "direct"]["stacked dev TX [packets]"] != "").all()
+    assert (ok[ok["stack"] == "direct"]["stacked dev TX [packets]"] == "").all()
+    # this host has no 8021q: the peer took priority-tagged (VID 0) frames, and says so
+    assert ok[ok["stack"] == "vlan"]["peer end"].str.startswith("vid 0 (priority-tagged)").all()
     note = X.lltx_skipped_note(r)
-    assert note.startswith("No stacked (vlan/gre) cell ran") and "cannot terminate vlan" in note
+    assert note.startswith("48 of 72 stacked (vlan/vxlan/gre) cell runs did not run") and "terminate gre" in note
     sk = X.lltx_skipped(r)
-    assert set(sk["stack"]) == {"vlan", "gre"} and sk["cell runs"].sum() == 48
+    assert set(sk["stack"]) == {"vlan", "vxlan", "gre"} and sk["cell runs"].sum() == 48
     host = sk[sk.reason.str.startswith("the host kernel cannot terminate gre")]
     assert (host["cells (os nic p)"].iloc[0]
             == "linux e1000e p1, linux e1000e p4, linux virtio-net p1, linux virtio-net p4")
+    assert sk[sk["cells (os nic p)"].str.contains("freebsd")].reason.str.startswith(
+        ("image unreachable: ", "gre stacking is measured on linux only")).all()
     lk = X.lltx_lock_table(r)
-    assert set(lk["stack"]) == {"direct"} and "HARD_TX_LOCK" in lk.lock.iloc[0]
+    assert set(lk["stack"]) == {"direct", "vlan", "vxlan"}
+    assert (lk.groupby("stack").lock.first().str.startswith("HARD_TX_LOCK")).all()   # the NIC queue's lock leads
     _fig_ok(X.fig_lltx(r))
 
 
@@ -190,10 +200,11 @@ def test_race_notebook_renders_every_section(tmp_path):
     figs = set(re.findall(r'class="xb-caption" data-fig="([^"]+)"', html))
     assert figs == {"bufring_race", "lltx_stacking", "churn_recovery", "churn_impact", "probe_effect", "host_cpu"}
     assert sum("image/png" in o.get("data", {}) for o in outs) == len(figs)
-    for h in ("bufring-race: one TX queue", "lltx-stacking: direct vs VLAN vs GRE", "control-churn:",
+    for h in ("bufring-race: one TX queue", "lltx-stacking: direct vs VLAN vs VXLAN vs GRE", "control-churn:",
               "Probe effect of lock tracing", "Host-side view"):
         assert h in html
-    assert "cannot terminate vlan in the peer namespace" in html and "Not shown:" not in html
+    assert "cannot terminate gre in the peer namespace" in html and "vid 0 (priority-tagged)" in html
+    assert "Not shown:" not in html
 
 
 def test_race_notebook_on_an_old_run_shows_no_section():
