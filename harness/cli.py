@@ -140,13 +140,14 @@ def cmd_plan(args) -> int:
         boot_script = guest.boot_config_script(bk.nic, bk.queues)
         if boot_script:
             print(f"   after first boot: {boot_script}; shutdown -r now")
-        if wl.lock_stats:
-            guest._lock_tracing_on = True
-            print("   lock statistics setup:\n      " + guest.lock_start_script().replace("\n", "\n      "))
         for cr in g.runs:
             c = cr.cell
             ports = [5201 + i for i in range(c.procs)]
-            print(f"-- {cr.run_id}")
+            if wl.lock_stats and c.traced and not guest._lock_tracing_on:
+                guest._lock_tracing_on = True
+                print("   lock statistics setup (once on this VM, after its untraced twins):\n      "
+                      + guest.lock_start_script().replace("\n", "\n      "))
+            print(f"-- {cr.run_id}" + ("  (untraced: no lock tracing installed yet)" if not c.traced else ""))
             if nic.runtime_queue_change(bk.os):
                 print("   " + guest.set_queues_command(c.queues))
             for cmd in wl.setup_for(bk.os):

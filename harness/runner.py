@@ -263,8 +263,6 @@ class Runner:
         boot["driver"] = guest.nic_driver()
         boot["tx_queues_at_boot"] = guest.tx_queue_count()
         boot["lock_method"] = guest.lock_method(self.accel)
-        if self.workload.lock_stats and bk.traced:
-            guest.lock_stats_enable()
         self.timings["boot"] += time.monotonic() - t0
         self.log(f"booted {bk.label}: {boot['kernel']} {boot['driver']} "
                  f"in {boot['boot_to_ssh_s']} s (QEMU pid {m.pid})")
@@ -383,6 +381,12 @@ class Runner:
         rd = self.rd
         t0 = time.monotonic()
         nic = NICS[cell.nic]
+        if wl.lock_stats and cell.traced and not guest._lock_tracing_on:
+            # once per boot, after this VM's untraced probe-effect twins have run
+            guest.lock_stats_enable()
+            boot["lock_tracing_installed_before"] = cr.run_id
+        elif not cell.traced and guest._lock_tracing_on:
+            raise CellFailure("an untraced cell on a VM whose lock tracing is already installed")
         if nic.runtime_queue_change(cell.os):
             guest.set_queues(cell.queues)
         elif guest.tx_queue_count() != cell.queues:

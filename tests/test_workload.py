@@ -75,14 +75,16 @@ def test_default_workload():
     assert len({r.cell.cell_id for r in runs}) == 12
     untraced = [r for r in runs if not r.cell.traced]
     assert len(untraced) == 6 and all(r.cell.cell_id.endswith(".untraced") and r.rep == 0 for r in untraced)
+    # the twins share their VM and run first on it, before lock tracing is installed there
+    assert [r.cell.traced for r in runs] == [False] * 4 + [True] * 8 + [False] * 2 + [True] * 4
     assert [(s.cell.cell_id, s.reason) for s in skipped] == [
         ("linux-deb.e1000e.q2.p1.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
         ("linux-deb.e1000e.q2.p4.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
     ]
     p = plan(w, QEMU_72_DEVICES)
-    assert [(g.boot_key.nic, g.boot_key.queues, g.boot_key.traced, len(g.runs)) for g in p.groups] == [
-        ("virtio-net", 2, True, 8), ("e1000e", 1, True, 4), ("virtio-net", 2, False, 4), ("e1000e", 1, False, 2)]
-    assert p.eta_s == 4 * BOOT_S + 18 * (10 + 1 + OVERHEAD_S)
+    assert [(g.boot_key.nic, g.boot_key.queues, len(g.runs)) for g in p.groups] == [
+        ("virtio-net", 2, 4 + 8), ("e1000e", 1, 2 + 4)]
+    assert p.eta_s == 2 * BOOT_S + 18 * (10 + 1 + OVERHEAD_S)
 
 
 def test_sha256_and_path(tmp_path):
