@@ -305,7 +305,6 @@ def main(argv=None) -> int:
     p = sub.add_parser("plan", help="show cells, boot groups, QEMU argv and guest commands")
     p.add_argument("workload")
     p.add_argument("--shard")
-    p.add_argument("-v", "--verbose", action="store_true", help="also print snapshot and tracing commands")
     p.set_defaults(fn=cmd_plan)
     im = sub.add_parser("images", help="guest images")
     isub = im.add_subparsers(dest="image_cmd", required=True)

@@ -216,3 +216,21 @@ def test_reboot_waits_for_a_new_boot_not_the_dying_one(os_name):
     g.shell = RebootingShell(["old"] + ["old"] * 1000)
     with pytest.raises(RuntimeError, match="did not come back from its reboot"):
         g.reboot(timeout=0.05, poll_s=0.01, sleep=lambda s: __import__("time").sleep(s))
+
+
+@pytest.mark.parametrize("nic, iface, tree", [("virtio-net", "vtnet1", "dev.vtnet.1"), ("e1000e", "em0", "dev.em.0"),
+                                              ("igb", "igb0", "dev.igb.0"), ("vmxnet3", "vmx0", "dev.vmx.0")])
+def test_freebsd_interface_naming_snapshot_and_tunables_per_driver(nic, iface, tree):
+    # the management NIC is virtio (vtnet0): a vtnet data NIC is unit 1, the others unit 0
+    assert FreeBSDGuest.expected_iface(nic) == iface
+    g = FreeBSDGuest(None, iface=iface)
+    snap = g.snapshot_command()
+    assert f"-I {iface}" in snap and f"sysctl {tree}" in snap and "kern.cp_times" in snap
+    t = queue_tunables(nic, int(iface[-1]), 2)
+    if nic == "virtio-net":
+        assert t == {"hw.vtnet.mq_disable": "0", "hw.vtnet.mq_max_pairs": "2"}
+    else:   # iflib drivers: per-unit overrides
+        assert t == {f"{tree}.iflib.override_qs_enable": "1", f"{tree}.iflib.override_ntxqs": "2",
+                     f"{tree}.iflib.override_nrxqs": "2"}
+    script = g.boot_config_script(nic, 2)
+    assert all(f'{k}="{v}"' in script for k, v in t.items()) and "/boot/loader.conf" in script
