@@ -126,7 +126,8 @@ class RunDir:
                 df = pd.read_parquet(f)
                 if name == "cells":
                     df["validity"] = df["validity"].map(lambda v: json.loads(v) if isinstance(v, str) and v else {})
-                rows = df.drop(columns=["run_id"]).astype(object).where(df.drop(columns=["run_id"]).notna(), None)
+                df["run_id"] = rd.run_id    # kept: the rows must still name their run when flushed again
+                rows = df.astype(object).where(df.notna(), None)
                 getattr(rd, name).extend(rows.to_dict("records"))
         return rd
 

@@ -141,6 +141,9 @@ def test_sigint_mid_cell_stops_everything_then_resume_finishes(tmp_path):
     assert final[FIRST].status == "ok" and final[FIRST].attempt == 2
     assert final[SECOND].status == "ok"
     assert json.loads((rd / "manifest.json").read_text())["complete"] is True
+    # rows from before the resume still name their run (the analysis joins on run_id)
+    for table in ("cells", "metrics"):
+        assert set(pd.read_parquet(rd / f"{table}.parquet").run_id) == {rd.name}, table
     _assert_nothing_left(rd)
 
 
