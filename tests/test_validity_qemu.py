@@ -55,12 +55,14 @@ def _run(tmp_path: Path, name: str, proto: str, size: int, setup: list[str]) -> 
 
 
 def test_conservation_flags_injected_loss(tmp_path):
-    # 10 % loss on UDP (the measured datagrams) only: iperf3's TCP control connection stays clean
+    # 10 % loss on the measured datagrams only (UDP with IPv4 total length 1024..2047: the 1400 B
+    # payloads): iperf3's TCP control connection and its 4-byte UDP connect handshake stay clean
+    # (a lost handshake datagram fails the whole attempt with "unable to read from stream socket")
     tc = "/sbin/tc"
     r = _run(tmp_path, "loss", "udp", 1400, [
         f"{tc} qdisc replace dev xb0 root handle 1: prio bands 3 priomap 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
         f"{tc} qdisc replace dev xb0 parent 1:3 handle 30: netem loss 10%",
-        f"{tc} filter replace dev xb0 parent 1: protocol ip prio 1 u32 match ip protocol 17 0xff flowid 1:3"])
+        f"{tc} filter replace dev xb0 parent 1: protocol ip prio 1 u32 match ip protocol 17 0xff match u16 0x0400 0xfc00 at 2 flowid 1:3"])
     cons = r["validity"]["conservation"]
     assert cons["ok"] is False and r["valid"] is False
     # about 10 % of the application's bytes never left the NIC
