@@ -66,7 +66,6 @@ class Runner:
         self.done: set[tuple[str, int]] = set()          # (cell, rep) already ok (resume)
         self.attempts: dict[tuple[str, int], int] = {}   # attempts made so far (resume)
         self._rerun_after: dict[tuple[str, int], tuple[int, list[str]]] = {}   # invalid attempt -> checks
-        self._last_validity: dict = {}
         self.injector = Injector()
         self._last_machine = None
 
@@ -324,12 +323,12 @@ class Runner:
         serial_mark = m.serial_size()
         self.injector.arm(cr.run_id, attempt, m, shell)
         try:
-            secs = self._run_cell(cr, attempt, m, guest, boot, gi)
+            secs, validity = self._run_cell(cr, attempt, m, guest, boot, gi)
             faults = scan_serial(m.serial_since(serial_mark))
             if faults:
                 raise CellFailure(f"guest kernel {faults[0].kind}: {faults[0].line}")
             self.cell_overheads.append(time.monotonic() - t_cell - cr.cell.duration_s - cr.cell.warmup_s)
-            rerun = [c for c in failed_checks(self._last_validity) if c in RERUN_CHECKS]
+            rerun = [c for c in failed_checks(validity) if c in RERUN_CHECKS]
             if rerun:   # recorded as ok but invalid; the loop re-runs it if the budget allows
                 self._rerun_after[(cr.cell.cell_id, cr.rep)] = (attempt, rerun)
                 self.log(f"cell {cr.run_id} attempt {attempt} invalid ({', '.join(rerun)}): "
@@ -376,7 +375,8 @@ class Runner:
         self.rd.flush()
 
     # -- one cell ----------------------------------------------------------------------
-    def _run_cell(self, cr, attempt: int, m: Machine, guest, boot: dict, gi: int) -> float:
+    def _run_cell(self, cr, attempt: int, m: Machine, guest, boot: dict, gi: int) -> tuple[float, dict]:
+        """Run one cell; returns (measured seconds, its validity checks)."""
         cell, rep, wl = cr.cell, cr.rep, self.workload
         rd = self.rd
         t0 = time.monotonic()
@@ -493,7 +493,6 @@ class Runner:
             validity["interval_probe"] = interval_note
         if peer_stack.detail:     # not a check: how the peer terminated the stack, kept beside them
             validity["stack_peer"] = peer_stack.detail
-        self._last_validity = validity
         prev = self._rerun_after.get((cell.cell_id, rep))
         note = f"re-run: attempt {prev[0]} failed {', '.join(prev[1])}" if prev else ""
         rd.add(metrics=rows, locks=lock_rows,
@@ -503,7 +502,7 @@ class Runner:
                                    raw_dir=str(rd.raw_dir(cell.cell_id, rep, attempt).relative_to(rd.path))))
         rd.flush()
         self.timings["collect"] += time.monotonic() - t1
-        return measured
+        return measured, validity
 
     def _validity(self, cell, samples, senders, results, guest) -> dict:
         per_q_pkts, per_q_bytes, tot_pkts, tot_bytes = guest.tx_counters(samples)
