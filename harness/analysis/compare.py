@@ -55,21 +55,6 @@ def compare_runs(base: Runs, cand: Runs, metrics: list[str] | tuple[str, ...] = 
     return compare_frames(base.wide(), cand.wide(), metrics, threshold, alpha, seed, match_on, include_invalid)
 
 
-# wide-table column -> (value that fails, check name as in cells.validity)
-_CHECKS = {"conservation_ok": (False, "conservation"), "queue_spread_ok": (False, "queue_spread"),
-           "saturated": (True, "sender_saturation"), "churn_all_recovered": (False, "churn")}
-
-
-def failed_checks(row) -> list[str]:
-    """The validity checks one wide-table row failed."""
-    out = []
-    for col, (bad, name) in _CHECKS.items():
-        v = row.get(col)
-        if v is not None and not pd.isna(v) and bool(v) == bad:
-            out.append(name)
-    return out
-
-
 def split_invalid(w: pd.DataFrame, side: str) -> tuple[pd.DataFrame, list[str]]:
     """(valid rows, one line per check saying how many cell runs it excluded on this side).
     Rows from run dirs without a validity flag count as valid."""
@@ -79,8 +64,8 @@ def split_invalid(w: pd.DataFrame, side: str) -> tuple[pd.DataFrame, list[str]]:
     if not bad.any():
         return w, []
     counts: dict[str, int] = {}
-    for _, r in w[bad].iterrows():
-        for c in failed_checks(r) or ["unknown check"]:
+    for checks in (w.loc[bad, "failed_checks"] if "failed_checks" in w else [[]] * int(bad.sum())):
+        for c in checks or ["unknown check"]:
             counts[c] = counts.get(c, 0) + 1
     why = ", ".join(f"{c} {n}" for c, n in sorted(counts.items()))
     return w[~bad], [f"{side}: {int(bad.sum())} of {len(w)} cell runs invalid, left out ({why})"]

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
+from harness.validity import failed_checks
 
 from . import stats as S
 
@@ -464,6 +465,7 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     w["queue_spread_ok"] = [((x or {}).get("queue_spread") or {}).get("ok") for x in v]
     w["saturated"] = [((x or {}).get("sender_saturation") or {}).get("saturated") for x in v]
     w["stack_peer"] = [(x or {}).get("stack_peer") for x in v]     # how the peer terminated a stack
+    w["failed_checks"] = [failed_checks(x or {}) for x in v]        # the rule `cells.valid` was made by
     w["conservation_ratio"] = pd.to_numeric(w["conservation_ratio"], errors="coerce")
     cons = [((x or {}).get("conservation") or {}) for x in v]
     w["unexplained_bytes"] = pd.to_numeric(pd.Series([c.get("unexplained_bytes") for c in cons], index=w.index),
