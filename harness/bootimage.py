@@ -76,15 +76,12 @@ def seed_steps_over_ssh(image: BootImage, pubkey_line: str) -> tuple[str, str] |
     if image.os != "freebsd":
         return None
     from .catalog import load_catalog
-    from .seed import DEFAULT_PACKAGES, nuageinit_supports
+    from .seed import DEFAULT_PACKAGES, freebsd_root_login_steps, nuageinit_supports
     keys = nuageinit_supports(image.release)
     if {"runcmd", "packages"} <= keys:
         return None
     user = load_catalog().get(image.name).default_user
-    steps = ["mkdir -p -m 700 /root/.ssh", f"echo '{pubkey_line.strip()}' >> /root/.ssh/authorized_keys",
-             "chmod 600 /root/.ssh/authorized_keys",
-             "sed -i '' -e '/^PermitRootLogin/d' /etc/ssh/sshd_config",
-             "echo 'PermitRootLogin prohibit-password' >> /etc/ssh/sshd_config"]
+    steps = freebsd_root_login_steps(pubkey_line)
     if "packages" not in keys:
         steps.append("env ASSUME_ALWAYS_YES=yes pkg install -y " + " ".join(DEFAULT_PACKAGES["freebsd"]))
     steps.append("service sshd restart")

@@ -59,6 +59,16 @@ def nuageinit_supports(release: str) -> frozenset[str]:
     return NUAGEINIT[known[-1]] if known else frozenset()
 
 
+def freebsd_root_login_steps(pubkey: str) -> list[str]:
+    """Shell steps that let root log in with ``pubkey`` on FreeBSD (sshd says PermitRootLogin
+    no): run by nuageinit's runcmd, or over SSH where a release has no runcmd."""
+    return ["mkdir -p -m 700 /root/.ssh",
+            f"echo '{pubkey.strip()}' >> /root/.ssh/authorized_keys",
+            "chmod 600 /root/.ssh/authorized_keys",
+            "sed -i '' -e '/^PermitRootLogin/d' /etc/ssh/sshd_config",
+            "echo 'PermitRootLogin prohibit-password' >> /etc/ssh/sshd_config"]
+
+
 def cloud_config(user: str, pubkey: str, packages: list[str] | None = None,
                  runcmd: list[str] | None = None, *, os_name: str = "linux", root: bool = True) -> dict:
     """The #cloud-config dict: ``user`` (and root, if ``root``) log in with ``pubkey``.
@@ -85,14 +95,7 @@ def cloud_config(user: str, pubkey: str, packages: list[str] | None = None,
         else:
             cfg["users"] = [{"name": user, "ssh_authorized_keys": [pubkey]}]
         if root:
-            runcmd = [
-                "mkdir -p -m 700 /root/.ssh",
-                f"echo '{pubkey}' >> /root/.ssh/authorized_keys",
-                "chmod 600 /root/.ssh/authorized_keys",
-                "sed -i '' -e '/^PermitRootLogin/d' /etc/ssh/sshd_config",
-                "echo 'PermitRootLogin prohibit-password' >> /etc/ssh/sshd_config",
-                "service sshd restart",
-            ] + runcmd
+            runcmd = freebsd_root_login_steps(pubkey) + ["service sshd restart"] + runcmd
     else:
         if user != "root":
             cfg["users"] = [{"name": user, "shell": "/bin/bash", "sudo": "ALL=(ALL) NOPASSWD:ALL",
