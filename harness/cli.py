@@ -10,7 +10,6 @@ from pathlib import Path
 from .errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
-GUEST_DATA_ADDR = "198.18.0.2/24"
 DEFAULT_RESULTS = Path(os.environ.get("XMITBENCH_RESULTS", REPO / "results"))
 
 
@@ -96,13 +95,11 @@ def run_workload(args) -> tuple[int, Path | None]:
 def cmd_plan(args) -> int:
     """Every cell in run order, grouped by boot, with the exact QEMU argv and guest commands.
     Nothing is built, downloaded or started; paths that exist only at run time are <...>."""
-    from .guestimage import known_tools
-    from .guests import driver_class
-    from .machine import (DATA_MAC, PEER_DATA_IP, MachineSpec, build_argv, device_help,
-                          tap_queues)
-    from .nics import NICS, qemu_supported_devices
-    from .stacks import STACKS, VLAN_ID
+    from .guests import BootState, driver_class
+    from .machine import build_argv, device_help
+    from .nics import qemu_supported_devices
     from .plan import parse_shard, plan
+    from .procedure import boot_steps, cell_steps, machine_spec, render, tap_queue_count
     from .workload import load_workload
     wl = load_workload(args.workload)
     shard = parse_shard(args.shard) if args.shard else None
@@ -115,57 +112,30 @@ def cmd_plan(args) -> int:
     same: dict[str, dict[str, tuple]] = {}    # nic -> os -> the data NIC and CPU options
     for gi, g in enumerate(p.groups):
         bk = g.boot_key
-        nic = NICS[bk.nic]
         cloud = bk.image != "linux-deb"
         accel = bk.accel if bk.accel != "auto" else "tcg"
-        spec = MachineSpec(None if cloud else Path("<cache>/bzImage"),
-                           None if cloud else Path("<cache>/initramfs.cpio.gz"), nic.qemu_device, bk.qemu_queues,
-                           vcpus=bk.vcpus, memory_mib=bk.memory_mib, accel=accel, ssh_port=0,
-                           ssh_pubkey_b64="<per-run-key>", serial_log=Path("<run>/serial/boot.log"),
-                           qmp_socket=Path("<state>/qmp.sock"),
-                           tap_fds=list(range(3, 3 + tap_queues(nic.qemu_device, bk.qemu_queues))),
-                           disk=Path(f"<state>/{bk.image}-overlay.qcow2") if cloud else None,
-                           seed_iso=Path("<state>/seed.iso") if cloud else None, guest_egress=cloud)
-        if bk.os == "linux":
-            guest = driver_class("linux")(None, known_tools())
-        else:
-            cls = driver_class(bk.os)
-            guest = cls(None, None, iface=cls.expected_iface(bk.nic))
+        spec = machine_spec(bk, accel, kernel=None if cloud else Path("<cache>/bzImage"),
+                            initrd=None if cloud else Path("<cache>/initramfs.cpio.gz"),
+                            disk=Path(f"<state>/{bk.image}-overlay.qcow2") if cloud else None,
+                            seed_iso=Path("<state>/seed.iso") if cloud else None,
+                            serial_log=Path("<run>/serial/boot.log"), qmp_socket=Path("<state>/qmp.sock"),
+                            ssh_port=0, ssh_pubkey_b64="<per-run-key>",
+                            tap_fds=list(range(3, 3 + tap_queue_count(bk))), guest_egress=cloud)
+        guest = driver_class(bk.os).for_plan(bk.nic, BootState())
         print(f"\n== boot group {gi}: {bk.label} ({bk.os}; accel {bk.accel}: auto probes KVM, else TCG)")
         argv = build_argv(spec)
         print("   qemu: " + shlex.join(argv))
         same.setdefault(bk.nic, {}).setdefault(bk.os, set()).add(data_plane_options(argv))
         print(f"   lock method: {guest.lock_method(accel)}")
-        print(f"   data NIC: MAC {DATA_MAC} -> {GUEST_DATA_ADDR} (peer {PEER_DATA_IP} in the harness namespace)")
-        boot_script = guest.boot_config_script(bk.nic, bk.queues)
-        if boot_script:
-            print(f"   after first boot: {boot_script}; shutdown -r now")
+        print("   " + render(boot_steps(guest, bk)).rstrip().replace("\n", "\n   "))
         for cr in g.runs:
             c = cr.cell
-            ports = [5201 + i for i in range(c.procs)]
-            if wl.lock_stats and c.traced and not guest._lock_tracing_on:
-                guest._lock_tracing_on = True
-                print("   lock statistics setup (once on this VM, after its untraced twins):\n      "
-                      + guest.lock_start_script().replace("\n", "\n      "))
+            steps = cell_steps(guest, wl, c)
+            if any(s.action == "lock_install" for s in steps):
+                guest.state.lock_tracing = True     # as the runner's lock_install step leaves it
+            guest.state.stack_dev = guest.STACK_DEVS.get(c.stack)
             print(f"-- {cr.run_id}" + ("  (untraced: no lock tracing installed yet)" if not c.traced else ""))
-            if nic.runtime_queue_change(bk.os):
-                print("   " + guest.set_queues_command(c.queues))
-            for cmd in wl.setup_for(bk.os):
-                print("   " + cmd)
-            peer_ip = PEER_DATA_IP
-            stack_cmd = guest.stack_command(c.stack)
-            guest.stack_dev = guest.STACK_DEVS.get(c.stack)
-            if stack_cmd:
-                peer_ip = STACKS[c.stack].peer_ip
-                print("   " + stack_cmd)
-                print(f"   # peer end in the harness namespace: {c.stack} to {peer_ip}" +
-                      (f" (vid {VLAN_ID}; vid 0 where the host has no 8021q)" if c.stack == "vlan" else ""))
-            print("   snapshot before/after: " + (guest.snapshot_command(locks=wl.lock_stats)
-                                                  if bk.os == "linux" else guest.snapshot_command()))
-            churn = guest.churn_command(c.churn, wl.churn_interval_s, wl.churn_count, c.queues)
-            script = guest.senders_script(ports, wl.machine.vcpus, peer_ip, c.duration_s, c.warmup_s,
-                                          c.streams, c.proto, c.msg_size, c.udp_bitrate, churn=churn)
-            print(script)       # unindented: a heredoc in it must end at column 0 to paste
+            print(render(steps), end="")    # unindented: a heredoc in it must end at column 0 to paste
     for nic, by_os in same.items():
         if len(by_os) > 1:
             opts = {o for s in by_os.values() for o in s}

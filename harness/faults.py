@@ -39,12 +39,16 @@ class SerialFault:
     line: str
 
 
-def scan_serial(text: str, os_name: str = "linux") -> list[SerialFault]:
-    """Kernel fault lines in a piece of serial console output."""
+def scan_serial(text: str, patterns) -> list[SerialFault]:
+    """Kernel fault lines in a piece of serial console output. ``patterns``: the guest
+    driver's SERIAL_FAULTS (or an OS name of SERIAL_FAULTS); required, so no caller can
+    silently scan a FreeBSD console with Linux's patterns."""
+    if isinstance(patterns, str):
+        patterns = SERIAL_FAULTS[patterns]
     out = []
     for raw in text.splitlines():
         line = re.sub(r"^\[\s*\d+\.\d+\]\s*", "", raw.strip())
-        for kind, rx in SERIAL_FAULTS[os_name]:
+        for kind, rx in patterns:
             m = rx.search(line)
             if m:
                 out.append(SerialFault(kind, m.group(0)[:200]))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import statistics
@@ -26,20 +25,21 @@ from .faults import Injector, scan_serial
 from .guestimage import GuestImage, build_linux_deb
 from .bootimage import (CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, first_login, prepare_image,
                         seed_for)
-from .guests import driver_class
+from .counting import cpu_busy_share, rows_frame, tx_for_conservation
+from .guests import BootState, driver_class
 from .guests.base import sender_outputs
-from .machine import (DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, QEMU, Machine, MachineSpec, device_help, free_port,
-                      lock_visibility_method, probe_accel, qemu_version, tap_queues)
-from .nics import NICS, qemu_supported_devices
+from .machine import (DATA_MAC, QEMU, Machine, device_help, free_port, lock_visibility_method, probe_accel,
+                      qemu_version)
+from .nics import qemu_supported_devices
 from .plan import Plan, plan as make_plan
+from .procedure import (boot_steps, cell_steps, data_address, machine_spec, peer_ip_for, ports_for,
+                        render as render_steps, tap_queue_count)
 from .results import RunDir, git_revision, host_info
 from .samples import delta
-from .stacks import STACKS
 from .ssh import GuestShell, make_key
 from .validity import (RERUN_CHECKS, app_bytes_total, churn_recovery, conservation, failed_checks,
                        host_thread_cpu, is_valid, queue_spread, sender_saturation)
 
-BASE_PORT = 5201
 BOOT_TIMEOUT_S = 120.0
 CLOUD_BOOT_TIMEOUT_S = float(os.environ.get("XMITBENCH_CLOUD_BOOT_TIMEOUT_S", 600.0))  # TCG is slow
 SSH_TIMEOUT_S = float(os.environ.get("XMITBENCH_SSH_TIMEOUT_S", 30.0))
@@ -205,11 +205,10 @@ class Runner:
     # -- one VM ---------------------------------------------------------------------------
     def _boot(self, gi: int, group, boot_no: int, cr, attempt: int):
         bk = group.boot_key
-        nic = NICS[bk.nic]
         image: BootImage = self.images[bk.image]
         t0 = time.monotonic()
         tapname = "xbt" + hashlib.sha1(f"{self.rd.run_id}-{boot_no}".encode()).hexdigest()[:8]
-        fds = self.dp.open_tap(tapname, tap_queues(nic.qemu_device, bk.qemu_queues))
+        fds = self.dp.open_tap(tapname, tap_queue_count(bk))
         serial = self.rd.path / "serial" / f"boot{boot_no:02d}-{bk.image}-{bk.nic}.log"
         state = self.key_dir / f"boot{boot_no}"
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -218,12 +217,11 @@ class Runner:
             from .catalog import make_overlay
             disk = make_overlay(image.disk, state)       # the cached base is never written
             seed = seed_for(image, self.key.public_line, state / "seed.iso")
-        spec = MachineSpec(image.kernel, image.initrd, nic.qemu_device, bk.qemu_queues,
-                           vcpus=bk.vcpus, memory_mib=bk.memory_mib, accel=self.accel,
-                           ssh_port=free_port(), ssh_pubkey_b64=self.key.public_b64,
-                           serial_log=serial, qmp_socket=state / "qmp.sock", tap_fds=fds,
-                           extra_cmdline="xb.nossh=1" if self.injector.wants("no-ssh", cr.run_id, attempt) else "",
-                           disk=disk, seed_iso=seed, guest_egress=image.is_cloud and CLOUD_PACKAGES_NEED_EGRESS)
+        spec = machine_spec(bk, self.accel, kernel=image.kernel, initrd=image.initrd, disk=disk, seed_iso=seed,
+                            serial_log=serial, qmp_socket=state / "qmp.sock", ssh_port=free_port(),
+                            ssh_pubkey_b64=self.key.public_b64, tap_fds=fds,
+                            guest_egress=image.is_cloud and CLOUD_PACKAGES_NEED_EGRESS,
+                            extra_cmdline="xb.nossh=1" if self.injector.wants("no-ssh", cr.run_id, attempt) else "")
         m = self._last_machine = Machine(spec)
         boot = {"boot": boot_no, "group": bk.label, "image": bk.image, "argv": m.argv,
                 "serial_log": str(serial.relative_to(self.rd.path)), "guest_egress": spec.guest_egress}
@@ -242,14 +240,15 @@ class Runner:
                                           SSH_TIMEOUT_S if not image.is_cloud else CLOUD_BOOT_TIMEOUT_S)
             if over_ssh:       # what the seed could not do for this release, done over SSH
                 boot["first_boot_over_ssh"] = over_ssh
-            guest = driver_class(bk.os)(shell, image.tools)
-            guest.setup_data_interface(DATA_MAC, f"{GUEST_DATA_IP}/{DATA_PREFIX}")
-            script = guest.boot_config_script(bk.nic, bk.queues)
-            if script:  # FreeBSD: queue counts are loader tunables, applied by a reboot
-                guest.run(script)
-                boot["reboot_s"] = round(guest.reboot(timeout=CLOUD_BOOT_TIMEOUT_S), 2)
-                guest.setup_data_interface(DATA_MAC, f"{GUEST_DATA_IP}/{DATA_PREFIX}")
-                boot["rebooted_for"] = script
+            guest = driver_class(bk.os)(shell, image.tools, state=BootState())
+            for step in boot_steps(guest, bk):
+                if step.action == "data_interface":
+                    guest.setup_data_interface(DATA_MAC, data_address())
+                elif step.action == "boot_config":
+                    guest.run(step.command)
+                    boot["rebooted_for"] = step.command
+                elif step.action == "reboot":
+                    boot["reboot_s"] = round(guest.reboot(timeout=CLOUD_BOOT_TIMEOUT_S), 2)
         except BaseException:
             boot["error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
             m.stop()
@@ -324,7 +323,7 @@ class Runner:
         self.injector.arm(cr.run_id, attempt, m, shell)
         try:
             secs, validity = self._run_cell(cr, attempt, m, guest, boot, gi)
-            faults = scan_serial(m.serial_since(serial_mark))
+            faults = scan_serial(m.serial_since(serial_mark), guest.SERIAL_FAULTS)
             if faults:
                 raise CellFailure(f"guest kernel {faults[0].kind}: {faults[0].line}")
             self.cell_overheads.append(time.monotonic() - t_cell - cr.cell.duration_s - cr.cell.warmup_s)
@@ -340,7 +339,7 @@ class Runner:
         except Exception as e:  # noqa: BLE001 — any fault becomes a failed row; the matrix goes on
             reason = f"{type(e).__name__}: {e}"
             m.settle(3.0)  # a dying QEMU drops SSH a moment before its exit status is visible
-            faults = scan_serial(m.serial_since(serial_mark))
+            faults = scan_serial(m.serial_since(serial_mark), guest.SERIAL_FAULTS)
             if expired.is_set():
                 reason = f"cell timed out after {limit} s (QEMU stopped by the watchdog); {reason}"
             elif faults:
@@ -380,46 +379,44 @@ class Runner:
         cell, rep, wl = cr.cell, cr.rep, self.workload
         rd = self.rd
         t0 = time.monotonic()
-        nic = NICS[cell.nic]
-        if wl.lock_stats and cell.traced and not guest._lock_tracing_on:
-            # once per boot, after this VM's untraced probe-effect twins have run
-            guest.lock_stats_enable()
-            boot["lock_tracing_installed_before"] = cr.run_id
-        elif not cell.traced and guest._lock_tracing_on:
+        if not cell.traced and guest.state.lock_tracing:
             raise CellFailure("an untraced cell on a VM whose lock tracing is already installed")
-        if nic.runtime_queue_change(cell.os):
-            guest.set_queues(cell.queues)
-        elif guest.tx_queue_count() != cell.queues:
-            raise CellFailure(f"{boot['driver']} has {guest.tx_queue_count()} TX queues and cannot change "
-                              f"them at run time; cell wants {cell.queues}")
-        setup_cmds = list(wl.setup_for(cell.os))
-        for cmd in setup_cmds:      # the workload's own guest commands (XPS, qdisc, ...)
-            guest.run(cmd)
-        peer_ip = PEER_DATA_IP
         peer_stack = self.dp.add_stack(cell.stack)     # the peer end first: it picks the VLAN id
-        stack_cmd = guest.setup_stack(cell.stack, peer_stack.vlan_id)
-        if stack_cmd:
-            peer_ip = STACKS[cell.stack].peer_ip
-        churn_cmd = guest.churn_command(cell.churn, wl.churn_interval_s, wl.churn_count, cell.queues)
-        ports = [BASE_PORT + i for i in range(cell.procs)]
-        self.dp.start_servers(ports, bind=peer_ip)
-        script = guest.senders_script(ports, wl.machine.vcpus, peer_ip, cell.duration_s, cell.warmup_s,
-                                      cell.streams, cell.proto, cell.msg_size, cell.udp_bitrate,
-                                      churn=churn_cmd)
-        before = guest.snapshot()
-        tap_before = self.dp.tap_stats()
-        host_before = qemu_thread_stats(m.pid)
-        self.timings["setup"] += time.monotonic() - t0
-        t_meas = time.monotonic()
-        started = time.time()
-        senders = guest.run_senders(script, timeout=cell.duration_s + cell.warmup_s + 30)
-        measured = time.monotonic() - t_meas
-        self.timings["measure"] += measured
-        t1 = time.monotonic()
-        after = guest.snapshot()
-        tap_after = self.dp.tap_stats()
-        host_after = qemu_thread_stats(m.pid)
-        self.dp.stop_servers()
+        steps = cell_steps(guest, wl, cell, vlan_id=peer_stack.vlan_id, peer_detail=peer_stack.detail)
+        snaps: dict[str, dict] = {}
+        host: dict[str, tuple] = {}
+        senders, measured, started, t1 = {}, 0.0, None, t0
+        for step in steps:       # the procedure, executed: each guest step sends step.command
+            if step.action == "lock_install":
+                guest.lock_stats_enable()
+                boot["lock_tracing_installed_before"] = cr.run_id
+            elif step.action == "set_queues":
+                guest.set_queues(cell.queues)
+            elif step.action == "check_queues":
+                if guest.tx_queue_count() != cell.queues:
+                    raise CellFailure(f"{boot['driver']} has {guest.tx_queue_count()} TX queues and cannot "
+                                      f"change them at run time; cell wants {cell.queues}")
+            elif step.action == "setup":
+                guest.run(step.command)
+            elif step.action == "stack":
+                guest.setup_stack(cell.stack, peer_stack.vlan_id)
+            elif step.action == "servers":
+                self.dp.start_servers(ports_for(cell), bind=peer_ip_for(cell.stack))
+            elif step.action in ("snapshot_before", "snapshot_after"):
+                snaps[step.action] = guest.snapshot()
+            elif step.action in ("host_before", "host_after"):
+                host[step.action] = (self.dp.tap_stats(), qemu_thread_stats(m.pid))
+                if step.action == "host_after":
+                    self.dp.stop_servers()
+            elif step.action == "senders":
+                self.timings["setup"] += time.monotonic() - t0
+                t_meas, started = time.monotonic(), time.time()
+                senders = guest.run_senders(step.command, timeout=cell.duration_s + cell.warmup_s + 30)
+                measured = time.monotonic() - t_meas
+                self.timings["measure"] += measured
+                t1 = time.monotonic()
+        before, after = snaps["snapshot_before"], snaps["snapshot_after"]
+        (tap_before, host_before), (tap_after, host_after) = host["host_before"], host["host_after"]
 
         def save(name: str, text: str) -> None:
             rd.save_raw(cell.cell_id, rep, name, text, attempt=attempt)
@@ -431,14 +428,7 @@ class Runner:
         for name, text in senders.items():
             save(f"{name}.json", text)
         save("peer_tap.json", json.dumps({"before": tap_before, "after": tap_after}))
-        save("commands.sh", "\n".join([
-            "# queue setup", guest.set_queues_command(cell.queues),
-            "# workload setup commands", *setup_cmds, "# stacked device", stack_cmd or "(direct)",
-            *([f"# peer end: {peer_stack.detail}"] if peer_stack.detail else []),
-            "# snapshot (before and after)",
-            guest.snapshot_command(locks=wl.lock_stats),
-            "# lock statistics (installed once per boot, read by the snapshots)", guest.lock_start_script(),
-            "# senders", script]) + "\n")
+        save("commands.sh", render_steps(steps))
 
         results = guest.parse_senders(senders)
         errors = [r.error for r in results if r.error]
@@ -485,7 +475,7 @@ class Runner:
             add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", src, wait_native)
             add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", src, count_native)
 
-        validity = self._validity(cell, samples, senders, results, guest)
+        validity = self._validity(cell, samples, senders)
         if cell.churn != "none":
             validity["churn"] = churn_recovery(senders.get("churn", ""),
                                                sender_outputs(senders))
@@ -504,20 +494,17 @@ class Runner:
         self.timings["collect"] += time.monotonic() - t1
         return measured, validity
 
-    def _validity(self, cell, samples, senders, results, guest) -> dict:
-        per_q_pkts, per_q_bytes, tot_pkts, tot_bytes = guest.tx_counters(samples)
-        nic_bytes = sum(per_q_bytes.values())
-        nic_pkts = sum(per_q_pkts.values())
-        if not per_q_bytes:  # drivers without per-queue counters: interface totals
-            nic_bytes, nic_pkts = tot_bytes, tot_pkts
+    def _validity(self, cell, samples, senders) -> dict:
+        frame = rows_frame(samples)
+        per_q_pkts, nic_pkts, nic_bytes = tx_for_conservation(frame)    # harness.counting's rules
         app = sum(app_bytes_total(text) for text in sender_outputs(senders))
-        busy = _cpu_busy_share(samples)
+        busy = cpu_busy_share(frame)
         v = {"conservation": conservation(app, nic_bytes, nic_pkts, cell.proto, cell.stack),
              "emulated": self.accel == "tcg",
              "sender_saturation": sender_saturation(busy, [i % self.workload.machine.vcpus
                                                            for i in range(cell.procs)])}
         if cell.queues > 1:
-            v["queue_spread"] = queue_spread(dict(per_q_pkts), cell.queues)
+            v["queue_spread"] = queue_spread(per_q_pkts, cell.queues)
         return v
 
     def _image_verified(self, name: str) -> bool | None:
@@ -568,19 +555,6 @@ def qemu_thread_stats(pid: int | None) -> dict[str, str]:
                 pass
     except OSError:
         pass
-    return out
-
-
-def _cpu_busy_share(samples) -> dict[int, float]:
-    by_cpu: dict[int, dict[str, float]] = defaultdict(dict)
-    for s in samples:
-        if s.source in ("/proc/stat", "kern.cp_times") and s.queue is not None:
-            by_cpu[s.queue][s.metric] = s.value
-    out = {}
-    for cpu, modes in by_cpu.items():
-        total = sum(v for v in modes.values() if not math.isnan(v))
-        idle = modes.get("cpu_idle", 0) + modes.get("cpu_iowait", 0)
-        out[cpu] = (total - idle) / total if total else 0.0
     return out
 
 

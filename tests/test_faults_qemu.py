@@ -67,10 +67,10 @@ def test_scan_serial_finds_kernel_faults():
             "[   12.345999] Kernel panic - not syncing: sysrq triggered crash\n"
             "[   13.0] NETDEV WATCHDOG: xb0 (e1000e): transmit queue 0 timed out\n"
             "[   14.0] WARNING: CPU: 1 PID: 0 at net/sched/sch_generic.c:525 dev_watchdog+0x207/0x210\n")
-    kinds = [f.kind for f in scan_serial(text)]
+    kinds = [f.kind for f in scan_serial(text, "linux")]
     assert kinds == ["panic", "watchdog", "warning"]
     assert scan_serial("panic: page fault\nFatal trap 12: page fault while in kernel mode\n", "freebsd")[0].kind == "panic"
-    assert scan_serial("all good\n") == []
+    assert scan_serial("all good\n", "linux") == []
 
 
 def test_parse_injection():

@@ -37,6 +37,14 @@ def freebsd():
 
 
 DRIVERS = {"linux": linux, "freebsd": freebsd}
+
+
+def tx_per_queue(samples):
+    """Per-queue TX packets and bytes by harness.counting's rule (the runner's and analysis')."""
+    from harness.counting import queue_table, rows_frame
+    q = queue_table(rows_frame(samples))
+    return ({int(r.queue): r.tx_packets for r in q.itertuples()},
+            {int(r.queue): r.tx_bytes for r in q.itertuples()})
 PIN = {"linux": r"taskset -c (\d+) ", "freebsd": r"cpuset -l (\d+) "}
 
 
@@ -77,7 +85,7 @@ def test_sender_output_parses(os_name):
 def test_per_queue_tx_counters_from_snapshots(os_name):
     g, before, after = DRIVERS[os_name]()
     samples = delta(g.parse_snapshot(before), g.parse_snapshot(after))
-    per_q_pkts, per_q_bytes, _, _ = g.tx_counters(samples)
+    per_q_pkts, per_q_bytes = tx_per_queue(samples)
     assert set(per_q_pkts) == {0, 1} and set(per_q_bytes) == {0, 1}
     assert all(v > 0 for v in per_q_pkts.values()) and all(v > 0 for v in per_q_bytes.values())
     for s in samples:      # every sample keeps the tool's own name beside the common one
@@ -86,7 +94,7 @@ def test_per_queue_tx_counters_from_snapshots(os_name):
 
 def test_freebsd_per_queue_values_are_deltas():
     g, before, after = freebsd()
-    per_q_pkts, per_q_bytes, _, _ = g.tx_counters(delta(g.parse_snapshot(before), g.parse_snapshot(after)))
+    per_q_pkts, per_q_bytes = tx_per_queue(delta(g.parse_snapshot(before), g.parse_snapshot(after)))
     assert per_q_pkts == {0: 912741 - 1204, 1: 887203 - 311}
     assert per_q_bytes == {0: 1378201866 - 161890, 1: 1332078646 - 40212}
 
@@ -120,7 +128,7 @@ def test_queue_changes_linux_at_run_time_freebsd_by_loader_tunable():
 
 def test_freebsd_lock_tracing_runs_beside_the_senders():
     g, _, _ = freebsd()
-    g._lock_tracing_on = True
+    g.state.lock_tracing = True
     script = g.senders_script([5201], 2, "198.18.0.1", 10, 1, 1, "tcp", 0)
     assert "lockstat -C -s 8 -D 30 sleep 11" in script
     assert "fbt::vtnet_txq_mq_start:return" in script and "tick-11s" in script

@@ -99,6 +99,19 @@ def test_raw_captures_kept(smoke_run):
     assert list((rd / "serial").glob("*.log"))
 
 
+def test_plan_prints_what_the_run_recorded_as_commands_sh(smoke_run):
+    """One procedure: each cell's commands.sh is, byte for byte, the block `plan` prints for it."""
+    import re
+    rd = smoke_run["run_dir"]
+    plan = subprocess.run([sys.executable, "-m", "harness.cli", "plan", str(REPO / "workloads/smoke.toml")],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, check=True).stdout
+    recorded = sorted((rd / "raw").glob("*/r*/commands.sh"))
+    assert recorded
+    for f in recorded:
+        run_id = f"{f.parent.parent.name}.{f.parent.name}"
+        assert re.search(rf"^-- {re.escape(run_id)}[^\n]*\n{re.escape(f.read_text())}", plan, re.M), run_id
+
+
 def test_nothing_left_running(smoke_run):
     rd = smoke_run["run_dir"]
     assert not [l for l in _ours("qemu-system-x86_64") if str(rd) in l]

@@ -1,18 +1,9 @@
 """Open run directories (DuckDB over their Parquet tables) into pandas, and derive the
 per-(run, cell, rep) wide table every notebook and ``xmitbench compare`` work from.
 
-Counting rules (each written once, here):
+TX packets/bytes, qdisc totals, driver event counters, CPU busy and the per-Mpkt ratios follow
+the counting rules of ``harness.counting`` (the runner's validity uses the same functions).
 * throughput: iperf3 ``throughput_bps`` (sum over sender processes, warm-up omitted).
-* TX packets/bytes: sum of the per-queue ``ethtool -S`` rows; when a driver has none
-  (e1000e) its ``ethtool -S`` interface total; else ``ip -s -j link``; else any queue-null
-  row of the metric (FreeBSD netstat). Note virtio_net counts a TSO/GSO super-frame as one.
-* qdisc requeues/drops/packets: only the ROOT qdisc (queue null, no `` parent `` in the native
-  name). An mq root already holds the sum of its children; children are never added.
-* driver counters (tx_restarts, tx_ring_stalls, tx_drops_ring): per-queue rows summed, or the
-  interface row when the driver has no per-queue counter.
-* CPU: /proc/stat all-CPU line (jiffies, USER_HZ=100). busy = user+nice+system+irq+softirq+steal,
-  total = busy + idle + iowait (guest time is already inside user/nice). ``cpu_busy_pct`` is
-  busy share x CPUs x 100 (100 = one CPU busy for the whole snapshot interval).
 * host CPU: ``host_thread_cpu_s`` rows (utime+stime per QEMU thread name, from the host's
   /proc/<qemu>/task/*/stat around the sender run) over the cell's ``measured_s`` x 100 = % of one
   host CPU. The snapshots bracket the sender run plus the guest's after-snapshot, so the share is
@@ -31,12 +22,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
+from harness.counting import (BUSY_MODES, IDLE_MODES, _sum_by_key, cpu_table, driver_total, queue_table,  # noqa: F401
+                              root_qdisc, tx_total)
 from harness.validity import failed_checks
 
 from . import stats as S
@@ -51,8 +44,6 @@ AXIS_DEFAULTS = {"stack": "direct", "churn": "none"}
 UNTRACED_SUFFIX = ".untraced"
 HOST_CPU_SOURCE = "host /proc/<qemu>/task/*/stat"
 _VCPU_THREAD = re.compile(r"^CPU \d+/(TCG|KVM|HVF|WHPX|NVMM)$")
-BUSY_MODES = ("cpu_user", "cpu_nice", "cpu_system", "cpu_irq", "cpu_softirq", "cpu_steal")
-IDLE_MODES = ("cpu_idle", "cpu_iowait")
 
 # Metrics of the wide table: name -> (unit, higher_is_better, caption of the kernel mechanism).
 WIDE_METRICS: dict[str, tuple[str, bool, str]] = {
@@ -323,89 +314,11 @@ def _parse_validity(v) -> dict:
 # ---------------------------------------------------------------------------------------
 # The wide table
 # ---------------------------------------------------------------------------------------
-def _sum_by_key(d: pd.DataFrame) -> pd.Series:
-    if d.empty:
-        return pd.Series(dtype=float, index=pd.MultiIndex.from_tuples([], names=KEY))
-    return d.groupby(KEY, sort=False)["value"].sum(min_count=1)
-
-
-def _first_available(*series: pd.Series) -> pd.Series:
-    out = series[0]
-    for s in series[1:]:
-        out = out.combine_first(s)
-    return out
-
-
-def _driver_total(m: pd.DataFrame, metric: str, sources: Iterable[str] | None = None) -> pd.Series:
-    """Per-queue rows summed; where a (run, cell, rep) has none, its queue-null rows."""
-    d = m[m.metric == metric]
-    if sources is not None:
-        d = d[d.source.isin(list(sources))]
-    d = d[~d.source.isin(["tc -s -j qdisc"])]
-    per_q = _sum_by_key(d[d["queue"].notna()])
-    total = _sum_by_key(d[d["queue"].isna()])
-    return _first_available(per_q, total)
-
-
-def root_qdisc(m: pd.DataFrame, metric: str) -> pd.Series:
-    """Root qdisc rows only: an mq root already sums its children (never add them)."""
-    d = m[(m.source == "tc -s -j qdisc") & (m.metric == metric) & m["queue"].isna()]
-    d = d[~d.native_name.astype(str).str.contains(" parent ", regex=False)]
-    return _sum_by_key(d)
-
-
-def packets_total(m: pd.DataFrame, what: str = "tx_packets") -> pd.Series:
-    eth = m[(m.source == "ethtool -S") & (m.metric == what)]
-    link = m[(m.source == "ip -s -j link") & (m.metric == what) & m["queue"].isna()]
-    other = m[(m.metric == what) & m["queue"].isna() & ~m.source.isin(["ethtool -S", "ip -s -j link"])
-              & ~m.source.str.startswith("peer")]
-    return _first_available(_sum_by_key(eth[eth["queue"].notna()]), _sum_by_key(eth[eth["queue"].isna()]),
-                            _sum_by_key(link), _sum_by_key(other))
-
-
-def cpu_table(m: pd.DataFrame) -> pd.DataFrame:
-    """Per (run, cell, rep): busy/total jiffies, CPU count, busy % and per-mode %."""
-    d = m[m.source == "/proc/stat"]
-    if d.empty:
-        return pd.DataFrame(columns=["cpu_busy_pct", "ncpus"], index=pd.MultiIndex.from_tuples([], names=KEY))
-    agg = d[d["queue"].isna()].pivot_table(index=KEY, columns="metric", values="value", aggfunc="sum")
-    per = d[d["queue"].notna()]
-    ncpu = per.groupby(KEY)["queue"].nunique().rename("ncpus")
-    per_sum = per.pivot_table(index=KEY, columns="metric", values="value", aggfunc="sum")
-    modes = agg.combine_first(per_sum)
-    for c in BUSY_MODES + IDLE_MODES:
-        if c not in modes:
-            modes[c] = 0.0
-    busy = modes[list(BUSY_MODES)].sum(axis=1)
-    total = busy + modes[list(IDLE_MODES)].sum(axis=1)
-    out = pd.DataFrame({"busy_jiffies": busy, "total_jiffies": total}).join(ncpu, how="left")
-    out["ncpus"] = out["ncpus"].fillna(1)
-    out["cpu_busy_pct"] = S.cpu_busy_pct(out.busy_jiffies, out.total_jiffies, out.ncpus)
-    for mode in ("cpu_user", "cpu_system", "cpu_softirq", "cpu_irq"):
-        out[mode + "_pct"] = S.cpu_busy_pct(modes[mode], total, out.ncpus)
-    return out
-
-
 def sender_table(m: pd.DataFrame) -> pd.DataFrame:
     """Long table of per-sender-process throughput: run_id, cell, rep, sender, bps."""
     d = m[(m.source == "iperf3") & m.metric.str.fullmatch(r"sender\d+_bps")].copy()
     d["sender"] = d.metric.str.extract(r"sender(\d+)_bps", expand=False).astype(int)
     return d[KEY + ["sender", "value"]].rename(columns={"value": "bps"}).reset_index(drop=True)
-
-
-def queue_table(m: pd.DataFrame) -> pd.DataFrame:
-    """Per TX queue packets/bytes (``ethtool -S`` per-queue rows) and each queue's share."""
-    d = m[(m.source == "ethtool -S") & m["queue"].notna() & m.metric.isin(["tx_packets", "tx_bytes"])]
-    if d.empty:
-        return pd.DataFrame(columns=KEY + ["queue", "tx_packets", "tx_bytes", "share"])
-    q = d.pivot_table(index=KEY + ["queue"], columns="metric", values="value", aggfunc="sum").reset_index()
-    for c in ("tx_packets", "tx_bytes"):
-        if c not in q:
-            q[c] = np.nan
-    tot = q.groupby(KEY)["tx_packets"].transform("sum")
-    q["share"] = q.tx_packets / tot.where(tot > 0)
-    q.columns.name = None
-    return q
 
 
 def wide_table(runs: Runs) -> pd.DataFrame:
@@ -423,15 +336,15 @@ def wide_table(runs: Runs) -> pd.DataFrame:
         "throughput_bps": q("throughput_bps", "iperf3"),
         "app_bytes": q("app_bytes", "iperf3"),
         "tcp_retransmits": q("tcp_retransmits", "iperf3"),
-        "tx_packets": packets_total(m, "tx_packets"),
-        "tx_bytes": packets_total(m, "tx_bytes"),
+        "tx_packets": tx_total(m, "tx_packets"),
+        "tx_bytes": tx_total(m, "tx_bytes"),
         "tx_requeues": root_qdisc(m, "tx_requeues"),
         "qdisc_drops": root_qdisc(m, "qdisc_drops"),
         "qdisc_packets": root_qdisc(m, "qdisc_packets"),
-        "tx_drops_ring": _driver_total(m, "tx_drops_ring"),
+        "tx_drops_ring": driver_total(m, "tx_drops_ring"),
         "if_tx_drops": q("tx_drops", "ip -s -j link"),
-        "tx_restarts": _driver_total(m, "tx_restarts"),
-        "tx_ring_stalls": _driver_total(m, "tx_ring_stalls"),
+        "tx_restarts": driver_total(m, "tx_restarts"),
+        "tx_ring_stalls": driver_total(m, "tx_ring_stalls"),
         "lock_wait_ns": q("lock_wait_ns"),
         "lock_contentions": q("lock_contentions"),
         "peer_rx_packets": q("peer_rx_packets"),

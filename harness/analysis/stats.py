@@ -310,32 +310,8 @@ def fit_usl(n: Sequence[float], x: Sequence[float]) -> USLFit:
 # ---------------------------------------------------------------------------------------
 # Normalised rates
 # ---------------------------------------------------------------------------------------
-def _ratio(num, den, scale: float = 1.0):
-    num = np.asarray(num, dtype=float)
-    den = np.asarray(den, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(den > 0, num / np.where(den > 0, den, 1) * scale, np.nan)
-    return float(r) if r.ndim == 0 else r
-
-
-def per_million(count, packets):
-    """Events per million packets (drops, requeues, restarts, ring stalls); nan without packets."""
-    return _ratio(count, packets, 1e6)
-
-
-def per_packet(value, packets):
-    """E.g. lock wait ns per packet; nan without packets."""
-    return _ratio(value, packets)
-
-
-def cpu_pct_per_gbit(cpu_pct, throughput_bps):
-    """CPU percent (100 = one CPU busy) per Gbit/s of throughput; nan without throughput."""
-    return _ratio(cpu_pct, np.asarray(throughput_bps, dtype=float) / 1e9)
-
-
-def cpu_busy_pct(busy_jiffies, total_jiffies, ncpus):
-    """Busy share of the interval x CPUs x 100 (jiffies cancel, USER_HZ does not matter)."""
-    return _ratio(np.asarray(busy_jiffies, dtype=float) * np.asarray(ncpus, dtype=float), total_jiffies, 100.0)
+# ratios: one rule each, in harness.counting (the runner's validity uses them too)
+from harness.counting import _ratio, cpu_busy_pct, cpu_pct_per_gbit, per_million, per_packet  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,13 +1,37 @@
 """Guest drivers: every OS-specific command lives in one of these, behind one contract
-(see tests/test_guest_contract.py)."""
+(harness/guests/contract.py). A driver is registered here, and checked when it is."""
 from __future__ import annotations
+
+from .contract import BootState, GuestDriver, check_driver  # noqa: F401
+
+_DRIVERS: dict[str, type] = {}
+
+
+def register(cls):
+    """Add a driver class (usable as a decorator); a contract gap is a TypeError now."""
+    check_driver(cls)
+    _DRIVERS[cls.os_name] = cls
+    return cls
+
+
+def _builtin() -> None:
+    """The built-in drivers, registered on first use (importing them at module load would
+    make a cycle: they import the contract from this package)."""
+    if "linux" not in _DRIVERS:
+        from .freebsd import FreeBSDGuest
+        from .linux import LinuxGuest
+        register(LinuxGuest)
+        register(FreeBSDGuest)
 
 
 def driver_class(os_name: str):
-    if os_name == "linux":
-        from .linux import LinuxGuest
-        return LinuxGuest
-    if os_name == "freebsd":
-        from .freebsd import FreeBSDGuest
-        return FreeBSDGuest
-    raise ValueError(f"no guest driver for {os_name!r}")
+    _builtin()
+    try:
+        return _DRIVERS[os_name]
+    except KeyError:
+        raise ValueError(f"no guest driver for {os_name!r}; registered: {', '.join(sorted(_DRIVERS))}") from None
+
+
+def os_names() -> tuple[str, ...]:
+    _builtin()
+    return tuple(_DRIVERS)

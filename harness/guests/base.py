@@ -6,6 +6,7 @@ import time
 from dataclasses import replace
 
 from ..parsers.iperf3 import parse_iperf3_json
+from .contract import BootState, GuestDriver
 
 SECTION = "@@xmitbench-section "
 
@@ -49,12 +50,13 @@ def as_stacked(samples: list, dev: str) -> list:
     return [replace(s, source=f"{s.source} ({dev})", metric=f"stack_{s.metric}") for s in samples]
 
 
-class GuestBase:
-    os_name = ""
-    STACK_DEVS: dict[str, str] = {}
-    stack_dev: str | None = None     # the stacked device this boot has, once set up
+class GuestBase(GuestDriver):
+    """What the drivers share; each driver still declares its own attributes (see contract)."""
+    state: BootState
 
-    BOOT_ID_COMMAND = "cat /proc/sys/kernel/random/boot_id"   # changes on every boot
+    @property
+    def stack_dev(self) -> str | None:
+        return self.state.stack_dev
 
     def boot_id(self) -> str:
         return self.run(self.BOOT_ID_COMMAND).strip()
@@ -87,7 +89,7 @@ class GuestBase:
         cmd = self.stack_command(stack, vlan_id=vlan_id)
         if cmd:
             self.run(cmd)
-        self.stack_dev = self.STACK_DEVS.get(stack)
+        self.state.stack_dev = self.STACK_DEVS.get(stack)
         return cmd
 
     def run(self, cmd: str, timeout: float = 30.0, check: bool = True) -> str:
@@ -99,6 +101,5 @@ class GuestBase:
     def run_senders(self, script: str, timeout: float) -> dict[str, str]:
         return split_sections(self.run(script, timeout=timeout))
 
-    @staticmethod
-    def parse_senders(raw: dict[str, str]):
+    def parse_senders(self, raw: dict[str, str]):
         return [parse_iperf3_json(text) for text in sender_outputs(raw)]

@@ -14,10 +14,12 @@ from __future__ import annotations
 import re
 import shlex
 
+from ..faults import SERIAL_FAULTS
 from ..machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC
 from ..parsers import freebsd as F
 from ..samples import Sample
 from ..stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
+from .contract import BootState
 from .base import SECTION, GuestBase, as_stacked, parse_sections, split_sections
 
 DRIVER_PREFIX = {"virtio-net": "vtnet", "e1000e": "em", "vmxnet3": "vmx", "igb": "igb"}
@@ -40,11 +42,20 @@ def queue_tunables(nic: str, unit: int, queues: int) -> dict[str, str]:
 
 class FreeBSDGuest(GuestBase):
     os_name = "freebsd"
+    SERIAL_FAULTS = SERIAL_FAULTS["freebsd"]
+    COUNTER_SOURCES = {"tx_queue": "sysctl", "interface": "netstat -i", "cpu": "kern.cp_times"}
 
-    def __init__(self, shell, tools: dict[str, str] | None = None, iface: str = "vtnet1"):
+    def __init__(self, shell, tools: dict[str, str] | None = None, iface: str = "vtnet1",
+                 state: BootState | None = None):
         self.shell, self.tools, self.iface = shell, {**DEFAULT_TOOLS, **(tools or {})}, iface
-        self._lock_tracing_on = False
-        self._duration = 10
+        self.state = state or BootState()
+
+    @classmethod
+    def for_plan(cls, nic: str, state: BootState) -> "FreeBSDGuest":
+        return cls(None, None, iface=cls.expected_iface(nic), state=state)
+
+    def queues_at_runtime(self, nic: str) -> bool:
+        return False     # loader tunables for every driver here: a reboot (boot_config_script)
 
     @staticmethod
     def expected_iface(nic: str) -> str:
@@ -96,7 +107,8 @@ class FreeBSDGuest(GuestBase):
     def set_queues_command(self, queues: int) -> str:
         return f"# loader tunables + reboot (see boot_config_script); then verify {queues} TX queues"
 
-    def snapshot_command(self, locks: bool = False) -> str:
+    def snapshot_command(self, locks: bool | None = None) -> str:
+        """lockstat runs beside the senders (senders_script), so `locks` changes nothing here."""
         t, i = self.tools, self.iface
         drv, unit = self._drv_unit
         parts = {
@@ -117,7 +129,7 @@ class FreeBSDGuest(GuestBase):
         lines = ["rm -rf /tmp/xb && mkdir -p /tmp/xb", "echo \"start $(date +%s)\" > /tmp/xb/churn.txt"]
         if churn:
             lines.append(churn)
-        if self._lock_tracing_on:
+        if self.state.lock_tracing:
             span = duration_s + warmup_s
             # lockstat and the buf_ring probe cover the senders' lifetime; both end by themselves
             lines.append(f"{t['lockstat']} -C -s 8 -D 30 sleep {span} > /tmp/xb/lockstat.txt 2>&1 &")
@@ -140,7 +152,7 @@ class FreeBSDGuest(GuestBase):
             lines.append(f"echo '{SECTION}iperf3_{i}'; cat /tmp/xb/s{i}.json")
         if churn:
             lines.append(f"echo '{SECTION}churn'; cat /tmp/xb/churn.txt /tmp/xb/churn.err")
-        if self._lock_tracing_on:
+        if self.state.lock_tracing:
             lines.append(f"echo '{SECTION}lockstat'; cat /tmp/xb/lockstat.txt")
             lines.append(f"echo '{SECTION}dtrace_bufring'; cat /tmp/xb/dtrace_bufring.txt 2>/dev/null")
         return "\n".join(lines)
@@ -190,7 +202,7 @@ class FreeBSDGuest(GuestBase):
 
     def lock_stats_enable(self) -> None:
         self.run(self.lock_start_script(), check=False)
-        self._lock_tracing_on = True
+        self.state.lock_tracing = True
 
 
     def parse_snapshot(self, raw: dict[str, str], driver: str | None = None) -> list[Sample]:
@@ -201,25 +213,11 @@ class FreeBSDGuest(GuestBase):
                                                          self.stack_dev or "stacked")}
         return parse_sections(raw, parsers)
 
-    @staticmethod
-    def parse_locks(before: dict[str, str], after: dict[str, str], method: str, senders: dict[str, str] | None = None):
+    def parse_locks(self, before: dict[str, str], after: dict[str, str], method: str, senders: dict[str, str] | None = None):
         text = (senders or {}).get("lockstat", "")
         return F.lockstat_to_lock_records(F.parse_lockstat(text)) if text.strip() else []
 
-    @staticmethod
-    def interval_samples(senders: dict[str, str]) -> tuple[list[Sample], str | None]:
+    def interval_samples(self, senders: dict[str, str]) -> tuple[list[Sample], str | None]:
         """Samples measured over the interval itself (not before/after deltas): buf_ring drops."""
         text = senders.get("dtrace_bufring", "")
         return F.parse_dtrace_bufring_drops(text) if text.strip() else ([], None)
-
-
-    @staticmethod
-    def tx_counters(samples: list[Sample]) -> tuple[dict[int, float], dict[int, float], float, float]:
-        """(per-queue packets, per-queue bytes, total packets, total bytes) the NIC sent."""
-        pq_p = {s.queue: s.value for s in samples if s.source.startswith("sysctl") and s.metric == "tx_packets"
-                and s.queue is not None}
-        pq_b = {s.queue: s.value for s in samples if s.source.startswith("sysctl") and s.metric == "tx_bytes"
-                and s.queue is not None}
-        tot_p = sum(s.value for s in samples if s.source.startswith("netstat -i") and s.metric == "tx_packets")
-        tot_b = sum(s.value for s in samples if s.source.startswith("netstat -i") and s.metric == "tx_bytes")
-        return pq_p, pq_b, tot_p, tot_b

@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 import shlex
 
+from ..faults import SERIAL_FAULTS
 from ..machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC, lock_visibility_method
 from ..parsers import linux as P
 from ..samples import Sample
 from ..stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
+from .contract import BootState
 from .base import SECTION, GuestBase, as_stacked, parse_sections, split_sections  # noqa: F401 (re-exported)
 
 IFACE = "xb0"
@@ -21,13 +23,27 @@ IFACE = "xb0"
 
 class LinuxGuest(GuestBase):
     os_name = "linux"
+    SERIAL_FAULTS = SERIAL_FAULTS["linux"]
+    COUNTER_SOURCES = {"tx_queue": "ethtool -S", "interface": "ip -s -j link", "cpu": "/proc/stat"}
+    BOOT_ID_COMMAND = "cat /proc/sys/kernel/random/boot_id"   # changes on every boot
 
-    def __init__(self, shell, tools: dict[str, str], iface: str = IFACE):
+    def __init__(self, shell, tools: dict[str, str], iface: str = IFACE, state: BootState | None = None):
         self.shell, self.tools, self.iface = shell, tools, iface
-        self._lock_tracing_on = False
+        self.state = state or BootState()
+
+    @classmethod
+    def for_plan(cls, nic: str, state: BootState) -> "LinuxGuest":
+        from ..guestimage import known_tools
+        return cls(None, known_tools(), state=state)
+
+    def queues_at_runtime(self, nic: str) -> bool:
+        from ..nics import NICS
+        return NICS[nic].runtime_queue_change_linux
 
     # -- pure command builders (also used by `plan`) ---------------------------------
-    def snapshot_command(self, locks: bool = False) -> str:
+    def snapshot_command(self, locks: bool | None = None) -> str:
+        """The counters read before and after a cell (lock hists once tracing is installed)."""
+        locks = self.state.lock_tracing if locks is None else locks
         t, i = self.tools, self.iface
         parts = {
             "ethtool_S": f"{t['ethtool']} -S {i}",
@@ -169,12 +185,12 @@ class LinuxGuest(GuestBase):
             raise RuntimeError(f"asked for {queues} TX queues, device has {got}")
 
     def snapshot(self) -> dict[str, str]:
-        return split_sections(self.run(self.snapshot_command(locks=self._lock_tracing_on)))
+        return split_sections(self.run(self.snapshot_command()))
 
     def lock_stats_enable(self) -> None:
         """Install the lock hist triggers once per boot; cells read them before and after."""
         self.run(self.lock_start_script())
-        self._lock_tracing_on = True
+        self.state.lock_tracing = True
 
 
     def parse_snapshot(self, raw: dict[str, str], driver: str | None = None) -> list[Sample]:
@@ -185,28 +201,12 @@ class LinuxGuest(GuestBase):
                    "stack_link": lambda t: as_stacked(P.parse_ip_link_json(t), self.stack_dev or "stacked")}
         return parse_sections(raw, parsers)
 
-    @staticmethod
-    def parse_locks(before: dict[str, str], after: dict[str, str], method: str, senders=None):
+    def parse_locks(self, before: dict[str, str], after: dict[str, str], method: str, senders=None):
         waits, stacks = P.lock_hist_delta(
             P.parse_lock_wait_hist(before.get("lock_wait", "")), P.parse_lock_wait_hist(after.get("lock_wait", "")),
             P.parse_lock_stack_hist(before.get("lock_stack", "")), P.parse_lock_stack_hist(after.get("lock_stack", "")))
         return P.summarize_locks(waits, stacks, method=method)
 
 
-    @staticmethod
-    def interval_samples(senders: dict[str, str]) -> tuple[list[Sample], str | None]:
+    def interval_samples(self, senders: dict[str, str]) -> tuple[list[Sample], str | None]:
         return [], None
-
-    @staticmethod
-    def tx_counters(samples: list[Sample]) -> tuple[dict[int, float], dict[int, float], float, float]:
-        """(per-queue packets, per-queue bytes, total packets, total bytes) the NIC sent:
-        per queue from ethtool -S where the driver has it, totals from ip -s link."""
-        pq_p: dict[int, float] = {}
-        pq_b: dict[int, float] = {}
-        for s in samples:
-            if s.source == "ethtool -S" and s.queue is not None and s.metric in ("tx_packets", "tx_bytes"):
-                d = pq_p if s.metric == "tx_packets" else pq_b
-                d[s.queue] = d.get(s.queue, 0.0) + s.value
-        tot_p = sum(s.value for s in samples if s.source == "ip -s -j link" and s.metric == "tx_packets")
-        tot_b = sum(s.value for s in samples if s.source == "ip -s -j link" and s.metric == "tx_bytes")
-        return pq_p, pq_b, tot_p, tot_b

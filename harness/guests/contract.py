@@ -1,0 +1,136 @@
+"""The guest-driver contract: every member a caller (procedure, runner, plan, analysis) uses,
+declared once. A driver that misses one is refused when it is registered
+(``harness.guests.register``), not discovered later as a NaN column.
+
+Per-boot state (is lock tracing installed on this VM, which stacked device exists) is a
+``BootState`` the caller creates per boot and hands to the driver; nobody outside a driver
+touches the driver's private attributes.
+"""
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..counting import CPU_SOURCES, DRIVER_TX_SOURCES, INTERFACE_TX_SOURCES
+
+
+@dataclass
+class BootState:
+    """What one boot of one guest has set up so far."""
+    lock_tracing: bool = False       # lock statistics installed (once per boot, after untraced twins)
+    stack_dev: str | None = None     # the stacked device (vlan/vxlan/gre) this boot has
+
+
+# Class attributes every driver must set, with the type each must have.
+REQUIRED_ATTRIBUTES = {
+    "os_name": str,                  # the name workloads and catalog use ("linux", "freebsd")
+    "SERIAL_FAULTS": list,           # [(kind, compiled regex)]: kernel fault lines on the console
+    "STACK_DEVS": dict,              # stacked-device kind -> guest device name (supported stacks)
+    "LOCK_TOTALS": tuple,            # (source, native name of wait total, of contention count)
+    "COUNTER_SOURCES": dict,         # {"tx_queue", "interface", "cpu"} -> Sample.source its parsers emit
+    "BOOT_ID_COMMAND": str,          # prints an id that changes on every boot
+}
+# Where each COUNTER_SOURCES entry must point: the sources harness.counting knows.
+COUNTING_SOURCES = {"tx_queue": DRIVER_TX_SOURCES, "interface": INTERFACE_TX_SOURCES, "cpu": CPU_SOURCES}
+
+
+class GuestDriver(ABC):
+    """One guest OS: command builders (pure, so `plan` prints what a cell runs), actions over
+    the management shell, and parsers of the captured text."""
+    os_name: str
+    SERIAL_FAULTS: list[tuple[str, re.Pattern]]
+    STACK_DEVS: dict[str, str]
+    LOCK_TOTALS: tuple[str, str, str]
+    COUNTER_SOURCES: dict[str, str]
+    BOOT_ID_COMMAND: str
+    state: BootState
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def for_plan(cls, nic: str, state: BootState) -> "GuestDriver":
+        """A driver without a shell, named as the guest will name the data NIC: for `plan`."""
+
+    # -- capabilities ------------------------------------------------------------------
+    @abstractmethod
+    def queues_at_runtime(self, nic: str) -> bool:
+        """True: the TX queue count changes at run time (set_queues); False: at boot
+        (boot_config_script + reboot) only."""
+
+    def supported_stacks(self) -> set[str]:
+        return {"direct", *self.STACK_DEVS}
+
+    @staticmethod
+    @abstractmethod
+    def lock_method(accel: str) -> str:
+        """How lock waits become visible on this OS under `accel` (recorded beside every number)."""
+
+    # -- pure command builders ---------------------------------------------------------
+    @abstractmethod
+    def boot_config_script(self, nic: str, queues: int) -> str | None: ...
+    @abstractmethod
+    def set_queues_command(self, queues: int) -> str: ...
+    @abstractmethod
+    def stack_command(self, stack: str, vlan_id: int = ...) -> str | None: ...
+    @abstractmethod
+    def churn_command(self, churn: str, interval_s: int, count: int, queues: int) -> str | None: ...
+    @abstractmethod
+    def snapshot_command(self) -> str: ...
+    @abstractmethod
+    def lock_start_script(self) -> str: ...
+    @abstractmethod
+    def senders_script(self, ports: list[int], vcpus: int, peer_ip: str, duration_s: int, warmup_s: int,
+                       streams: int, proto: str, msg_size: int, udp_bitrate: str = "0",
+                       churn: str | None = None) -> str: ...
+
+    # -- actions -----------------------------------------------------------------------
+    @abstractmethod
+    def run(self, cmd: str, timeout: float = 30.0, check: bool = True) -> str: ...
+    @abstractmethod
+    def setup_data_interface(self, mac: str, address: str) -> None: ...
+    @abstractmethod
+    def reboot(self, timeout: float) -> float: ...
+    @abstractmethod
+    def kernel_release(self) -> str: ...
+    @abstractmethod
+    def nic_driver(self) -> str: ...
+    @abstractmethod
+    def tx_queue_count(self) -> int: ...
+    @abstractmethod
+    def set_queues(self, queues: int) -> None: ...
+    @abstractmethod
+    def setup_stack(self, stack: str, vlan_id: int) -> str | None: ...
+    @abstractmethod
+    def lock_stats_enable(self) -> None: ...
+    @abstractmethod
+    def snapshot(self) -> dict[str, str]: ...
+    @abstractmethod
+    def run_senders(self, script: str, timeout: float) -> dict[str, str]: ...
+
+    # -- pure parsers ------------------------------------------------------------------
+    @abstractmethod
+    def parse_snapshot(self, raw: dict[str, str], driver: str | None = None) -> list: ...
+    @abstractmethod
+    def parse_senders(self, raw: dict[str, str]) -> list: ...
+    @abstractmethod
+    def parse_locks(self, before: dict[str, str], after: dict[str, str], method: str, senders=None) -> list: ...
+    @abstractmethod
+    def interval_samples(self, senders: dict[str, str]) -> tuple[list, str | None]: ...
+
+
+def check_driver(cls) -> None:
+    """Refuse a driver class that does not fulfil the contract (TypeError naming what is missing)."""
+    if not (isinstance(cls, type) and issubclass(cls, GuestDriver)):
+        raise TypeError(f"{cls!r} is not a GuestDriver")
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    wrong = [f"{a} ({t.__name__})" for a, t in REQUIRED_ATTRIBUTES.items()
+             if not isinstance(getattr(cls, a, None), t) or (t is str and not getattr(cls, a))]
+    sources = getattr(cls, "COUNTER_SOURCES", None) or {}
+    bad = [f"COUNTER_SOURCES[{k!r}]={sources.get(k)!r} (allowed: {', '.join(v)})"
+           for k, v in COUNTING_SOURCES.items() if sources.get(k) not in v]
+    if missing or wrong or bad:
+        raise TypeError(f"guest driver {cls.__name__} does not fulfil the contract: "
+                        + "; ".join(filter(None, [("missing " + ", ".join(missing)) if missing else "",
+                                                  ("attributes " + ", ".join(wrong)) if wrong else "",
+                                                  ", ".join(bad)])))

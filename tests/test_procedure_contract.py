@@ -1,0 +1,128 @@
+"""The cell procedure and the driver contract: one source of what a cell does, for every OS;
+a driver that misses a contract member is refused at registration."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from harness.counting import cpu_busy_share, cpu_table, queue_table, rows_frame, tx_total
+from harness.faults import scan_serial
+from harness.guests import BootState, driver_class, register
+from harness.guests.linux import LinuxGuest
+from harness.procedure import cell_steps, render
+from harness.samples import delta
+from harness.workload import expand, parse_workload
+
+from test_guest_contract import FIX, fb
+
+WL = b"""[workload]
+name = "t"
+repetitions = 1
+duration_s = 2
+warmup_s = 0
+lock_stats = true
+[machine]
+image = "linux-deb"
+[matrix]
+nic = ["virtio-net"]
+queues = [2]
+procs = [2]
+"""
+
+
+def _cell():
+    wl = parse_workload(WL, "t.toml")
+    runs, _ = expand(wl)
+    return wl, runs[0].cell
+
+
+class ThirdOS(LinuxGuest):
+    """A test-only OS: Linux's commands under another name, to show a driver plugs in by
+    registration alone (the procedure and counting rules need no edit)."""
+    os_name = "thirdos"
+    STACK_DEVS = {}
+
+
+def test_a_complete_third_driver_registers_and_renders_a_cell():
+    register(ThirdOS)
+    assert driver_class("thirdos") is ThirdOS
+    wl, cell = _cell()
+    g = ThirdOS(None, {"ip": "/bin/ip", "tc": "/sbin/tc", "ethtool": "/sbin/ethtool", "iperf3": "/usr/bin/iperf3"})
+    text = render(cell_steps(g, wl, cell))
+    assert "taskset -c 1" in text and "-p 5202" in text and "lock statistics" in text
+    assert g.state == BootState()      # rendering does not change the boot's state
+
+
+def test_a_driver_missing_a_member_is_refused_at_registration():
+    class Incomplete(ThirdOS):
+        os_name = "incomplete"
+        COUNTER_SOURCES = {"tx_queue": "ethtool -S", "interface": "ip -s -j link"}   # no cpu source
+    with pytest.raises(TypeError, match=r"COUNTER_SOURCES\['cpu'\]"):
+        register(Incomplete)
+    from harness.guests.contract import GuestDriver
+
+    class Bare(GuestDriver):
+        os_name = "bare"
+    with pytest.raises(TypeError, match="missing .*senders_script"):
+        register(Bare)
+    with pytest.raises(ValueError, match="no guest driver for 'bare'"):
+        driver_class("bare")
+
+
+def test_cell_steps_reflect_the_state_they_will_run_in():
+    wl, cell = _cell()
+    g = driver_class("linux").for_plan("virtio-net", BootState())
+    steps = cell_steps(g, wl, cell)
+    assert [s.action for s in steps][:2] == ["lock_install", "set_queues"]
+    snap = next(s for s in steps if s.action == "snapshot_before").command
+    assert "lock_wait" in snap     # the snapshot runs after the lock_install step
+    g.state.lock_tracing = True
+    assert "lock_install" not in [s.action for s in cell_steps(g, wl, cell)]
+
+
+@pytest.mark.parametrize("os_name, line, kind", [("linux", "[  1.0] Kernel panic - not syncing: x", "panic"),
+                                                  ("freebsd", "panic: page fault", "panic"),
+                                                  ("freebsd", "Fatal trap 12: page fault while in kernel mode",
+                                                   "fatal_trap")])
+def test_serial_faults_come_from_the_driver(os_name, line, kind):
+    assert [f.kind for f in scan_serial(line, driver_class(os_name).SERIAL_FAULTS)] == [kind]
+    other = "freebsd" if os_name == "linux" else "linux"
+    assert scan_serial(line, driver_class(other).SERIAL_FAULTS) == [] or kind == "panic"
+
+
+def _freebsd_frame():
+    g = driver_class("freebsd")(None, iface="vtnet0")
+    raw = lambda w: {"sysctl_dev": fb(f"sysctl_dev.vtnet.0.{w}.txt"),
+                     "netstat_i": fb(f"netstat_--libxo_json_-i_-d_-b_-I_vtnet0.{w}.json"),
+                     "cp_times": fb("sysctl_-n_kern.cp_times.txt")}
+    before = g.parse_snapshot(raw("before"))
+    after = g.parse_snapshot(raw("after"))
+    # cp_times: one fixture; make the after reading later by 100 ticks per CPU of each mode
+    after = [s if s.source != "kern.cp_times" else s.__class__(**{**s.__dict__, "value": s.value + 100})
+             for s in after]
+    return rows_frame(delta(before, after), "r", "c", 0)
+
+
+def test_freebsd_gets_cpu_busy_and_queue_shares_by_the_same_rules():
+    m = _freebsd_frame()
+    cpu = cpu_table(m)
+    assert len(cpu) == 1 and cpu.cpu_busy_pct.notna().all()
+    # 5 modes x +100 ticks per CPU: busy = user+nice+sys+intr = 4 of 5 modes
+    assert cpu.cpu_busy_pct.iloc[0] == pytest.approx(80.0 * cpu.ncpus.iloc[0])
+    assert set(cpu_busy_share(m)) == {0, 1}
+    q = queue_table(m)
+    assert list(q.queue) == [0, 1] and q.share.sum() == pytest.approx(1.0)
+    assert tx_total(m, "tx_packets").iloc[0] == (912741 - 1204) + (887203 - 311)
+
+
+def test_linux_tx_total_prefers_per_queue_then_driver_then_interface():
+    rows = [{"source": "ip -s -j link", "native_name": "tx.packets", "metric": "tx_packets", "value": 7.0,
+             "queue": None, "cpu": None}]
+    assert tx_total(rows_frame(rows), "tx_packets").iloc[0] == 7.0
+    rows.append({"source": "ethtool -S", "native_name": "tx_packets", "metric": "tx_packets", "value": 9.0,
+                 "queue": None, "cpu": None})
+    assert tx_total(rows_frame(rows), "tx_packets").iloc[0] == 9.0
+    rows += [{"source": "ethtool -S", "native_name": f"tx_queue_{i}_packets", "metric": "tx_packets",
+              "value": 2.0, "queue": i, "cpu": None} for i in (0, 1)]
+    assert tx_total(rows_frame(rows), "tx_packets").iloc[0] == 4.0
