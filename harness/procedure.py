@@ -57,7 +57,8 @@ def boot_steps(guest, boot_key) -> list[Step]:
     script = guest.boot_config_script(boot_key.nic, boot_key.queues)
     if script:
         steps += [Step("boot_config", "queue counts are boot settings: write them", script),
-                  Step("reboot", "reboot and wait for a new boot id", guest.BOOT_ID_COMMAND),
+                  Step("reboot", f"reboot; reconnect once `{guest.BOOT_ID_COMMAND}` prints a new boot id",
+                       guest.REBOOT_COMMAND),
                   Step("data_interface", "name and address the data NIC again")]
     return steps
 

@@ -54,6 +54,8 @@ class GuestBase(GuestDriver):
     """What the drivers share; each driver still declares its own attributes (see contract)."""
     state: BootState
 
+    REBOOT_COMMAND = "shutdown -r now"
+
     @property
     def stack_dev(self) -> str | None:
         return self.state.stack_dev
@@ -67,7 +69,7 @@ class GuestBase(GuestDriver):
         proves nothing: the boot id must change. Returns seconds until the new boot answered."""
         t0 = time.monotonic()
         before = self.boot_id()
-        self.shell.run_detached("shutdown -r now")
+        self.shell.run_detached(self.REBOOT_COMMAND)
         self.shell.close()
         while True:
             sleep(poll_s)

@@ -30,6 +30,7 @@ REQUIRED_ATTRIBUTES = {
     "LOCK_TOTALS": tuple,            # (source, native name of wait total, of contention count)
     "COUNTER_SOURCES": dict,         # {"tx_queue", "interface", "cpu"} -> Sample.source its parsers emit
     "BOOT_ID_COMMAND": str,          # prints an id that changes on every boot
+    "REBOOT_COMMAND": str,           # takes the guest down for a reboot
 }
 # Where each COUNTER_SOURCES entry must point: the sources harness.counting knows.
 COUNTING_SOURCES = {"tx_queue": DRIVER_TX_SOURCES, "interface": INTERFACE_TX_SOURCES, "cpu": CPU_SOURCES}
@@ -44,6 +45,7 @@ class GuestDriver(ABC):
     LOCK_TOTALS: tuple[str, str, str]
     COUNTER_SOURCES: dict[str, str]
     BOOT_ID_COMMAND: str
+    REBOOT_COMMAND: str
     state: BootState
 
     # -- construction ------------------------------------------------------------------
