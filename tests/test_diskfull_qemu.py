@@ -83,6 +83,65 @@ def _assert_nothing_left(rd: Path, iperf_before: set[str]) -> None:
         assert where and where != ns, f"iperf3 server {pid} left (namespace {where or 'none: orphaned'})"
 
 
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 160 KiB tmpfs: a run dir's empty tables fit, a few thousand metric rows do not."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=True)
+
+
+def _rows(n: int) -> list[dict]:
+    return [{"cell": f"c{i}", "rep": 0, "metric": f"m{i}", "value": float(i), "queue": None, "cpu": None,
+             "source": "x" * 40} for i in range(n)]
+
+
+@needs_root
+def test_full_disk_raises_one_error_and_leaves_no_temp_file(tiny_fs):
+    from harness.errors import ResultsDiskFull
+    from harness.results import RunDir
+    rd = RunDir.create(tiny_fs)
+    rd.flush()
+    rd.add(metrics=_rows(20000))
+    with pytest.raises(ResultsDiskFull) as ei:
+        rd.flush()
+    assert str(ei.value).startswith(f"results disk full: {rd.path}/metrics.")
+    assert re.search(r"\(\d+ KiB free\)$", str(ei.value))
+    assert not list(tiny_fs.rglob("*.tmp*"))
+    with pytest.raises(ResultsDiskFull):
+        rd.save_raw("c0", 0, "big.txt", "x" * 400_000)
+    assert not list(tiny_fs.rglob("*.tmp*"))
+    rd.mark_incomplete("results disk full")        # the manifest is small: it still fits
+    man = json.loads((rd.path / "manifest.json").read_text())
+    assert man["complete"] is False and man["incomplete_reason"] == "results disk full"
+    assert man["table_rows"] == {"metrics": 0, "locks": 0, "cells": 0}
+
+
+@needs_root
+def test_resume_drops_rows_of_a_flush_cut_short(tiny_fs):
+    """metrics written, then the disk full before cells and the manifest: the resumed run dir
+    must not keep those metric rows (the cell is re-run and would add them again)."""
+    from harness.errors import ResultsDiskFull
+    from harness.results import RunDir
+    rd = RunDir.create(tiny_fs)
+    rd.add(metrics=_rows(10))
+    rd.flush()
+    rd.add(metrics=_rows(300), cell={"cell": "c", "rep": 0, "attempt": 1, "status": "ok"})
+    ballast = tiny_fs / "ballast"
+    with open(ballast, "wb") as f:     # 40 KiB: the metrics and locks tables fit (4 KiB pages, each temp file beside its old one), cells not
+        room = os.statvfs(tiny_fs).f_bavail * os.statvfs(tiny_fs).f_frsize
+        f.write(b"\0" * max(0, room - 40 * 1024))
+    with pytest.raises(ResultsDiskFull):
+        rd.flush()
+    assert len(pd.read_parquet(rd.path / "metrics.parquet")) == 310, "the metrics table was not rewritten"
+    again = RunDir.open(rd.path)
+    assert len(again.metrics) == 10 and again.cells == []
+
+
 @needs_root
 @pytest.mark.qemu
 def test_results_disk_full_stops_in_one_line_then_resume_finishes(tmp_path):
