@@ -143,8 +143,8 @@ class RunDir:
         self.locks: list[dict] = []
         self.cells: list[dict] = []
         self.manifest: dict = {"run_id": run_id, "complete": False, "timings": {}}
-        # rows per table at the last flush that wrote all three tables; the manifest records it,
-        # so a flush cut short (disk full) cannot leave rows that a resume would count twice
+        # rows per table at the last flush that wrote all three tables; the manifest records it
+        # (table_rows), so a flush cut short (disk full) cannot leave rows a resume would count twice
         self.flushed_rows: dict[str, int] = {"metrics": 0, "locks": 0, "cells": 0}
 
     @classmethod
@@ -167,6 +167,8 @@ class RunDir:
         rd = cls(path, man["run_id"])
         rd.manifest = man
         counted = man.get("table_rows") or {}
+        if counted.get("run_id") != rd.run_id:    # copied from another run dir (merge): not ours
+            counted = {}
         for name in ("metrics", "locks", "cells"):
             f = path / f"{name}.parquet"
             if f.exists():
@@ -213,10 +215,10 @@ class RunDir:
                 df["validity"] = df["validity"].map(lambda v: json.dumps(v) if isinstance(v, dict) else v)
             atomic_write_table(self.path / name, df)
         self.flushed_rows = {"metrics": len(self.metrics), "locks": len(self.locks), "cells": len(self.cells)}
+        self.manifest["table_rows"] = {"run_id": self.run_id, **self.flushed_rows}
         self.write_manifest()
 
     def write_manifest(self) -> None:
-        self.manifest["table_rows"] = dict(self.flushed_rows)
         atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=2, default=str))
 
     def mark_incomplete(self, reason: str) -> None:

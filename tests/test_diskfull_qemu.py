@@ -118,7 +118,7 @@ def test_full_disk_raises_one_error_and_leaves_no_temp_file(tiny_fs):
     rd.mark_incomplete("results disk full")        # the manifest is small: it still fits
     man = json.loads((rd.path / "manifest.json").read_text())
     assert man["complete"] is False and man["incomplete_reason"] == "results disk full"
-    assert man["table_rows"] == {"metrics": 0, "locks": 0, "cells": 0}
+    assert man["table_rows"] == {"run_id": rd.run_id, "metrics": 0, "locks": 0, "cells": 0}
 
 
 @needs_root
