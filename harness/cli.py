@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, ResultsDiskFull
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = Path(os.environ.get("XMITBENCH_RESULTS", REPO / "results"))
@@ -81,6 +81,15 @@ def run_workload(args) -> tuple[int, Path | None]:
             print(f"xmitbench: interrupted ({e or 'SIGINT'}); everything this run started is stopped; "
                   f"run dir {where}; continue with: xmitbench run --resume {where}", file=sys.stderr)
             return 130, None
+        except ResultsDiskFull as e:    # everything is stopped by now (the runner's finally blocks)
+            where = runner.rd.path if getattr(runner, "rd", None) else None
+            if where is not None and (where / "manifest.json").is_file():
+                then = (f"run dir {where} is incomplete; free space and continue with: "
+                        f"xmitbench run --resume {where}")
+            else:
+                then = f"no run dir could be started{f' ({where})' if where else ''}; free space and run again"
+            print(f"xmitbench: {e}; {then}", file=sys.stderr)
+            return 1, None
     render(rd.path, console)
     if args.report:
         from .analysis.report import build_report

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import ResultsDiskFull, free_bytes, is_disk_full
+
 METRIC_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "driver", "queues", "streams", "procs",
                   "proto", "msg_size", "stack", "churn", "traced", "accel", "queue", "cpu", "metric", "value", "unit", "source", "native_name"]
 LOCK_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "queues", "procs", "accel", "lock", "caller",
@@ -30,13 +32,36 @@ CELL_COLUMNS = ["run_id", "cell", "rep", "attempt", "status", "reason", "os", "k
                 "boot_group", "started", "wall_s", "measured_s", "validity", "raw_dir"]
 
 
+def _unlink_quietly(p: Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _disk_full(e: BaseException, path: Path) -> BaseException:
+    """ENOSPC/EDQUOT -> ResultsDiskFull naming the file and the space left; anything else as is."""
+    if isinstance(e, OSError) and is_disk_full(e):
+        return ResultsDiskFull(path, free_bytes(path.parent))
+    return e
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp name and rename into place; on any failure the temp file is removed
+    and the old file (if any) is left as it was. A full disk raises ResultsDiskFull."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        err = _disk_full(e, path)
+        if err is e:
+            raise
+        raise err from e
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -46,9 +71,27 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_table(path_stem: Path, df: pd.DataFrame) -> None:
     """Parquet (for analysis) and CSV (for eyes and grep), each renamed into place."""
     tmp = path_stem.with_name(f".{path_stem.name}.parquet.tmp{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path_stem.with_suffix(".parquet"))
+    target = path_stem.with_suffix(".parquet")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+    except BaseException as e:
+        _unlink_quietly(tmp)
+        err = _disk_full(e, target)
+        if err is e:
+            raise
+        raise err from e
     atomic_write_text(path_stem.with_suffix(".csv"), df.to_csv(index=False))
+
+
+def _mkdir(p: Path, **kw) -> None:
+    try:
+        p.mkdir(**kw)
+    except OSError as e:
+        err = _disk_full(e, p)
+        if err is e:
+            raise
+        raise err from e
 
 
 def new_run_id() -> str:
@@ -100,13 +143,16 @@ class RunDir:
         self.locks: list[dict] = []
         self.cells: list[dict] = []
         self.manifest: dict = {"run_id": run_id, "complete": False, "timings": {}}
+        # rows per table at the last flush that wrote all three tables; the manifest records it
+        # (table_rows), so a flush cut short (disk full) cannot leave rows a resume would count twice
+        self.flushed_rows: dict[str, int] = {"metrics": 0, "locks": 0, "cells": 0}
 
     @classmethod
     def create(cls, results_root: Path, run_id: str | None = None) -> "RunDir":
         run_id = run_id or new_run_id()
         path = results_root / run_id
-        (path / "raw").mkdir(parents=True, exist_ok=False)
-        (path / "serial").mkdir()
+        _mkdir(path / "raw", parents=True, exist_ok=False)
+        _mkdir(path / "serial")
         return cls(path, run_id)
 
     @classmethod
@@ -120,6 +166,9 @@ class RunDir:
         man = json.loads(man_path.read_text())
         rd = cls(path, man["run_id"])
         rd.manifest = man
+        counted = man.get("table_rows") or {}
+        if counted.get("run_id") != rd.run_id:    # copied from another run dir (merge): not ours
+            counted = {}
         for name in ("metrics", "locks", "cells"):
             f = path / f"{name}.parquet"
             if f.exists():
@@ -128,12 +177,16 @@ class RunDir:
                     df["validity"] = df["validity"].map(lambda v: json.loads(v) if isinstance(v, str) and v else {})
                 df["run_id"] = rd.run_id    # kept: the rows must still name their run when flushed again
                 rows = df.astype(object).where(df.notna(), None)
-                getattr(rd, name).extend(rows.to_dict("records"))
+                records = rows.to_dict("records")
+                if name in counted:     # newer than the manifest (a flush cut short): not kept
+                    records = records[:counted[name]]
+                getattr(rd, name).extend(records)
+            rd.flushed_rows[name] = len(getattr(rd, name))
         return rd
 
     def raw_dir(self, cell: str, rep: int, attempt: int = 1) -> Path:
         d = self.path / "raw" / cell / (f"r{rep}" if attempt == 1 else f"r{rep}.a{attempt}")
-        d.mkdir(parents=True, exist_ok=True)
+        _mkdir(d, parents=True, exist_ok=True)
         return d
 
     def save_raw(self, cell: str, rep: int, name: str, text: str, attempt: int = 1) -> Path:
@@ -161,7 +214,19 @@ class RunDir:
             if name == "cells":
                 df["validity"] = df["validity"].map(lambda v: json.dumps(v) if isinstance(v, dict) else v)
             atomic_write_table(self.path / name, df)
+        self.flushed_rows = {"metrics": len(self.metrics), "locks": len(self.locks), "cells": len(self.cells)}
+        self.manifest["table_rows"] = {"run_id": self.run_id, **self.flushed_rows}
         self.write_manifest()
 
     def write_manifest(self) -> None:
         atomic_write_text(self.path / "manifest.json", json.dumps(self.manifest, indent=2, default=str))
+
+    def mark_incomplete(self, reason: str) -> None:
+        """Best effort after a full disk: say why in the manifest if it can still be written.
+        If it cannot, the manifest on disk is an earlier one, and that says complete=false."""
+        self.manifest["complete"] = False
+        self.manifest["incomplete_reason"] = reason
+        try:
+            self.write_manifest()
+        except ResultsDiskFull:
+            pass

@@ -71,6 +71,7 @@ class Runner:
 
     # -- top level ----------------------------------------------------------------------
     def run(self) -> RunDir:
+        from .errors import ResultsDiskFull, free_bytes, is_disk_full
         t_run = time.monotonic()
         wl = self.workload
         supported = qemu_supported_devices(device_help())
@@ -144,6 +145,7 @@ class Runner:
                  "already_ok": len(self.done), "previous_timings": previous.get("timings"),
                  "previous_interrupted": previous.get("interrupted", False)}]
             rd.manifest.pop("interrupted", None)
+            rd.manifest.pop("incomplete_reason", None)
         for sk in self.plan.skipped:
             for rep in range(wl.repetitions):
                 if (sk.cell.cell_id, rep) not in self.done:
@@ -151,6 +153,7 @@ class Runner:
         rd.flush()
         self.dp = DataPlane(rd.run_id)
         measured = 0.0
+        disk_full = None
         try:
             self.dp.create()
             self.key = make_key(self.key_dir)
@@ -166,15 +169,30 @@ class Runner:
         except KeyboardInterrupt:
             rd.manifest["interrupted"] = True
             raise
+        except ResultsDiskFull as e:
+            disk_full = e
+            raise
+        except OSError as e:    # a write into the run dir outside RunDir's helpers (serial tail)
+            if not (is_disk_full(e) and e.filename and Path(e.filename).is_relative_to(rd.path)):
+                raise
+            disk_full = ResultsDiskFull(e.filename, free_bytes(rd.path))
+            raise disk_full from e
         finally:
-            self.dp.destroy()
+            self.dp.destroy()       # everything stopped first, whatever the writes below do
             shutil.rmtree(self.key_dir, ignore_errors=True)
             wall = time.monotonic() - t_run
             self.timings["total"] = wall
             rd.manifest["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
             rd.manifest["benchmarks"] = self._benchmarks(wall, measured)
-            rd.manifest["complete"] = not rd.manifest.get("interrupted", False)
-            rd.flush()
+            if disk_full is not None:   # no flush: it cannot be written, and must not say complete
+                rd.mark_incomplete(str(disk_full))
+            else:
+                rd.manifest["complete"] = not rd.manifest.get("interrupted", False)
+                try:
+                    rd.flush()
+                except ResultsDiskFull as e:
+                    rd.mark_incomplete(str(e))
+                    raise
         return rd
 
     def workload_cells(self):
