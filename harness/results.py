@@ -22,6 +22,11 @@ import pandas as pd
 
 from .errors import ResultsDiskFull, free_bytes, is_disk_full
 
+# The run dir's schema: bump when a column changes meaning or a table changes shape. Analysis
+# reads every version up to this one and refuses a newer one (exit 2, one line).
+# 1: before the version was recorded; 2: counting rules in harness.counting, FreeBSD CPU rows.
+SCHEMA_VERSION = 2
+
 METRIC_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "driver", "queues", "streams", "procs",
                   "proto", "msg_size", "stack", "churn", "traced", "accel", "queue", "cpu", "metric", "value", "unit", "source", "native_name"]
 LOCK_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "queues", "procs", "accel", "lock", "caller",
@@ -44,6 +49,46 @@ def _disk_full(e: BaseException, path: Path) -> BaseException:
     if isinstance(e, OSError) and is_disk_full(e):
         return ResultsDiskFull(path, free_bytes(path.parent))
     return e
+
+
+def cell_context(cell, rep: int, *, kernel: str, driver: str, accel: str) -> dict:
+    """The cell-describing columns every metric row of one cell run carries."""
+    return {"cell": cell.cell_id, "rep": rep, "os": cell.os, "kernel": kernel, "nic": cell.nic,
+            "driver": driver, "queues": cell.queues, "streams": cell.streams, "procs": cell.procs,
+            "proto": cell.proto, "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn,
+            "traced": cell.traced, "accel": accel}
+
+
+def sample_row(ctx: dict, s) -> dict:
+    """A metric row from a parsed Sample."""
+    return {**ctx, "queue": s.queue, "cpu": s.cpu, "metric": s.metric, "value": s.value, "unit": s.unit,
+            "source": s.source, "native_name": s.native_name}
+
+
+def metric_row(ctx: dict, metric: str, value: float, unit: str, source: str, native_name: str) -> dict:
+    """A metric row the harness derives (iperf3 sums, peer tap, host threads, lock totals)."""
+    return {**ctx, "queue": None, "metric": metric, "value": float(value), "unit": unit,
+            "source": source, "native_name": native_name}
+
+
+def lock_row(ctx: dict, rec) -> dict:
+    """A locks-table row from a parsed LockRecord."""
+    return {**{k: ctx[k] for k in ("cell", "rep", "os", "kernel", "nic", "queues", "procs", "accel")},
+            "lock": rec.lock, "caller": rec.caller, "kind": rec.kind, "contentions": rec.contentions,
+            "wait_ns_total": rec.wait_ns_total, "wait_ns_max": rec.wait_ns_max, "method": rec.method}
+
+
+def cell_row(cell, rep: int, status: str, reason: str, *, group, accel: str | None, image_verified: bool | None,
+             valid: bool | None, attempt: int = 1, kernel=None, driver=None, started=None, wall_s=None,
+             measured_s=None, validity=None, raw_dir=None) -> dict:
+    """The cells-table row of one attempt at one cell run."""
+    return {"cell": cell.cell_id, "rep": rep, "attempt": attempt, "status": status, "reason": reason,
+            "os": cell.boot_key.os, "kernel": kernel, "nic": cell.nic, "driver": driver,
+            "queues": cell.queues, "streams": cell.streams, "procs": cell.procs, "proto": cell.proto,
+            "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn, "traced": cell.traced,
+            "duration_s": cell.duration_s, "valid": valid, "accel": accel, "emulated": accel == "tcg",
+            "image_verified": image_verified, "boot_group": group, "started": started, "wall_s": wall_s,
+            "measured_s": measured_s, "validity": validity or {}, "raw_dir": raw_dir}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -142,7 +187,8 @@ class RunDir:
         self.metrics: list[dict] = []
         self.locks: list[dict] = []
         self.cells: list[dict] = []
-        self.manifest: dict = {"run_id": run_id, "complete": False, "timings": {}}
+        self.manifest: dict = {"run_id": run_id, "schema_version": SCHEMA_VERSION, "complete": False,
+                               "timings": {}}
         # rows per table at the last flush that wrote all three tables; the manifest records it
         # (table_rows), so a flush cut short (disk full) cannot leave rows a resume would count twice
         self.flushed_rows: dict[str, int] = {"metrics": 0, "locks": 0, "cells": 0}

@@ -34,7 +34,8 @@ from .nics import qemu_supported_devices
 from .plan import Plan, plan as make_plan
 from .procedure import (boot_steps, cell_steps, data_address, machine_spec, peer_ip_for, ports_for,
                         render as render_steps, tap_queue_count)
-from .results import RunDir, git_revision, host_info
+from .results import (RunDir, cell_context, cell_row, git_revision, host_info, lock_row, metric_row,
+                      sample_row)
 from .samples import delta
 from .ssh import GuestShell, make_key
 from .validity import (RERUN_CHECKS, app_bytes_total, churn_recovery, conservation, failed_checks,
@@ -458,13 +459,11 @@ class Runner:
         samples = delta(guest.parse_snapshot(before, driver), guest.parse_snapshot(after, driver))
         interval, interval_note = guest.interval_samples(senders)   # measured over the interval itself
         samples += interval
-        ctx = self._ctx(cell, rep, boot)
-        rows = [{**ctx, "queue": s.queue, "cpu": s.cpu, "metric": s.metric, "value": s.value, "unit": s.unit,
-                 "source": s.source, "native_name": s.native_name} for s in samples]
+        ctx = cell_context(cell, rep, kernel=boot["kernel"], driver=boot["driver"], accel=self.accel)
+        rows = [sample_row(ctx, s) for s in samples]
 
         def add(metric: str, value: float, unit: str, source: str, native_name: str) -> None:
-            rows.append({**ctx, "queue": None, "metric": metric, "value": float(value), "unit": unit,
-                         "source": source, "native_name": native_name})
+            rows.append(metric_row(ctx, metric, value, unit, source, native_name))
 
         add("throughput_bps", sum(r.sent_bps for r in results), "bits/s", "iperf3", "end.sum_sent.bits_per_second")
         add("app_bytes", sum(r.sent_bytes for r in results), "bytes", "iperf3", "end.sum_sent.bytes")
@@ -484,11 +483,7 @@ class Runner:
         if wl.lock_stats and cell.traced:
             method = guest.lock_method(self.accel)
             for rec in guest.parse_locks(before, after, method, senders):
-                lock_rows.append({**{k: ctx[k] for k in ("cell", "rep", "os", "kernel", "nic", "queues",
-                                                         "procs", "accel")},
-                                  "lock": rec.lock, "caller": rec.caller, "kind": rec.kind,
-                                  "contentions": rec.contentions, "wait_ns_total": rec.wait_ns_total,
-                                  "wait_ns_max": rec.wait_ns_max, "method": rec.method})
+                lock_rows.append(lock_row(ctx, rec))
             src, wait_native, count_native = guest.LOCK_TOTALS
             add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", src, wait_native)
             add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", src, count_native)
@@ -531,23 +526,11 @@ class Runner:
         img = getattr(self, "images", {}).get(name)
         return img.verified if isinstance(img, BootImage) else None
 
-    def _ctx(self, cell, rep, boot) -> dict:
-        return {"cell": cell.cell_id, "rep": rep, "os": cell.os, "kernel": boot["kernel"], "nic": cell.nic,
-                "driver": boot["driver"], "queues": cell.queues, "streams": cell.streams, "procs": cell.procs,
-                "proto": cell.proto, "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn,
-                "traced": cell.traced, "accel": self.accel}
-
-    def _cell_row(self, cell, rep, status, reason, group, attempt=1, kernel=None, driver=None, started=None,
-                  wall_s=None, measured_s=None, validity=None, raw_dir=None) -> dict:
-        return {"cell": cell.cell_id, "rep": rep, "attempt": attempt, "status": status, "reason": reason,
-                "os": cell.boot_key.os, "kernel": kernel, "nic": cell.nic, "driver": driver,
-                "queues": cell.queues, "streams": cell.streams, "procs": cell.procs, "proto": cell.proto,
-                "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn, "traced": cell.traced,
-                "duration_s": cell.duration_s, "valid": is_valid(validity) if status == "ok" else None,
-                "accel": getattr(self, "accel", None), "emulated": getattr(self, "accel", None) == "tcg",
-                "image_verified": self._image_verified(cell.image),
-                "boot_group": group, "started": started, "wall_s": wall_s, "measured_s": measured_s,
-                "validity": validity or {}, "raw_dir": raw_dir}
+    def _cell_row(self, cell, rep, status, reason, group, attempt=1, validity=None, **kw) -> dict:
+        accel = getattr(self, "accel", None)    # None when the run stopped before the probe
+        return cell_row(cell, rep, status, reason, group=group, accel=accel,
+                        image_verified=self._image_verified(cell.image), attempt=attempt, validity=validity,
+                        valid=is_valid(validity) if status == "ok" else None, **kw)
 
 
 def host_activity() -> dict:

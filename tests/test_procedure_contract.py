@@ -126,3 +126,27 @@ def test_linux_tx_total_prefers_per_queue_then_driver_then_interface():
     rows += [{"source": "ethtool -S", "native_name": f"tx_queue_{i}_packets", "metric": "tx_packets",
               "value": 2.0, "queue": i, "cpu": None} for i in (0, 1)]
     assert tx_total(rows_frame(rows), "tx_packets").iloc[0] == 4.0
+
+
+def test_analysis_reads_older_run_dirs_and_refuses_a_newer_schema(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from harness.analysis.load import load_runs
+    from harness.results import SCHEMA_VERSION
+    old = FIX / "runs" / "smoke-1rep"
+    assert "schema_version" not in json.loads((old / "manifest.json").read_text())   # a version-1 run dir
+    assert len(load_runs([old]).wide()) > 0
+    new = tmp_path / "future"
+    shutil.copytree(old, new)
+    man = json.loads((new / "manifest.json").read_text())
+    man["schema_version"] = SCHEMA_VERSION + 1
+    (new / "manifest.json").write_text(json.dumps(man))
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "summary", str(new)], capture_output=True, text=True,
+                       cwd=Path(__file__).parent.parent, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "manifest.json" in lines[0] and "schema_version" in lines[0] and "newer" in lines[0]

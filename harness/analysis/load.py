@@ -187,6 +187,11 @@ def _read_manifest(p: Path) -> dict:
         raise InputError(f, "", f"unreadable manifest: {e}") from None
     if not isinstance(m, dict) or "run_id" not in m:
         raise InputError(f, "run_id", "missing: not a run manifest")
+    from harness.results import SCHEMA_VERSION
+    version = m.get("schema_version", 1)      # run dirs from before the version was recorded: 1
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise InputError(f, "schema_version", f"{version!r} is newer than this xmitbench reads (1..{SCHEMA_VERSION}); "
+                                              f"update xmitbench to analyse this run dir")
     return m
 
 
