@@ -133,6 +133,14 @@ class GuestShell:
             raise SSHError(f"SSH connection lost before `{_short(command)}`")
         return self.conn
 
+    @staticmethod
+    def _failure(conn: Connection, command: str, e: BaseException) -> SSHError:
+        if isinstance(e, ThreadException):
+            e = "; ".join(repr(x.value) for x in e.exceptions)
+        if not conn.is_connected:
+            return SSHError(f"SSH connection lost during `{_short(command)}`: {e}")
+        return SSHError(f"SSH failure during `{_short(command)}`: {e}")
+
     def run(self, command: str, timeout: float = 60.0, check: bool = True) -> tuple[int, str, str]:
         conn = self._live(command)
         try:
@@ -140,11 +148,8 @@ class GuestShell:
                          pty=False, encoding="utf-8")
         except CommandTimedOut as e:
             raise CommandTimeout(f"guest command timed out after {timeout:.0f} s: {_short(command)}") from e
-        except ThreadException as e:
-            raise SSHError(f"SSH failure during `{_short(command)}`: "
-                           f"{'; '.join(repr(x.value) for x in e.exceptions)}") from e
-        except (EOFError, paramiko.SSHException, OSError) as e:
-            raise SSHError(f"SSH failure during `{_short(command)}`: {e}") from e
+        except (ThreadException, EOFError, paramiko.SSHException, OSError) as e:
+            raise self._failure(conn, command, e) from e
         rc, o, e_ = r.exited, r.stdout, r.stderr
         if rc is None or rc == -1:
             if not conn.is_connected:
@@ -160,7 +165,7 @@ class GuestShell:
         try:
             conn.run(command, disown=True, hide=True, in_stream=False, pty=False)
         except (EOFError, paramiko.SSHException, OSError) as e:
-            raise SSHError(f"SSH failure during `{_short(command)}`: {e}") from e
+            raise self._failure(conn, command, e) from e
 
     def put(self, local: str | os.PathLike, remote: str) -> None:
         """Copy a local file to the guest (SFTP)."""
