@@ -94,12 +94,19 @@ def cell_row(cell, rep: int, status: str, reason: str, *, group, accel: str | No
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp name and rename into place; on any failure the temp file is removed
     and the old file (if any) is left as it was. A full disk raises ResultsDiskFull."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    _write_renamed(path, path.with_name(f".{path.name}.tmp{os.getpid()}"), write)
+
+
+def _write_renamed(path: Path, tmp: Path, write) -> None:
+    """``write(tmp)``, then rename it to ``path``; on any failure remove ``tmp`` (ENOSPC and
+    EDQUOT become ResultsDiskFull naming ``path``)."""
+    try:
+        write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         _unlink_quietly(tmp)
@@ -115,17 +122,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_table(path_stem: Path, df: pd.DataFrame) -> None:
     """Parquet (for analysis) and CSV (for eyes and grep), each renamed into place."""
-    tmp = path_stem.with_name(f".{path_stem.name}.parquet.tmp{os.getpid()}")
-    target = path_stem.with_suffix(".parquet")
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, target)
-    except BaseException as e:
-        _unlink_quietly(tmp)
-        err = _disk_full(e, target)
-        if err is e:
-            raise
-        raise err from e
+    _write_renamed(path_stem.with_suffix(".parquet"),
+                   path_stem.with_name(f".{path_stem.name}.parquet.tmp{os.getpid()}"),
+                   lambda tmp: df.to_parquet(tmp, index=False))
     atomic_write_text(path_stem.with_suffix(".csv"), df.to_csv(index=False))
 
 
