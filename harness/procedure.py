@@ -95,7 +95,7 @@ def cell_steps(guest, workload, cell, vlan_id: int = VLAN_ID, peer_detail: str =
         steps.append(Step("set_queues", "queue setup", guest.set_queues_command(cell.queues)))
     else:
         steps.append(Step("check_queues", f"queue count set at boot: check {cell.queues} TX queues",
-                          guest.set_queues_command(cell.queues)))
+                          guest.tx_queue_count_command()))
     for cmd in wl.setup_for(cell.os):
         steps.append(Step("setup", "workload setup command", cmd))
     stack_cmd = guest.stack_command(cell.stack, vlan_id=vlan_id)

@@ -74,6 +74,9 @@ class GuestDriver(ABC):
     @abstractmethod
     def set_queues_command(self, queues: int) -> str: ...
     @abstractmethod
+    def tx_queue_count_command(self) -> str:
+        """Prints what tx_queue_count() counts (one entry per TX queue)."""
+    @abstractmethod
     def stack_command(self, stack: str, vlan_id: int = ...) -> str | None: ...
     @abstractmethod
     def churn_command(self, churn: str, interval_s: int, count: int, queues: int) -> str | None: ...

@@ -104,6 +104,10 @@ class FreeBSDGuest(GuestBase):
                 f"echo \"churn $n $(date +%s)\" >> /tmp/xb/churn.txt; "
                 f"{action}; done; {ifc} {i} mtu 1500 up ) > /tmp/xb/churn.err 2>&1 &")
 
+    def tx_queue_count_command(self) -> str:
+        drv, unit = self._drv_unit
+        return f"{self.tools['sysctl']} -N dev.{drv}.{unit}"     # txqN nodes, one per TX queue
+
     def set_queues_command(self, queues: int) -> str:
         return f"# loader tunables + reboot (see boot_config_script); then verify {queues} TX queues"
 
@@ -187,8 +191,7 @@ class FreeBSDGuest(GuestBase):
         return self._drv_unit[0]
 
     def tx_queue_count(self) -> int:
-        drv, unit = self._drv_unit
-        out = self.run(f"{self.tools['sysctl']} -N dev.{drv}.{unit}", check=False)
+        out = self.run(self.tx_queue_count_command(), check=False)
         found = {int(m.group(1)) for m in re.finditer(r"\.txq(\d+)\.", out)}
         return len(found) or 1
 

@@ -102,6 +102,9 @@ class LinuxGuest(GuestBase):
     def set_queues_command(self, queues: int) -> str:
         return f"{self.tools['ethtool']} -L {self.iface} combined {queues}"
 
+    def tx_queue_count_command(self) -> str:
+        return f"ls -d /sys/class/net/{self.iface}/queues/tx-*"
+
     def sender_command(self, cpu: int, port: int, peer_ip: str, duration_s: int, warmup_s: int,
                        streams: int, proto: str, msg_size: int, udp_bitrate: str, out: str,
                        report_interval: float | None = None) -> str:
@@ -173,7 +176,7 @@ class LinuxGuest(GuestBase):
 
     def tx_queue_count(self) -> int:
         """Real TX queues of the device, from sysfs (works for drivers without ethtool -l)."""
-        out = self.run(f"ls -d /sys/class/net/{self.iface}/queues/tx-*")
+        out = self.run(self.tx_queue_count_command())
         return len(out.split())
 
     def set_queues(self, queues: int) -> None:
