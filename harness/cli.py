@@ -41,10 +41,10 @@ def run_workload(args) -> tuple[int, Path | None]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .plan import parse_shard
-    from .runner import Runner
-    from .summary import render
-    from .workload import load_workload, parse_workload
+    from harness.run.plan import parse_shard
+    from harness.run.runner import Runner
+    from harness.analysis.summary import render
+    from harness.run.workload import load_workload, parse_workload
     resume = Path(args.resume) if args.resume else None
     if resume:
         import json
@@ -105,11 +105,11 @@ def cmd_plan(args) -> int:
     """Every cell in run order, grouped by boot, with the exact QEMU argv and guest commands.
     Nothing is built, downloaded or started; paths that exist only at run time are <...>."""
     from .guests import BootState, driver_class
-    from .machine import build_argv, device_help
-    from .nics import qemu_supported_devices
-    from .plan import parse_shard, plan
-    from .procedure import boot_steps, cell_steps, machine_spec, render, tap_queue_count
-    from .workload import load_workload
+    from harness.vm.machine import build_argv, device_help
+    from harness.vm.nics import qemu_supported_devices
+    from harness.run.plan import parse_shard, plan
+    from harness.run.procedure import boot_steps, cell_steps, machine_spec, render, tap_queue_count
+    from harness.run.workload import load_workload
     wl = load_workload(args.workload)
     shard = parse_shard(args.shard) if args.shard else None
     p = plan(wl, qemu_supported_devices(device_help()), shard)
@@ -167,7 +167,7 @@ def data_plane_options(argv: list[str]) -> tuple[str, ...]:
 
 
 def cmd_images(args) -> int:
-    from .guestimage import ImageBuildError, build_linux_deb
+    from harness.images.guestimage import ImageBuildError, build_linux_deb
     if args.image_cmd == "build":
         if args.name != "linux-deb":
             raise InputError("images build", "name", f"unknown image {args.name!r}; allowed: linux-deb")
@@ -187,7 +187,7 @@ def cmd_images(args) -> int:
 
 def cmd_summary(args) -> int:
     from rich.console import Console
-    from .summary import render
+    from harness.analysis.summary import render
     if not (Path(args.run_dir) / "manifest.json").is_file():
         raise InputError(args.run_dir, "RUN_DIR", "not a run dir (no manifest.json)")
     render(Path(args.run_dir), Console(width=None if sys.stdout.isatty() else 200))
@@ -200,10 +200,10 @@ def cmd_nightly(args) -> int:
     import contextlib
     import io
     import json
-    from . import nightly as N
+    from harness.analysis import nightly as N
     from .analysis.commands import cmd_compare
     from .analysis.report import build_report
-    from .workload import load_workload
+    from harness.run.workload import load_workload
     root = Path(args.baseline_dir) if args.baseline_dir else None
     if args.run_dir:
         run_dir = Path(args.run_dir)
@@ -245,7 +245,7 @@ def cmd_nightly(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .merge import merge
+    from harness.results.merge import merge
     dirs = [Path(d) for d in args.shard_dirs]
     out = merge(dirs, Path(args.results), force=args.force)
     print(f"merged {len(dirs)} shard run dirs into {out}")
@@ -253,15 +253,15 @@ def cmd_merge(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from .dataplane import clean_stale
+    from harness.vm.dataplane import clean_stale
     removed = clean_stale()
     print("removed: " + (", ".join(removed) if removed else "nothing stale"))
     return 0
 
 
 def cmd_probe(args) -> int:
-    from .guestimage import build_linux_deb
-    from .machine import probe_accel
+    from harness.images.guestimage import build_linux_deb
+    from harness.vm.machine import probe_accel
     img = build_linux_deb()
     accel, reason = probe_accel(img.kernel, img.initrd, timeout=args.timeout)
     print(f"{accel}: {reason}")
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     b.add_argument("--modules", help="its /lib/modules/<release> directory")
     b.add_argument("--force", action="store_true")
     im.set_defaults(fn=cmd_images)
-    from .images_cli import register as register_image_commands
+    from harness.images.cli import register as register_image_commands
     register_image_commands(isub)   # images list | fetch NAME | verify NAME
     s = sub.add_parser("summary", help="print the summary table of a run dir")
     s.add_argument("run_dir")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import catalog as cat
-from harness import images_cli
+from harness.images import catalog as cat
+from harness.images import cli as images_cli
 from harness.errors import InputError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "catalog"

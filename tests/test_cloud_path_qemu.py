@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.guestimage import build_disk_variant, build_linux_deb
+from harness.images.guestimage import build_disk_variant, build_linux_deb
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.qemu,
@@ -53,7 +53,7 @@ def test_unverified_image_refused_unless_flag_then_every_row_says_so(tmp_path):
     `run --allow-unverified` it is measured and every cell row carries image_verified=false."""
     import shutil
     import uuid
-    from harness.catalog import cache_root
+    from harness.images.catalog import cache_root
     disk = build_disk_variant(build_linux_deb(log=lambda *a: None))
     name = f"xb-nosum-{uuid.uuid4().hex[:8]}"          # its own cache dir, removed at the end
     catalog = tmp_path / "catalog.toml"

@@ -103,7 +103,7 @@ def _rows(n: int) -> list[dict]:
 @needs_root
 def test_full_disk_raises_one_error_and_leaves_no_temp_file(tiny_fs):
     from harness.errors import ResultsDiskFull
-    from harness.results import RunDir
+    from harness.results.rundir import RunDir
     rd = RunDir.create(tiny_fs)
     rd.flush()
     rd.add(metrics=_rows(20000))
@@ -126,7 +126,7 @@ def test_resume_drops_rows_of_a_flush_cut_short(tiny_fs):
     """metrics written, then the disk full before cells and the manifest: the resumed run dir
     must not keep those metric rows (the cell is re-run and would add them again)."""
     from harness.errors import ResultsDiskFull
-    from harness.results import RunDir
+    from harness.results.rundir import RunDir
     rd = RunDir.create(tiny_fs)
     rd.add(metrics=_rows(10))
     rd.flush()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.faults import parse_injection, scan_serial
+from harness.vm.faults import parse_injection, scan_serial
 
 REPO = Path(__file__).resolve().parent.parent
 WL = REPO / "tests" / "fixtures" / "faults.toml"

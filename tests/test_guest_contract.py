@@ -11,7 +11,7 @@ import pytest
 from harness.guests import driver_class
 from harness.guests.freebsd import FreeBSDGuest, queue_tunables
 from harness.guests.linux import SECTION, LinuxGuest, split_sections
-from harness.samples import delta
+from harness.counters.samples import delta
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -40,8 +40,8 @@ DRIVERS = {"linux": linux, "freebsd": freebsd}
 
 
 def tx_per_queue(samples):
-    """Per-queue TX packets and bytes by harness.counting's rule (the runner's and analysis')."""
-    from harness.counting import queue_table, rows_frame
+    """Per-queue TX packets and bytes by harness.counters.counting's rule (the runner's and analysis')."""
+    from harness.counters.counting import queue_table, rows_frame
     q = queue_table(rows_frame(samples))
     return ({int(r.queue): r.tx_packets for r in q.itertuples()},
             {int(r.queue): r.tx_bytes for r in q.itertuples()})
@@ -148,8 +148,8 @@ class RecordingShell:
 @pytest.mark.parametrize("os_name", DRIVERS)
 @pytest.mark.parametrize("stack, vid", [("vlan", 100), ("vlan", 0), ("vxlan", 100)])
 def test_stacked_device_setup_and_its_counters(os_name, stack, vid):
-    from harness.machine import PEER_DATA_MAC
-    from harness.stacks import STACKS, VXLAN_PORT, VXLAN_VNI
+    from harness.vm.machine import PEER_DATA_MAC
+    from harness.vm.stacks import STACKS, VXLAN_PORT, VXLAN_VNI
     g, _, _ = DRIVERS[os_name]()
     g.shell = RecordingShell()
     assert g.setup_stack("direct", vid) is None and g.stack_dev is None and g.shell.commands == []

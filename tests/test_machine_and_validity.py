@@ -4,8 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.machine import MachineSpec, build_argv, data_device, tap_queues
-from harness.validity import app_bytes_total, conservation, queue_spread, sender_saturation
+from harness.vm.machine import MachineSpec, build_argv, data_device, tap_queues
+from harness.run.validity import app_bytes_total, conservation, queue_spread, sender_saturation
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,7 +102,7 @@ def test_plan_linux_and_freebsd_share_the_data_nic_line():
 
 def test_run_key_is_private(tmp_path):
     import stat
-    from harness.ssh import make_key
+    from harness.vm.ssh import make_key
     k = make_key(tmp_path / "keys")
     assert stat.S_IMODE(k.private_path.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700

@@ -55,7 +55,7 @@ import pytest
 
 from harness.parsers import freebsd as F
 from harness.parsers.linux import LockRecord
-from harness.samples import delta
+from harness.counters.samples import delta
 
 FIX = Path(__file__).parent / "fixtures" / "freebsd"
 _spec = importlib.util.spec_from_file_location("freebsd_fixture_gen", FIX / "generate.py")

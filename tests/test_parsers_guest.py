@@ -6,7 +6,7 @@ from pathlib import Path
 from harness.guests.linux import split_sections, SECTION
 from harness.parsers import linux as P
 from harness.parsers.iperf3 import parse_iperf3_json
-from harness.samples import delta
+from harness.counters.samples import delta
 
 G = Path(__file__).parent / "fixtures" / "linux" / "guest"
 

@@ -36,7 +36,7 @@ import pytest
 
 from harness.parsers import iperf3 as I
 from harness.parsers import linux as L
-from harness.samples import Sample, delta
+from harness.counters.samples import Sample, delta
 
 FIX = Path(__file__).parent / "fixtures" / "linux"
 

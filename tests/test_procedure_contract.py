@@ -6,13 +6,13 @@ import re
 
 import pytest
 
-from harness.counting import cpu_busy_share, cpu_table, queue_table, rows_frame, tx_total
-from harness.faults import scan_serial
+from harness.counters.counting import cpu_busy_share, cpu_table, queue_table, rows_frame, tx_total
+from harness.vm.faults import scan_serial
 from harness.guests import BootState, driver_class, register
 from harness.guests.linux import LinuxGuest
-from harness.procedure import cell_steps, render
-from harness.samples import delta
-from harness.workload import expand, parse_workload
+from harness.run.procedure import cell_steps, render
+from harness.counters.samples import delta
+from harness.run.workload import expand, parse_workload
 
 from test_guest_contract import FIX, fb
 
@@ -136,7 +136,7 @@ def test_analysis_reads_older_run_dirs_and_refuses_a_newer_schema(tmp_path):
     from pathlib import Path
 
     from harness.analysis.load import load_runs
-    from harness.results import SCHEMA_VERSION
+    from harness.results.rundir import SCHEMA_VERSION
     old = FIX / "runs" / "smoke-1rep"
     assert "schema_version" not in json.loads((old / "manifest.json").read_text())   # a version-1 run dir
     assert len(load_runs([old]).wide()) > 0

@@ -64,7 +64,7 @@ def test_three_shards_merged_equal_an_unsharded_run(tmp_path):
 
 def test_merge_refuses_shards_of_different_workloads(tmp_path):
     from harness.errors import InputError
-    from harness.merge import merge
+    from harness.results.merge import merge
     runs = REPO / "tests" / "fixtures" / "runs"
     with pytest.raises(InputError, match="workload sha256"):
         merge([runs / "udp-base-a", runs / "default-2rep"], tmp_path)

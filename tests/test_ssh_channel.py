@@ -12,7 +12,7 @@ import time
 import paramiko
 import pytest
 
-from harness.ssh import CommandTimeout, GuestShell, SSHError, make_key
+from harness.vm.ssh import CommandTimeout, GuestShell, SSHError, make_key
 
 
 class _Server(paramiko.ServerInterface):

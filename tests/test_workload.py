@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import workload as wmod
+from harness.run import workload as wmod
 from harness.errors import InputError
-from harness.nics import NICS, qemu_supported_devices
-from harness.plan import BOOT_S, OVERHEAD_S, parse_shard, plan
-from harness.workload import expand, load_workload
+from harness.vm.nics import NICS, qemu_supported_devices
+from harness.run.plan import BOOT_S, OVERHEAD_S, parse_shard, plan
+from harness.run.workload import expand, load_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -156,7 +156,7 @@ def test_freebsd_queue_counts_need_a_boot(tmp_path, monkeypatch):
         ("virtio-net", 1), ("virtio-net", 2), ("e1000e", 1), ("e1000e", 2)]
     assert p.skipped == ()
     # each FreeBSD group boots a cloud image twice (the reboot applies the loader tunables)
-    from harness.plan import CLOUD_BOOT_S
+    from harness.run.plan import CLOUD_BOOT_S
     assert p.eta_s == 4 * 2 * CLOUD_BOOT_S + len(p.runs) * (w.duration_s + w.warmup_s + OVERHEAD_S)
 
 

@@ -2,7 +2,7 @@
 per-(run, cell, rep) wide table every notebook and ``xmitbench compare`` work from.
 
 TX packets/bytes, qdisc totals, driver event counters, CPU busy and the per-Mpkt ratios follow
-the counting rules of ``harness.counting`` (the runner's validity uses the same functions).
+the counting rules of ``harness.counters.counting`` (the runner's validity uses the same functions).
 * throughput: iperf3 ``throughput_bps`` (sum over sender processes, warm-up omitted).
 * host CPU: ``host_thread_cpu_s`` rows (utime+stime per QEMU thread name, from the host's
   /proc/<qemu>/task/*/stat around the sender run) over the cell's ``measured_s`` x 100 = % of one
@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
-from harness.counting import (BUSY_MODES, IDLE_MODES, _sum_by_key, cpu_table, driver_total, queue_table,  # noqa: F401
+from harness.counters.counting import (BUSY_MODES, IDLE_MODES, _sum_by_key, cpu_table, driver_total, queue_table,  # noqa: F401
                               root_qdisc, tx_total)
-from harness.validity import failed_checks
+from harness.run.validity import failed_checks
 
 from . import stats as S
 
@@ -187,7 +187,7 @@ def _read_manifest(p: Path) -> dict:
         raise InputError(f, "", f"unreadable manifest: {e}") from None
     if not isinstance(m, dict) or "run_id" not in m:
         raise InputError(f, "run_id", "missing: not a run manifest")
-    from harness.results import SCHEMA_VERSION
+    from harness.results.rundir import SCHEMA_VERSION
     version = m.get("schema_version", 1)      # run dirs from before the version was recorded: 1
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise InputError(f, "schema_version", f"{version!r} is newer than this xmitbench reads (1..{SCHEMA_VERSION}); "
@@ -247,7 +247,7 @@ def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
 
 
 def _empty(t: str) -> pd.DataFrame:
-    from harness.results import CELL_COLUMNS, LOCK_COLUMNS, METRIC_COLUMNS
+    from harness.results.rundir import CELL_COLUMNS, LOCK_COLUMNS, METRIC_COLUMNS
     return pd.DataFrame(columns={"metrics": METRIC_COLUMNS, "locks": LOCK_COLUMNS, "cells": CELL_COLUMNS}[t])
 
 
@@ -467,7 +467,7 @@ def host_cpu_wide(h: pd.DataFrame) -> pd.DataFrame:
 def churn_events(runs: "Runs") -> pd.DataFrame:
     """One row per reconfiguration event of every churn cell run (status ok): when it happened,
     how long the senders' summed throughput took to come back to ``threshold`` x the pre-churn
-    median (harness.validity.churn_recovery; None = not within the run)."""
+    median (harness.run.validity.churn_recovery; None = not within the run)."""
     cols = KEY + ["status", "nic", "queues", "procs", "churn", "event", "event_time_s", "recovery_s", "recovered",
                   "baseline_bps", "threshold"]
     c = last_attempts(runs.cells)

@@ -527,7 +527,7 @@ def churn_survival(runs: Runs) -> pd.DataFrame:
 
 
 def _churn_ok(runs: Runs) -> pd.DataFrame:
-    from harness.validity import HEADER_BYTES, STACK_OVERHEAD
+    from harness.run.validity import HEADER_BYTES, STACK_OVERHEAD
     w = churn_cells(runs)
     w = w[w.status == "ok"].copy()
     if w.empty:

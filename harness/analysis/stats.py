@@ -310,8 +310,8 @@ def fit_usl(n: Sequence[float], x: Sequence[float]) -> USLFit:
 # ---------------------------------------------------------------------------------------
 # Normalised rates
 # ---------------------------------------------------------------------------------------
-# ratios: one rule each, in harness.counting (the runner's validity uses them too)
-from harness.counting import _ratio, cpu_busy_pct, cpu_pct_per_gbit, per_million, per_packet  # noqa: E402,F401
+# ratios: one rule each, in harness.counters.counting (the runner's validity uses them too)
+from harness.counters.counting import _ratio, cpu_busy_pct, cpu_pct_per_gbit, per_million, per_packet  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------

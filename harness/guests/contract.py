@@ -12,7 +12,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from ..counting import CPU_SOURCES, DRIVER_TX_SOURCES, INTERFACE_TX_SOURCES
+from harness.counters.counting import CPU_SOURCES, DRIVER_TX_SOURCES, INTERFACE_TX_SOURCES
 
 
 @dataclass
@@ -32,7 +32,7 @@ REQUIRED_ATTRIBUTES = {
     "BOOT_ID_COMMAND": str,          # prints an id that changes on every boot
     "REBOOT_COMMAND": str,           # takes the guest down for a reboot
 }
-# Where each COUNTER_SOURCES entry must point: the sources harness.counting knows.
+# Where each COUNTER_SOURCES entry must point: the sources harness.counters.counting knows.
 COUNTING_SOURCES = {"tx_queue": DRIVER_TX_SOURCES, "interface": INTERFACE_TX_SOURCES, "cpu": CPU_SOURCES}
 
 

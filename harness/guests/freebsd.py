@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 import shlex
 
-from ..faults import SERIAL_FAULTS
-from ..machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC
+from harness.vm.faults import SERIAL_FAULTS
+from harness.vm.machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC
 from ..parsers import freebsd as F
-from ..samples import Sample
-from ..stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
+from harness.counters.samples import Sample
+from harness.vm.stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
 from .contract import BootState
 from .base import SECTION, GuestBase, as_stacked, parse_sections, split_sections
 

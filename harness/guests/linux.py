@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 import shlex
 
-from ..faults import SERIAL_FAULTS
-from ..machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC, lock_visibility_method
+from harness.vm.faults import SERIAL_FAULTS
+from harness.vm.machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC, lock_visibility_method
 from ..parsers import linux as P
-from ..samples import Sample
-from ..stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
+from harness.counters.samples import Sample
+from harness.vm.stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
 from .contract import BootState
 from .base import SECTION, GuestBase, as_stacked, parse_sections, split_sections  # noqa: F401 (re-exported)
 
@@ -33,11 +33,11 @@ class LinuxGuest(GuestBase):
 
     @classmethod
     def for_plan(cls, nic: str, state: BootState) -> "LinuxGuest":
-        from ..guestimage import known_tools
+        from harness.images.guestimage import known_tools
         return cls(None, known_tools(), state=state)
 
     def queues_at_runtime(self, nic: str) -> bool:
-        from ..nics import NICS
+        from harness.vm.nics import NICS
         return NICS[nic].runtime_queue_change_linux
 
     # -- pure command builders (also used by `plan`) ---------------------------------

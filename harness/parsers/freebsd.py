@@ -5,7 +5,7 @@ was read from FreeBSD's own source (freebsd/freebsd-src); each parser names the 
 that prints what it reads, and tests/fixtures/freebsd/ reproduces those formats
 (tests/fixtures/freebsd/generate.py writes them from the same printf/libxo formats).
 
-Native names are kept whole; ``metric`` is the common vocabulary of harness.samples when
+Native names are kept whole; ``metric`` is the common vocabulary of harness.counters.samples when
 one applies, else a FreeBSD-specific name documented in the tables below (never a Linux
 name that means something else).
 """
@@ -17,9 +17,9 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from harness import samples as S
+from harness.counters import samples as S
 from harness.parsers.linux import LockRecord
-from harness.samples import Sample
+from harness.counters.samples import Sample
 
 __all__ = [
     "parse_netstat_interface_json", "parse_netstat_stats_json", "parse_sysctl",

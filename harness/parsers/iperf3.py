@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from harness import samples as S
-from harness.samples import Sample
+from harness.counters import samples as S
+from harness.counters.samples import Sample
 
 
 @dataclass(frozen=True)

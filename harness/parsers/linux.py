@@ -10,8 +10,8 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from harness import samples as S
-from harness.samples import Sample
+from harness.counters import samples as S
+from harness.counters.samples import Sample
 
 # ---------------------------------------------------------------------------------------
 # ethtool -S

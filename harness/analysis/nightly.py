@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis.load import last_attempts
+from harness.analysis.load import last_attempts
 
 DEFAULT_BASELINE_ROOT = Path(os.environ.get("XMITBENCH_BASELINE_DIR", "/var/lib/xmitbench/baseline"))
 
@@ -76,7 +76,7 @@ def record_history(run_dir: Path, workload_name: str, verdict: str, root: Path |
 
 def job_summary(run_dir: Path, verdict: str, compare_text: str, green_reason: str) -> str:
     """Markdown for $GITHUB_STEP_SUMMARY."""
-    from .summary import cell_table
+    from harness.analysis.summary import cell_table
     man = json.loads((run_dir / "manifest.json").read_text())
     t = cell_table(run_dir)
     lines = [f"## xmitbench nightly: {verdict}", "",

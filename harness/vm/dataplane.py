@@ -19,8 +19,8 @@ import threading
 import time
 from pathlib import Path
 
-from .machine import DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC, die_with_parent
-from .stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI, PeerStack
+from harness.vm.machine import DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC, die_with_parent
+from harness.vm.stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI, PeerStack
 
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454CA

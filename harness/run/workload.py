@@ -19,7 +19,7 @@ Schema (every key optional unless marked required)::
     os = "linux"            # linux | freebsd; defaults to the image's OS and must match it
 
     [matrix]                # every key a list (an axis); the cells are the cross product
-    nic = ["virtio-net"]    # required; names in harness.nics.NICS
+    nic = ["virtio-net"]    # required; names in harness.vm.nics.NICS
     queues = [1]            # TX queues, 1..vcpus
     procs = [1]             # iperf3 sender processes, 1..64 (process i pinned to vCPU i % vcpus)
     streams = [1]           # iperf3 -P per process, 1..128
@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from harness.errors import InputError
-from harness.nics import NICS, OSES, NicModel
-from harness.stacks import KINDS as STACK_KINDS
+from harness.vm.nics import NICS, OSES, NicModel
+from harness.vm.stacks import KINDS as STACK_KINDS
 
 # Guest images a workload may name, with the OS each one runs. Others add entries here as
 # images become buildable (e.g. "freebsd-14.3": "freebsd").
@@ -65,7 +65,7 @@ def known_images() -> dict[str, str]:
     """Image name -> OS: the built-in guest plus every image of the catalog(s)."""
     images = dict(KNOWN_IMAGES)
     try:
-        from harness.catalog import load_catalog
+        from harness.images.catalog import load_catalog
     except ImportError:  # catalog not available: only the built-in guest
         return images
     for img in load_catalog().images.values():

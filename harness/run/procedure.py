@@ -13,10 +13,10 @@ import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .guests.contract import BootState
-from .machine import DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, MachineSpec, tap_queues
-from .nics import NICS
-from .stacks import STACKS, VLAN_ID
+from harness.guests.contract import BootState
+from harness.vm.machine import DATA_MAC, DATA_PREFIX, GUEST_DATA_IP, PEER_DATA_IP, MachineSpec, tap_queues
+from harness.vm.nics import NICS
+from harness.vm.stacks import STACKS, VLAN_ID
 
 BASE_PORT = 5201     # the peer iperf3 servers listen on BASE_PORT + sender index
 

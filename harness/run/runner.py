@@ -19,26 +19,26 @@ import traceback
 from collections import defaultdict
 from pathlib import Path
 
-from . import __version__
-from .dataplane import DataPlane, clean_stale
-from .faults import Injector, scan_serial
-from .guestimage import GuestImage, build_linux_deb
-from .bootimage import (CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, first_login, prepare_image,
+from harness import __version__
+from harness.vm.dataplane import DataPlane, clean_stale
+from harness.vm.faults import Injector, scan_serial
+from harness.images.guestimage import GuestImage, build_linux_deb
+from harness.images.bootimage import (CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, first_login, prepare_image,
                         seed_for)
-from .counting import cpu_busy_share, rows_frame, tx_for_conservation
-from .guests import BootState, driver_class
-from .guests.base import sender_outputs
-from .machine import (DATA_MAC, QEMU, Machine, device_help, free_port, lock_visibility_method, probe_accel,
+from harness.counters.counting import cpu_busy_share, rows_frame, tx_for_conservation
+from harness.guests import BootState, driver_class
+from harness.guests.base import sender_outputs
+from harness.vm.machine import (DATA_MAC, QEMU, Machine, device_help, free_port, lock_visibility_method, probe_accel,
                       qemu_version)
-from .nics import qemu_supported_devices
-from .plan import Plan, plan as make_plan
-from .procedure import (boot_steps, cell_steps, data_address, machine_spec, peer_ip_for, ports_for,
+from harness.vm.nics import qemu_supported_devices
+from harness.run.plan import Plan, plan as make_plan
+from harness.run.procedure import (boot_steps, cell_steps, data_address, machine_spec, peer_ip_for, ports_for,
                         render as render_steps, tap_queue_count)
-from .results import (RunDir, cell_context, cell_row, git_revision, host_info, lock_row, metric_row,
+from harness.results.rundir import (RunDir, cell_context, cell_row, git_revision, host_info, lock_row, metric_row,
                       sample_row)
-from .samples import delta
-from .ssh import GuestShell, make_key
-from .validity import (RERUN_CHECKS, app_bytes_total, churn_recovery, conservation, failed_checks,
+from harness.counters.samples import delta
+from harness.vm.ssh import GuestShell, make_key
+from harness.run.validity import (RERUN_CHECKS, app_bytes_total, churn_recovery, conservation, failed_checks,
                        host_thread_cpu, is_valid, queue_spread, sender_saturation)
 
 BOOT_TIMEOUT_S = 120.0
@@ -46,7 +46,7 @@ CLOUD_BOOT_TIMEOUT_S = float(os.environ.get("XMITBENCH_CLOUD_BOOT_TIMEOUT_S", 60
 SSH_TIMEOUT_S = float(os.environ.get("XMITBENCH_SSH_TIMEOUT_S", 30.0))
 TCG_WARNING = ("accel=tcg: QEMU is emulating the CPU in software. Throughput and lock waits are "
                "NOT kernel results; use them only to check that the harness and counters work.")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class CellFailure(RuntimeError):
@@ -72,7 +72,7 @@ class Runner:
 
     # -- top level ----------------------------------------------------------------------
     def run(self) -> RunDir:
-        from .errors import ResultsDiskFull, free_bytes, is_disk_full
+        from harness.errors import ResultsDiskFull, free_bytes, is_disk_full
         t_run = time.monotonic()
         wl = self.workload
         supported = qemu_supported_devices(device_help())
@@ -233,7 +233,7 @@ class Runner:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
         disk = seed = None
         if image.is_cloud:
-            from .catalog import make_overlay
+            from harness.images.catalog import make_overlay
             disk = make_overlay(image.disk, state)       # the cached base is never written
             seed = seed_for(image, self.key.public_line, state / "seed.iso")
         spec = machine_spec(bk, self.accel, kernel=image.kernel, initrd=image.initrd, disk=disk, seed_iso=seed,
@@ -509,7 +509,7 @@ class Runner:
 
     def _validity(self, cell, samples, senders) -> dict:
         frame = rows_frame(samples)
-        per_q_pkts, nic_pkts, nic_bytes = tx_for_conservation(frame)    # harness.counting's rules
+        per_q_pkts, nic_pkts, nic_bytes = tx_for_conservation(frame)    # harness.counters.counting's rules
         app = sum(app_bytes_total(text) for text in sender_outputs(senders))
         busy = cpu_busy_share(frame)
         v = {"conservation": conservation(app, nic_bytes, nic_pkts, cell.proto, cell.stack),

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import InputError
-from .results import RunDir, atomic_write_table, new_run_id
+from harness.errors import InputError
+from harness.results.rundir import RunDir, atomic_write_table, new_run_id
 
 
 def _manifest(d: Path) -> dict:

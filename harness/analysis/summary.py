@@ -11,7 +11,7 @@ import pandas as pd
 def cell_table(run_dir: Path) -> pd.DataFrame:
     """Median over repetitions per cell, from the analysis layer's wide table (one place
     decides how counters are added up: root qdisc only, per-queue vs interface totals)."""
-    from .analysis.load import last_attempts, load_runs
+    from harness.analysis.load import last_attempts, load_runs
     w = load_runs([run_dir]).wide(only_ok=True)
     if w.empty:
         return pd.DataFrame()
@@ -55,7 +55,7 @@ def _label(cell: str, common: set[str]) -> str:
 def render(run_dir: Path, console=None) -> str:
     from rich.console import Console
     from rich.table import Table
-    from .analysis.load import last_attempts
+    from harness.analysis.load import last_attempts
     man = json.loads((run_dir / "manifest.json").read_text())
     console = console or Console()
     t = cell_table(run_dir)

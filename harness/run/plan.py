@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 
 from harness.errors import InputError
-from harness.nics import NICS, missing_device_reason
-from harness.workload import BootKey, CellRun, SkippedCell, Workload, expand
+from harness.vm.nics import NICS, missing_device_reason
+from harness.run.workload import BootKey, CellRun, SkippedCell, Workload, expand
 
 # Estimates for eta_s; rough on purpose (TCG boots are slower, KVM faster).
 BOOT_S = 10.0       # boot a guest until SSH answers, set it up, shut it down

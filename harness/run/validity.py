@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .stacks import STACKS
+from harness.vm.stacks import STACKS
 
 # Per-skb header bytes a Linux NIC counts on top of payload (skb->len of a GSO skb holds
 # ONE header): Ethernet 14 + IPv4 20 + TCP 20+12 (timestamps) or UDP 8.

@@ -23,7 +23,7 @@ def register(images_subparsers) -> None:
 
 
 def cmd_list(args) -> int:
-    from .catalog import read_marker, load_catalog
+    from harness.images.catalog import read_marker, load_catalog
     cat = load_catalog(args.catalog)
     for img in cat:
         m = read_marker(img)
@@ -34,7 +34,7 @@ def cmd_list(args) -> int:
 
 def cmd_fetch(args) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, TimeRemainingColumn
-    from .catalog import ImageFetchError, fetch, load_catalog
+    from harness.images.catalog import ImageFetchError, fetch, load_catalog
     img = load_catalog(args.catalog).get(args.name, "images fetch")
     with Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), transient=True, disable=not sys.stderr.isatty()) as bar:
@@ -54,7 +54,7 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .catalog import load_catalog, verify
+    from harness.images.catalog import load_catalog, verify
     img = load_catalog(args.catalog).get(args.name, "images verify")
     ok = verify(img)
     print(f"{img.name}: {'verified' if ok else 'NOT verified (not fetched, changed, or fetched unverified)'}")

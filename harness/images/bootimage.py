@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .guestimage import DEFAULT_TOOLS, build_linux_deb
+from harness.images.guestimage import DEFAULT_TOOLS, build_linux_deb
 
 # Guest egress: a cloud image installs iperf3 (and ethtool) from its package repositories on
 # first boot, so its management NIC cannot be `restrict=on`. The initramfs guest needs nothing.
@@ -48,7 +48,7 @@ def prepare_image(name: str, log=print, allow_unverified: bool = False, built=No
                                "bzImage_sha256": img.manifest.get("bzImage_sha256"),
                                "initramfs_sha256": img.manifest.get("initramfs_sha256"),
                                "build_s": img.manifest.get("build_s")})
-    from .catalog import ImageFetchError, fetch, load_catalog, read_marker, reachability
+    from harness.images.catalog import ImageFetchError, fetch, load_catalog, read_marker, reachability
     image = load_catalog().get(name)
     if image.url and not read_marker(image):
         reason = reachability(image)
@@ -75,8 +75,8 @@ def seed_steps_over_ssh(image: BootImage, pubkey_line: str) -> tuple[str, str] |
     user is in wheel) and does the same steps itself: root's key, key-only root login, iperf3."""
     if image.os != "freebsd":
         return None
-    from .catalog import load_catalog
-    from .seed import DEFAULT_PACKAGES, freebsd_root_login_steps, nuageinit_supports
+    from harness.images.catalog import load_catalog
+    from harness.images.seed import DEFAULT_PACKAGES, freebsd_root_login_steps, nuageinit_supports
     keys = nuageinit_supports(image.release)
     if {"runcmd", "packages"} <= keys:
         return None
@@ -110,8 +110,8 @@ def first_login(image: BootImage, pubkey_line: str, make_shell, timeout: float):
 
 def seed_for(image: BootImage, pubkey_line: str, dest: Path) -> Path:
     """NoCloud seed ISO: root logs in with the per-run key; packages the guest needs."""
-    from .catalog import load_catalog
-    from .seed import cloud_config, make_seed_iso, metadata
+    from harness.images.catalog import load_catalog
+    from harness.images.seed import cloud_config, make_seed_iso, metadata
     cat = load_catalog().get(image.name)
     cfg = cloud_config(cat.default_user, pubkey_line, os_name=image.os, root=True)
     return make_seed_iso(dest, cfg, metadata(f"xmitbench-{dest.stem}", "xmitbench-guest"))

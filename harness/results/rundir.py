@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import ResultsDiskFull, free_bytes, is_disk_full
+from harness.errors import ResultsDiskFull, free_bytes, is_disk_full
 
 # The run dir's schema: bump when a column changes meaning or a table changes shape. Analysis
 # reads every version up to this one and refuses a newer one (exit 2, one line).
-# 1: before the version was recorded; 2: counting rules in harness.counting, FreeBSD CPU rows.
+# 1: before the version was recorded; 2: counting rules in harness.counters.counting, FreeBSD CPU rows.
 SCHEMA_VERSION = 2
 
 METRIC_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "driver", "queues", "streams", "procs",
@@ -206,7 +206,7 @@ class RunDir:
         path = Path(path)
         man_path = path / "manifest.json"
         if not man_path.exists():
-            from .errors import InputError
+            from harness.errors import InputError
             raise InputError(str(path), "--resume", "not a run dir (no manifest.json)")
         man = json.loads(man_path.read_text())
         rd = cls(path, man["run_id"])

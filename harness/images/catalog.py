@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import InputError
-from .guestimage import cache_root
-from .nics import NICS, OSES
+from harness.errors import InputError
+from harness.images.guestimage import cache_root
+from harness.vm.nics import NICS, OSES
 
-BUILTIN_CATALOG = Path(__file__).resolve().parent.parent / "vm" / "catalog.toml"
+BUILTIN_CATALOG = Path(__file__).resolve().parents[2] / "vm" / "catalog.toml"
 ENV_CATALOG = "XMITBENCH_CATALOG"
 ENV_BASE_URL = "XMITBENCH_IMAGE_BASE_URL"
 

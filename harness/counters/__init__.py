@@ -1,0 +1,1 @@
+"""The counter vocabulary (samples) and the counting rules every consumer uses."""

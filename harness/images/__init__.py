@@ -1,0 +1,1 @@
+"""Guest images: the Debian-package build, the public-image catalog, NoCloud seeds."""

@@ -1,0 +1,1 @@
+"""Run dirs: rows, schema, atomic writes, merging shards."""

@@ -1,0 +1,1 @@
+"""A run: workload, plan, the cell procedure, the runner, validity."""

@@ -1,0 +1,1 @@
+"""Emulated machine: QEMU argv, NIC models, data plane, management channel, serial faults."""
