@@ -25,12 +25,14 @@ from .faults import Injector, scan_serial
 from .guestimage import GuestImage, build_linux_deb
 from .bootimage import (CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, first_login, prepare_image,
                         seed_for)
+from .bottleneck import decide, inputs_from_rows
 from .counting import cpu_busy_share, rows_frame, tx_for_conservation
 from .guests import BootState, driver_class
 from .guests.base import sender_outputs
 from .machine import (DATA_MAC, QEMU, Machine, device_help, free_port, lock_visibility_method, probe_accel,
                       qemu_version)
 from .nics import qemu_supported_devices
+from .peer import peer_metrics
 from .plan import Plan, plan as make_plan
 from .procedure import (boot_steps, cell_steps, data_address, machine_spec, peer_ip_for, ports_for,
                         render as render_steps, tap_queue_count)
@@ -68,6 +70,7 @@ class Runner:
         self.attempts: dict[tuple[str, int], int] = {}   # attempts made so far (resume)
         self._rerun_after: dict[tuple[str, int], tuple[int, list[str]]] = {}   # invalid attempt -> checks
         self.injector = Injector()
+        self.injector.peers = lambda: [s.pid for s in self.dp.servers]   # for the peer-throttle fault
         self._last_machine = None
 
     # -- top level ----------------------------------------------------------------------
@@ -424,7 +427,7 @@ class Runner:
             elif step.action in ("snapshot_before", "snapshot_after"):
                 snaps[step.action] = guest.snapshot()
             elif step.action in ("host_before", "host_after"):
-                host[step.action] = (self.dp.tap_stats(), qemu_thread_stats(m.pid))
+                host[step.action] = (self.dp.tap_stats(), qemu_thread_stats(m.pid), self.dp.peer_stats())
                 if step.action == "host_after":
                     self.dp.stop_servers()
             elif step.action == "senders":
@@ -435,7 +438,7 @@ class Runner:
                 self.timings["measure"] += measured
                 t1 = time.monotonic()
         before, after = snaps["snapshot_before"], snaps["snapshot_after"]
-        (tap_before, host_before), (tap_after, host_after) = host["host_before"], host["host_after"]
+        (tap_before, host_before, peer_before), (tap_after, host_after, peer_after) = host["host_before"], host["host_after"]
 
         def save(name: str, text: str) -> None:
             rd.save_raw(cell.cell_id, rep, name, text, attempt=attempt)
@@ -479,6 +482,8 @@ class Runner:
         cpu_b, cpu_a = host_thread_cpu(host_before), host_thread_cpu(host_after)
         for name in sorted(cpu_a):
             add("host_thread_cpu_s", cpu_a[name] - cpu_b.get(name, 0.0), "s", "host /proc/<qemu>/task/*/stat", name)
+        for peer_row in peer_metrics(peer_before, peer_after):     # peer server CPU, peer-side drops
+            add(*peer_row)
         lock_rows = []
         if wl.lock_stats and cell.traced:
             method = guest.lock_method(self.accel)
@@ -488,7 +493,7 @@ class Runner:
             add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", src, wait_native)
             add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", src, count_native)
 
-        validity = self._validity(cell, samples, senders)
+        validity = self._validity(cell, samples, senders, rows, results, measured)
         if cell.churn != "none":
             validity["churn"] = churn_recovery(senders.get("churn", ""),
                                                sender_outputs(senders))
@@ -507,17 +512,20 @@ class Runner:
         self.timings["collect"] += time.monotonic() - t1
         return measured, validity
 
-    def _validity(self, cell, samples, senders) -> dict:
+    def _validity(self, cell, samples, senders, rows, results, measured) -> dict:
         frame = rows_frame(samples)
         per_q_pkts, nic_pkts, nic_bytes = tx_for_conservation(frame)    # harness.counting's rules
         app = sum(app_bytes_total(text) for text in sender_outputs(senders))
         busy = cpu_busy_share(frame)
+        pinned = [i % self.workload.machine.vcpus for i in range(cell.procs)]
         v = {"conservation": conservation(app, nic_bytes, nic_pkts, cell.proto, cell.stack),
              "emulated": self.accel == "tcg",
-             "sender_saturation": sender_saturation(busy, [i % self.workload.machine.vcpus
-                                                           for i in range(cell.procs)])}
+             "sender_saturation": sender_saturation(busy, pinned),      # reported, not a veto
+             "bottleneck": decide(inputs_from_rows(rows_frame(rows), pinned, results, measured,
+                                                   cell.duration_s + cell.warmup_s,
+                                                   rate_limited=cell.proto == "udp" and cell.udp_bitrate != "0"))}
         if cell.queues > 1:
-            v["queue_spread"] = queue_spread(per_q_pkts, cell.queues)
+            v["queue_spread"] = queue_spread(per_q_pkts, cell.queues, self.workload.require_queue_spread)
         return v
 
     def _image_verified(self, name: str) -> bool | None:
