@@ -304,7 +304,7 @@ def main(argv=None) -> int:
     ng.add_argument("--metric", action="append", help="compared metric (repeatable; default throughput_bps)")
     ng.add_argument("--threshold", type=float, default=0.05)
     ng.add_argument("--include-invalid", action="store_true",
-                    help="gate on cell runs that failed a validity check too (under TCG every sender saturates)")
+                    help="gate on cell runs that failed a validity check too")
     ng.add_argument("--alpha", type=float, default=0.05)
     ng.add_argument("--no-promote", action="store_true", help="never update the baseline")
     ng.set_defaults(fn=cmd_nightly)

@@ -142,7 +142,8 @@ def test_compare_cli_exit_codes(capsys):
 
 
 def _with_invalid(src: Path, dst: Path, cell: str) -> Path:
-    """A copy of a run dir whose `cell` failed the sender-saturation check in every rep."""
+    """A copy of a run dir whose `cell` was limited by the peer (a bottleneck outside the path
+    under test) in every rep."""
     import pandas as pd
     shutil.copytree(src, dst)
     c = pd.read_parquet(dst / "cells.parquet")
@@ -150,7 +151,7 @@ def _with_invalid(src: Path, dst: Path, cell: str) -> Path:
         c["valid"] = c.status.eq("ok")
     bad = c.cell == cell
     v = [json.loads(x) if x else {} for x in c.loc[bad, "validity"]]
-    c.loc[bad, "validity"] = [json.dumps({**x, "sender_saturation": {"saturated": True}}) for x in v]
+    c.loc[bad, "validity"] = [json.dumps({**x, "bottleneck": {"verdict": "peer", "reason": "test"}}) for x in v]
     c.loc[bad, "valid"] = False
     c.to_parquet(dst / "cells.parquet")
     return dst
@@ -162,7 +163,7 @@ def test_compare_leaves_out_invalid_cells_unless_asked(tmp_path, capsys):
     # the regressed cell is invalid in the candidate: left out, listed, no regression verdict
     assert cli("compare", str(BASE_A), str(slow), "--threshold", "0.05") == 0
     out = capsys.readouterr().out
-    assert "excluded candidate: 5 of 10 cell runs invalid, left out (sender_saturation 5)" in out
+    assert "excluded candidate: 5 of 10 cell runs invalid, left out (bottleneck 5)" in out
     assert cell not in out.split("excluded")[0]
     # asked for: compared, and the regression is back
     assert cli("compare", str(BASE_A), str(slow), "--threshold", "0.05", "--include-invalid") == 1

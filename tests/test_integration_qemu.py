@@ -81,6 +81,25 @@ def test_multiqueue_cell_uses_every_queue_and_bytes_conserve(smoke_run):
         assert abs(cons["ratio"] - 1) < 0.03, cons
 
 
+def test_every_measured_cell_has_a_bottleneck_verdict(smoke_run):
+    from harness.run.bottleneck import VERDICTS
+    from harness.run.validity import is_valid
+    rd = smoke_run["run_dir"]
+    cells = pd.read_parquet(rd / "cells.parquet")
+    ok = cells[cells.status == "ok"]
+    assert len(ok)
+    m = pd.read_parquet(rd / "metrics.parquet")
+    for _, c in ok.iterrows():
+        v = json.loads(c.validity)
+        b = v["bottleneck"]
+        assert b["verdict"] in VERDICTS and b["reason"], b
+        assert b["thresholds"] and b["inputs"]["sender_cpus"], b    # the numbers it was judged on
+        assert bool(c.valid) == is_valid(v)                          # one rule decided it
+        # the peer servers' CPU was measured, one row per sender process
+        peer = m[(m.cell == c.cell) & (m.rep == c.rep) & (m.metric == "peer_server_cpu_s")]
+        assert len(peer) >= c.procs and (peer.value >= 0).all(), peer
+
+
 def test_lock_contention_rows_name_a_method(smoke_run):
     rd = smoke_run["run_dir"]
     locks = pd.read_parquet(rd / "locks.parquet")

@@ -1,7 +1,9 @@
 """The validity checks catch what they exist for, on a real guest under TCG:
 - conservation: a 10 % netem loss added inside the guest shows up as ~10 % of the
   application's bytes missing from the NIC's TX counters;
-- queue spread: XPS forcing every CPU onto TX queue 0 leaves queue 1 idle in a 2-queue cell.
+- queue spread: XPS forcing every CPU onto TX queue 0 leaves queue 1 idle in a 2-queue cell
+  (reported; it fails a cell only with workload.require_queue_spread);
+- bottleneck: peer iperf3 servers throttled on purpose make the verdict "peer" and the cell invalid.
 """
 from __future__ import annotations
 
@@ -82,5 +84,65 @@ def test_spread_flags_traffic_forced_onto_one_queue(tmp_path):
     spread = r["validity"]["queue_spread"]
     assert spread["ok"] is False and spread["idle_queues"] == [1], spread
     assert r["validity"]["conservation"]["ok"] is True      # nothing lost, only badly spread
+    # reported, not failed: the workload did not ask for spread (require_queue_spread unset)
+    from harness.run.validity import failed_checks
+    assert spread["required"] is False and "queue_spread" not in failed_checks(r["validity"])
     # a configuration property, not a transient: no re-run for it
     assert (r["cells"].status == "ok").sum() == 1
+
+
+PEER = """[workload]
+name = "peerlimit"
+repetitions = 1
+duration_s = 3
+warmup_s = 0
+retries = 0
+[machine]
+vcpus = 2
+memory_mib = 512
+accel = "tcg"
+[matrix]
+nic = ["virtio-net"]
+queues = [1]
+procs = [1, 2]
+proto = ["udp"]
+msg_size = [1400]
+"""
+
+
+def test_bottleneck_names_a_throttled_peer(tmp_path):
+    """The peer made the limit on purpose: the peer iperf3 servers of one cell get 10 % of the
+    time (SIGSTOP/SIGCONT, the peer-throttle fault), so their sockets overflow. That cell's
+    verdict is "peer" and it is invalid; its twin on the same VM, unthrottled, is not "peer"."""
+    from harness.run.bottleneck import PEER_DROP_SHARE
+    from harness.run.validity import failed_checks
+    wl = tmp_path / "peerlimit.toml"
+    wl.write_text(PEER)
+    results = tmp_path / "results"
+    throttled = "linux-deb.virtio-net.q1.p1.s1.udp.m1400"
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(wl), "--results", str(results)],
+                       capture_output=True, text=True, timeout=600, cwd=REPO,
+                       env={**os.environ, "XMITBENCH_INJECT": f"peer-throttle@{throttled}.r0@0.2"})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    rd = next(results.iterdir())
+    cells = pd.read_parquet(rd / "cells.parquet")
+    ok = cells[cells.status == "ok"].set_index("cell")
+    assert set(ok.index) == {throttled, "linux-deb.virtio-net.q1.p2.s1.udp.m1400"}, cells[["cell", "status", "reason"]]
+    v = json.loads(ok.loc[throttled].validity)
+    b = v["bottleneck"]
+    assert b["verdict"] == "peer", b
+    assert ok.loc[throttled].valid == False and "bottleneck" in failed_checks(v)  # noqa: E712
+    d = b["inputs"]["derived"]
+    assert d["peer_drop_share"] >= PEER_DROP_SHARE and b["inputs"]["peer_udp_rcvbuf_errors"] > 0, b
+    assert v["conservation"]["ok"] is True      # the guest sent every byte; the peer dropped them
+    twin = json.loads(ok.loc["linux-deb.virtio-net.q1.p2.s1.udp.m1400"].validity)["bottleneck"]
+    assert twin["verdict"] != "peer", twin
+    # the peer servers' CPU and drops are metric rows beside the host thread CPU
+    m = pd.read_parquet(rd / "metrics.parquet")
+    assert {"peer_server_cpu_s", "peer_udp_rcvbuf_errors"} <= set(m[m.cell == throttled].metric)
+    # nothing left behind: no stopped peer server, no namespace of this run
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert rd.name not in ns
+    ps = subprocess.run(["ps", "-eo", "stat=,comm="], capture_output=True, text=True).stdout.splitlines()
+    stopped = [l for l in ps if l.split()[-1] == "iperf3" and l.split()[0].startswith("T")]
+    assert not stopped, stopped

@@ -237,7 +237,7 @@ def test_parse_shard_bad(text):
 
 ALL_NICS = "e1000e, igb, virtio-net, vmxnet3"
 WORKLOAD_KEYS = ("cell_timeout_s, churn_count, churn_interval_s, description, duration_s, lock_stats, name, "
-                 "probe_effect, repetitions, retries, shuffle_seed, udp_bitrate, warmup_s")
+                 "probe_effect, repetitions, require_queue_spread, retries, shuffle_seed, udp_bitrate, warmup_s")
 BITRATE = 'expected an iperf3 -b rate as a string such as "0" (unlimited), "500M" or "1.5G"'
 UDP_SIZE = 'allowed 16..65507 (iperf3 UDP datagram size, as matrix.proto has "udp")'
 
@@ -306,6 +306,8 @@ BAD = [
      'matrix.nic: missing; required (e.g. nic = ["virtio-net"])'),
     ("lock_stats not bool", {"workload.lock_stats": '"yes"'}, "",
      'workload.lock_stats: expected true or false, got string "yes"'),
+    ("require_queue_spread not bool", {"workload.require_queue_spread": '"yes"'}, "",
+     'workload.require_queue_spread: expected true or false, got string "yes"'),
     ("bitrate not a string", {"workload.udp_bitrate": "100"}, "",
      f"workload.udp_bitrate: {BITRATE}, got integer 100"),
     ("bitrate garbage", {"workload.udp_bitrate": '"fast"'}, "",

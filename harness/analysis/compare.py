@@ -2,8 +2,10 @@
 
 Cells are matched by cell id (nic, queues, procs, streams, proto, msg_size); the
 repetitions of each side (only status ok) are the samples. Cell runs that failed a validity
-check (``cells.valid`` false: bytes not conserved, a configured queue idle, a saturated
-sender, no recovery after churn) are left out and listed, unless ``include_invalid``. Per cell and metric the table gives
+check (``valid`` false by ``harness.run.validity.is_valid``: bytes not conserved, a bottleneck
+outside the path under test (peer, host I/O, application), no recovery after churn, an idle
+queue where the workload requires spread) are left out and listed, unless ``include_invalid``.
+A CPU-bound sender is not invalid: under TCG the valid cells are compared without the flag. Per cell and metric the table gives
 both medians with bootstrap CIs, the relative delta with its bootstrap CI, the test used, p,
 Cliff's delta, and a verdict (see ``stats.ab_test`` for the rules, including why fewer than 3
 repetitions a side give "insufficient reps" rather than a p-value).

@@ -12,7 +12,10 @@ the counting rules of ``harness.counters.counting`` (the runner's validity uses 
   thread is called ``qemu-system-x86`` and only the total is known (kind "all threads (unnamed)").
 
 Run dirs from before the ``stack``/``churn``/``traced``/``valid`` columns load with the defaults
-``direct``/``none``/True (False for a cell id ending in ``.untraced``)/NA.
+``direct``/``none``/True (False for a cell id ending in ``.untraced``)/NA; without a bottleneck
+verdict (schema v1/v2) ``bottleneck`` is NA. ``valid`` is re-derived from each cell run's recorded
+checks by ``harness.run.validity.is_valid`` where the run recorded a flag (the recorded one stays in
+``valid_recorded``).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import pandas as pd
 from harness.errors import InputError
 from harness.counters.counting import (BUSY_MODES, IDLE_MODES, _sum_by_key, cpu_table, driver_total, queue_table,  # noqa: F401
                               root_qdisc, tx_total)
-from harness.run.validity import failed_checks
+from harness.run.validity import failed_checks, is_valid
 
 from . import stats as S
 
@@ -381,9 +384,21 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     w["conservation_ratio"] = [((x or {}).get("conservation") or {}).get("ratio") for x in v]
     w["conservation_ok"] = [((x or {}).get("conservation") or {}).get("ok") for x in v]
     w["queue_spread_ok"] = [((x or {}).get("queue_spread") or {}).get("ok") for x in v]
-    w["saturated"] = [((x or {}).get("sender_saturation") or {}).get("saturated") for x in v]
+    w["saturated"] = [((x or {}).get("sender_saturation") or {}).get("saturated") for x in v]   # reported only
+    w["bottleneck"] = pd.Series([((x or {}).get("bottleneck") or {}).get("verdict") for x in v], index=w.index,
+                                dtype="string")    # NA for run dirs from before the verdict
+    w["bottleneck_reason"] = pd.Series([((x or {}).get("bottleneck") or {}).get("reason") for x in v],
+                                       index=w.index, dtype="string")
     w["stack_peer"] = [(x or {}).get("stack_peer") for x in v]     # how the peer terminated a stack
-    w["failed_checks"] = [failed_checks(x or {}) for x in v]        # the rule `cells.valid` was made by
+    w["failed_checks"] = [failed_checks(x or {}) for x in v]        # the rule `cells.valid` is made by
+    # `valid` by today's rule (harness.run.validity.is_valid) from the recorded checks, so an older
+    # run dir (e.g. a nightly baseline judged with the retired sender-saturation veto) is judged
+    # like a new one; the flag the run itself recorded stays in `valid_recorded`.
+    if "valid" in w:
+        w["valid_recorded"] = w["valid"]
+        ok = (w["status"] == "ok") if "status" in w else pd.Series(True, index=w.index)
+        w["valid"] = pd.array([is_valid(x) if o and r is not pd.NA and "conservation" in (x or {}) else r
+                               for x, o, r in zip(v, ok, w["valid_recorded"])], dtype="boolean")
     w["conservation_ratio"] = pd.to_numeric(w["conservation_ratio"], errors="coerce")
     cons = [((x or {}).get("conservation") or {}) for x in v]
     w["unexplained_bytes"] = pd.to_numeric(pd.Series([c.get("unexplained_bytes") for c in cons], index=w.index),

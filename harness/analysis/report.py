@@ -645,7 +645,16 @@ def race_table(runs: Runs) -> pd.DataFrame:
                                 "jain", "conservation_ratio"])
 
 
+def _verdict_counts(x: pd.Series) -> str:
+    """Bottleneck verdicts of a group of cell runs, most frequent first ("tx_path 3, peer 1")."""
+    c = x.dropna().astype(str).value_counts()
+    return ", ".join(f"{k} {n}" for k, n in c.items()) if len(c) else "-"
+
+
 def validity_table(runs: Runs) -> pd.DataFrame:
+    """Per run and configuration: measured / failed / skipped cell runs, how many are valid
+    (harness.run.validity.is_valid), their bottleneck verdicts, and the reported properties beside
+    (conservation failures, idle queues, saturated senders: a CPU-bound sender is not a failure)."""
     w = runs.wide(only_ok=False)
     lc = label_cols(w)
     rows = []
@@ -654,8 +663,11 @@ def validity_table(runs: Runs) -> pd.DataFrame:
         rows.append({**dict(zip(["run_id"] + lc, keys)), "ok": len(ok), "failed": int((g.status == "failed").sum()),
                      "skipped": int((g.status == "skipped").sum()),
                      "conservation_fail": int((ok.conservation_ok == False).sum()),  # noqa: E712
-                     "queue_spread_fail": int((ok.queue_spread_ok == False).sum()),  # noqa: E712
-                     "sender_saturated": int((ok.saturated == True).sum()),  # noqa: E712
+                     "queue_spread_idle": int((ok.queue_spread_ok == False).sum()),  # noqa: E712 — reported
+                     "valid": (f"{int(ok.valid.fillna(False).astype(bool).sum())} of {len(ok)}"
+                               if len(ok) and not ok.valid.isna().all() else "-"),
+                     "bottleneck": _verdict_counts(ok.bottleneck),
+                     "sender_saturated": int((ok.saturated == True).sum()),  # noqa: E712 — informational
                      "reason": "; ".join(sorted(set(g.reason.dropna().astype(str)) - {""}))[:160]})
     return pd.DataFrame(rows)
 

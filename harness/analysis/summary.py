@@ -20,17 +20,36 @@ def cell_table(run_dir: Path) -> pd.DataFrame:
     ok["v"] = ok["validity"].map(lambda v: json.loads(v) if isinstance(v, str) and v else {})
     spread = ok.groupby("cell")["v"].first().map(_spread)
     churn = ok.groupby("cell")["v"].apply(lambda vs: _churn(list(vs)))
-    if "valid" in ok:   # run dirs from before the validity flag have no such column
-        valid = ok.groupby("cell")["valid"].apply(lambda x: f"{int(x.fillna(False).astype(bool).sum())}/{len(x)}")
-    else:
-        valid = pd.Series("-", index=ok.cell.unique())
+    # valid and bottleneck from the wide table (harness.run.validity.is_valid; NA for older run dirs)
+    valid = w.groupby("cell")["valid"].apply(
+        lambda x: "-" if x.isna().all() else f"{int(x.fillna(False).astype(bool).sum())}/{len(x)}")
+    bottleneck = w.groupby("cell")["bottleneck"].apply(_verdicts)
     cols = {"gbit_s": "median", "requeues_per_mpkt": "median", "drops_per_mpkt": "median",
             "restarts_per_mpkt": "median", "lock_wait_ns_per_pkt": "median", "lock_contentions": "median",
             "conservation_ratio": "median", "rep": "count"}
     med = w.groupby("cell").agg(cols).rename(columns={"rep": "reps"})
     meta = w.drop_duplicates("cell").set_index("cell")[["os", "nic", "driver", "queues", "procs", "proto", "msg_size"]]
     out = meta.join(med).join(spread.rename("spread")).join(churn.rename("churn")).join(valid.rename("valid"))
+    out = out.join(bottleneck.rename("bottleneck"))
     return out.reset_index()
+
+
+def _verdicts(x: pd.Series) -> str:
+    """The bottleneck verdicts of one cell's repetitions: "tx_path", or "tx_path 2, peer 1"."""
+    counts = x.dropna().astype(str).value_counts()
+    if counts.empty:
+        return "-"
+    if len(counts) == 1 and counts.iloc[0] == len(x):
+        return counts.index[0]
+    return ", ".join(f"{k} {n}" for k, n in counts.items()) + ("" if counts.sum() == len(x) else
+                                                               f", - {len(x) - counts.sum()}")
+
+
+def valid_count(run_dir: Path) -> tuple[int, int]:
+    """(valid, measured) cell runs of a run dir: each cell run's final word, status ok."""
+    from .analysis.load import load_runs
+    w = load_runs([run_dir]).wide(only_ok=True)
+    return int(w["valid"].fillna(False).astype(bool).sum()) if len(w) else 0, len(w)
 
 
 def _churn(vs: list[dict]) -> str:
@@ -63,7 +82,7 @@ def render(run_dir: Path, console=None) -> str:
     table = Table(title=f"xmitbench {man['run_id']}  kernel {man['guest_image']['kernel_release']}  "
                         f"accel {man['accel']}  (median over repetitions; per Mpkt = per million TX packets)")
     for col in ("cell", "reps", "Gbit/s", "requeues /Mpkt", "qdisc drops /Mpkt", "restarts /Mpkt",
-                "lock wait ns/pkt", "contentions", "NIC/app bytes", "queue share", "churn recovery s", "valid"):
+                "lock wait ns/pkt", "contentions", "NIC/app bytes", "queue share", "churn recovery s", "valid", "bottleneck"):
         table.add_column(col, justify="left" if col == "cell" else "right")
     if not t.empty:
         parts = [set(c.split(".")) for c in t.cell]
@@ -73,8 +92,13 @@ def render(run_dir: Path, console=None) -> str:
             table.add_row(_label(r.cell, common), str(r.reps), f"{r.gbit_s:.3f}", _f(r.requeues_per_mpkt),
                           _f(r.drops_per_mpkt), _f(r.restarts_per_mpkt), _f(r.lock_wait_ns_per_pkt),
                           _f(r.lock_contentions, 0), _f(r.conservation_ratio, 3), r.spread or "",
-                          r.churn or "", r.valid)
+                          r.churn or "", r.valid, r.bottleneck)
     console.print(table)
+    if not t.empty:
+        n_valid, n_measured = valid_count(run_dir)
+        console.print(f"valid {n_valid} of {n_measured} measured cell runs (invalid: bytes not conserved, a "
+                      f"bottleneck outside the path under test, no recovery after churn"
+                      f"{', an idle queue the workload required' if _requires_spread(man) else ''})")
     final = last_attempts(cells)
     for _, r in final[final.status == "skipped"].drop_duplicates("cell").iterrows():
         console.print(f"[yellow]skipped[/] {r.cell}: {r.reason}")
@@ -94,6 +118,10 @@ def render(run_dir: Path, console=None) -> str:
                       f"(--allow-unverified); their rows say image_verified=false")
     console.print(f"run dir: {run_dir}")
     return ""
+
+
+def _requires_spread(man: dict) -> bool:
+    return "require_queue_spread = true" in ((man.get("workload") or {}).get("text") or "")
 
 
 def _f(v, nd: int = 1) -> str:

@@ -21,6 +21,9 @@ Rules
 * CPU busy: /proc/stat (jiffies) or kern.cp_times (stathz ticks); busy = user+nice+system+
   irq+softirq+steal, total = busy + idle + iowait. Ticks cancel, so the share is unit-free.
   ``cpu_busy_pct`` = busy share x CPUs x 100 (100 = one CPU busy for the whole interval).
+* CPU time split (user vs kernel), per CPU: user = user+nice; kernel = system+irq+softirq
+  (FreeBSD: sys+intr; it has no softirq state); steal on its own; each a share of the CPU's
+  total ticks (``cpu_split``). The bottleneck verdict reads the sender vCPUs from it.
 * per Mpkt / per packet / per Gbit/s: a ratio with NaN where the denominator is not > 0.
 """
 from __future__ import annotations
@@ -179,6 +182,26 @@ def cpu_busy_share(m: pd.DataFrame) -> dict[int, float]:
         busy = sum(r[c] for c in BUSY_MODES)
         total = busy + sum(r[c] for c in IDLE_MODES)
         out[int(idx[-1])] = float(busy / total) if total else 0.0
+    return out
+
+
+USER_MODES = ("cpu_user", "cpu_nice")
+KERNEL_MODES = ("cpu_system", "cpu_irq", "cpu_softirq")
+
+
+def cpu_split(m: pd.DataFrame) -> dict[int, dict[str, float]]:
+    """One cell run, per guest CPU: shares (0..1) of the CPU's ticks in user, kernel, softirq
+    (part of kernel), steal, idle and busy (= user + kernel + steal), by the rule in the
+    module doc. Empty without per-CPU rows."""
+    out = {}
+    for idx, r in cpu_modes(m, per_cpu=True).iterrows():
+        busy = sum(r[c] for c in BUSY_MODES)
+        total = busy + sum(r[c] for c in IDLE_MODES)
+        if not total:
+            continue
+        user, kernel = sum(r[c] for c in USER_MODES), sum(r[c] for c in KERNEL_MODES)
+        out[int(idx[-1])] = {"user": user / total, "kernel": kernel / total, "softirq": r["cpu_softirq"] / total,
+                             "steal": r["cpu_steal"] / total, "idle": 1 - busy / total, "busy": busy / total}
     return out
 
 

@@ -207,6 +207,8 @@ IPERF3 = {
     "cpu_host_user": ("iperf_cpu_host_user", "%"),
     "cpu_host_system": ("iperf_cpu_host_system", "%"),
     "cpu_remote_total": ("iperf_cpu_remote_total", "%"),
+    "cpu_remote_user": ("iperf_cpu_remote_user", "%"),
+    "cpu_remote_system": ("iperf_cpu_remote_system", "%"),
 }
 
 

@@ -33,6 +33,8 @@ class Iperf3Result:
     cpu_host_user: float | None = None
     cpu_host_system: float | None = None
     cpu_remote_total: float | None = None
+    cpu_remote_user: float | None = None
+    cpu_remote_system: float | None = None
     per_stream: list[StreamResult] = field(default_factory=list)
     error: str | None = None
 
@@ -76,6 +78,8 @@ def parse_iperf3_json(text: str) -> Iperf3Result:
         cpu_host_user=cpu.get("host_user"),
         cpu_host_system=cpu.get("host_system"),
         cpu_remote_total=cpu.get("remote_total"),
+        cpu_remote_user=cpu.get("remote_user"),
+        cpu_remote_system=cpu.get("remote_system"),
         per_stream=streams,
         error=doc.get("error"),
     )

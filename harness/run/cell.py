@@ -11,6 +11,8 @@ from harness.counters.counting import cpu_busy_share, rows_frame, tx_for_conserv
 from harness.counters.samples import delta
 from harness.guests.base import sender_outputs
 from harness.results.rundir import lock_row, metric_row, sample_row
+from harness.parsers.peer import peer_metrics
+from harness.run.bottleneck import decide, inputs_from_rows
 from harness.run.procedure import peer_ip_for, ports_for, render
 from harness.run.validity import (app_bytes_total, churn_recovery, conservation, host_thread_cpu, queue_spread,
                                   sender_saturation)
@@ -24,7 +26,7 @@ class CellFailure(RuntimeError):
 class Captures:
     """Everything a cell's steps captured, as text, before any parsing."""
     snapshots: dict[str, dict] = field(default_factory=dict)       # snapshot_before/after -> section texts
-    host: dict[str, tuple] = field(default_factory=dict)           # host_before/after -> (tap stats, thread stats)
+    host: dict[str, tuple] = field(default_factory=dict)           # host_before/after -> (tap, threads, peer)
     senders: dict[str, str] = field(default_factory=dict)          # sender script sections (iperf3_N, churn, ...)
     measured_s: float = 0.0
     started: float | None = None                                   # wall clock at the senders' start
@@ -56,7 +58,7 @@ def execute(steps, guest, dp, host, machine, cell, boot: dict, run_id: str, vlan
         elif step.action in ("snapshot_before", "snapshot_after"):
             cap.snapshots[step.action] = guest.snapshot()
         elif step.action in ("host_before", "host_after"):
-            cap.host[step.action] = (dp.tap_stats(), host.thread_stats(machine.pid))
+            cap.host[step.action] = (dp.tap_stats(), host.thread_stats(machine.pid), dp.peer_stats())
             if step.action == "host_after":
                 dp.stop_servers()
         elif step.action == "senders":
@@ -84,7 +86,7 @@ def save_captures(rd, cell, rep: int, attempt: int, cap: Captures, steps) -> Non
 
 
 def measure(guest, cap: Captures, ctx: dict, cell, driver: str, lock_method: str | None):
-    """(metric rows, lock rows, samples, interval note) from the captures. `lock_method`
+    """(metric rows, lock rows, samples, sender results, interval note) from the captures. `lock_method`
     None: the cell is not traced (no lock rows)."""
     results = guest.parse_senders(cap.senders)
     errors = [r.error for r in results if r.error]
@@ -107,7 +109,8 @@ def measure(guest, cap: Captures, ctx: dict, cell, driver: str, lock_method: str
             "end.sum_sent.retransmits")
     for i, r in enumerate(results):
         add(f"sender{i}_bps", r.sent_bps, "bits/s", "iperf3", "end.sum_sent.bits_per_second")
-    (tap_before, threads_before), (tap_after, threads_after) = cap.host["host_before"], cap.host["host_after"]
+    (tap_before, threads_before, peer_before), (tap_after, threads_after, peer_after) = (
+        cap.host["host_before"], cap.host["host_after"])
     if tap_before and tap_after:
         for k in ("bytes", "packets", "dropped"):
             add(f"peer_rx_{k}", tap_after["stats64"]["rx"][k] - tap_before["stats64"]["rx"][k],
@@ -115,28 +118,34 @@ def measure(guest, cap: Captures, ctx: dict, cell, driver: str, lock_method: str
     cpu_b, cpu_a = host_thread_cpu(threads_before), host_thread_cpu(threads_after)
     for name in sorted(cpu_a):
         add("host_thread_cpu_s", cpu_a[name] - cpu_b.get(name, 0.0), "s", "host /proc/<qemu>/task/*/stat", name)
+    for peer_row in peer_metrics(peer_before, peer_after):     # peer server CPU, peer-side drops
+        add(*peer_row)
     lock_rows = []
     if lock_method is not None:
         lock_rows = [lock_row(ctx, rec) for rec in guest.parse_locks(before, after, lock_method, cap.senders)]
         src, wait_native, count_native = guest.LOCK_TOTALS
         add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", src, wait_native)
         add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", src, count_native)
-    return rows, lock_rows, samples, interval_note
+    return rows, lock_rows, samples, results, interval_note
 
 
-def validity(cell, samples, senders: dict[str, str], *, accel: str, vcpus: int, interval_note: str | None,
-             peer_detail: str) -> dict:
+def validity(cell, samples, senders: dict[str, str], rows, results, measured_s: float, *, accel: str, vcpus: int,
+             require_queue_spread: bool, interval_note: str | None, peer_detail: str) -> dict:
     """The cell's checks (harness.run.validity) on the counting rules' totals; informational
     entries (how the peer ended a stack, the interval probe) are kept beside them."""
     frame = rows_frame(samples)
     per_q_pkts, nic_pkts, nic_bytes = tx_for_conservation(frame)
     app = sum(app_bytes_total(text) for text in sender_outputs(senders))
     busy = cpu_busy_share(frame)
+    pinned = [i % vcpus for i in range(cell.procs)]
     v = {"conservation": conservation(app, nic_bytes, nic_pkts, cell.proto, cell.stack),
          "emulated": accel == "tcg",
-         "sender_saturation": sender_saturation(busy, [i % vcpus for i in range(cell.procs)])}
+         "sender_saturation": sender_saturation(busy, pinned),      # reported, not a veto
+         "bottleneck": decide(inputs_from_rows(rows_frame(rows), pinned, results, measured_s,
+                                               cell.duration_s + cell.warmup_s,
+                                               rate_limited=cell.proto == "udp" and cell.udp_bitrate != "0"))}
     if cell.queues > 1:
-        v["queue_spread"] = queue_spread(per_q_pkts, cell.queues)
+        v["queue_spread"] = queue_spread(per_q_pkts, cell.queues, require_queue_spread)
     if cell.churn != "none":
         v["churn"] = churn_recovery(senders.get("churn", ""), sender_outputs(senders))
     if interval_note:

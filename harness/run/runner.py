@@ -45,6 +45,7 @@ class Runner:
         self.attempts: dict[tuple[str, int], int] = {}   # attempts made so far (resume)
         self._rerun_after: dict[tuple[str, int], tuple[int, list[str]]] = {}   # invalid attempt -> checks
         self.injector = Injector()
+        self.injector.peers = lambda: [s.pid for s in self.dp.servers]   # for the peer-throttle fault
         self._last_machine = None
 
     # -- top level ----------------------------------------------------------------------
@@ -284,9 +285,10 @@ class Runner:
         save_captures(rd, cell, rep, attempt, cap, steps)
         ctx = cell_context(cell, rep, kernel=boot["kernel"], driver=boot["driver"], accel=self.accel)
         traced = self.workload.lock_stats and cell.traced
-        rows, lock_rows, samples, note = measure(vm.guest, cap, ctx, cell, boot["driver"],
-                                                 vm.guest.lock_method(self.accel) if traced else None)
-        checks = validity(cell, samples, cap.senders, accel=self.accel, vcpus=self.workload.machine.vcpus,
+        rows, lock_rows, samples, results, note = measure(vm.guest, cap, ctx, cell, boot["driver"],
+                                                          vm.guest.lock_method(self.accel) if traced else None)
+        checks = validity(cell, samples, cap.senders, rows, results, cap.measured_s, accel=self.accel,
+                          vcpus=self.workload.machine.vcpus, require_queue_spread=self.workload.require_queue_spread,
                           interval_note=note, peer_detail=peer_stack.detail)
         prev = self._rerun_after.get((cell.cell_id, rep))
         note = f"re-run: attempt {prev[0]} failed {', '.join(prev[1])}" if prev else ""

@@ -10,6 +10,8 @@ Schema (every key optional unless marked required)::
     warmup_s = 1            # iperf3 --omit, 0..60 (iperf3 runs duration_s + warmup_s)
     lock_stats = false      # collect lock contention statistics
     udp_bitrate = "0"       # iperf3 -b for UDP cells ("0" = unlimited)
+    require_queue_spread = false  # true: a multi-queue cell with an idle TX queue is invalid
+                            # (default: queue spread is only reported; one flow on one queue is real)
 
     [machine]
     vcpus = 2               # 1..64
@@ -94,7 +96,7 @@ _BITRATE_RE = re.compile(r"\d+(\.\d+)?[KMGTkmgt]?")
 _SCHEMA: dict[str, tuple[str, ...]] = {
     "workload": ("name", "description", "repetitions", "duration_s", "warmup_s",
                  "lock_stats", "udp_bitrate", "retries", "cell_timeout_s", "probe_effect",
-                 "churn_interval_s", "churn_count", "shuffle_seed"),
+                 "churn_interval_s", "churn_count", "shuffle_seed", "require_queue_spread"),
     "machine": ("vcpus", "memory_mib", "accel", "image", "os", "pin_vcpus"),
     "matrix": ("image", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn"),
     "setup": ("linux", "freebsd"),
@@ -150,6 +152,7 @@ class Workload:
     setup: tuple[tuple[str, tuple[str, ...]], ...] = ()   # (os, guest commands run before each cell)
     shuffle_seed: int | None = None   # seeded random cell order within each repetition
     pin_vcpus: bool = False           # pin each vCPU thread to its own host CPU
+    require_queue_spread: bool = False   # an idle configured TX queue invalidates the cell
 
     def setup_for(self, os_name: str) -> tuple[str, ...]:
         return dict(self.setup).get(os_name, ())
@@ -277,6 +280,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
     churn_count = v.integer(w, "workload.churn_count", CHURN_COUNT, 3)
     shuffle_seed = v.integer(w, "workload.shuffle_seed", (0, 2**31 - 1), -1) if "shuffle_seed" in w else None
     cell_timeout_s = v.integer(w, "workload.cell_timeout_s", CELL_TIMEOUT_S, 0)
+    require_queue_spread = v.boolean(w, "workload.require_queue_spread", False)
     udp_bitrate = w.get("udp_bitrate", "0")
     if not isinstance(udp_bitrate, str) or not _BITRATE_RE.fullmatch(udp_bitrate):
         raise v.error("workload.udp_bitrate", 'expected an iperf3 -b rate as a string such as '
@@ -322,7 +326,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         matrix=Matrix(image_axis, nic, queues, procs, streams, proto, msg_size, stack, churn),
         retries=retries, cell_timeout_s=cell_timeout_s, probe_effect=probe_effect,
         churn_interval_s=churn_interval_s, churn_count=churn_count, setup=tuple(setup),
-        shuffle_seed=shuffle_seed, pin_vcpus=pin_vcpus,
+        shuffle_seed=shuffle_seed, pin_vcpus=pin_vcpus, require_queue_spread=require_queue_spread,
     )
     if not expand(wl).runs:
         allowed = "; ".join(f"{n} {_queue_counts(n, os_name, vcpus)}" for n in nic)

@@ -239,6 +239,23 @@ class DataPlane:
                     s.wait(3)
         self.servers = []
 
+    def peer_stats(self) -> dict:
+        """Texts for ``harness.parsers.peer.peer_metrics``: /proc/<pid>/stat of every iperf3 server this
+        data plane started (by port), and /proc/net/snmp + netstat read inside the namespace."""
+        servers = {}
+        for s in self.servers:
+            port = s.args[s.args.index("-p") + 1]
+            try:
+                servers[port] = Path(f"/proc/{s.pid}/stat").read_text()
+            except OSError:
+                pass
+        net = ""
+        if self.created:
+            p = subprocess.run(["ip", "netns", "exec", self.netns, "cat", "/proc/net/snmp", "/proc/net/netstat"],
+                               capture_output=True, text=True, timeout=10)
+            net = p.stdout if p.returncode == 0 else ""
+        return {"servers": servers, "net": net}
+
     def tap_stats(self) -> dict:
         """Peer-side view of the tap (`ip -s -j link`): what actually arrived from the guest."""
         if not self.tap:

@@ -64,7 +64,11 @@ class Injection:
     attempt: int | None
 
 
-FAULTS = ("kill-qemu", "panic", "kill-iperf3", "drop-ssh", "sigint", "sigkill-harness", "no-ssh", "hang")
+FAULTS = ("kill-qemu", "panic", "kill-iperf3", "drop-ssh", "sigint", "sigkill-harness", "no-ssh", "hang",
+          "peer-throttle")
+# peer-throttle: the peer iperf3 servers get PEER_RUN_S of every PEER_PERIOD_S (SIGSTOP/SIGCONT, what a
+# cgroup cpu.max of 10 % does to them), so the receiver, not the guest, limits the cell.
+PEER_PERIOD_S, PEER_RUN_S = 0.1, 0.01
 
 
 def parse_injection(spec: str | None) -> Injection | None:
@@ -85,6 +89,8 @@ class Injector:
     def __init__(self, spec: str | None = None):
         self.inj = parse_injection(spec if spec is not None else os.environ.get("XMITBENCH_INJECT"))
         self.timer: threading.Timer | None = None
+        self.peers = None                     # () -> PIDs of the peer iperf3 servers (set by the runner)
+        self._stop_throttle = threading.Event()
 
     def wants(self, fault: str, cell_run: str, attempt: int) -> bool:
         i = self.inj
@@ -94,14 +100,43 @@ class Injector:
         i = self.inj
         if not i or i.cell_run != cell_run or (i.attempt not in (None, attempt)) or i.fault == "no-ssh":
             return
+        self._stop_throttle.clear()
+        if i.fault == "peer-throttle":
+            self.timer = threading.Timer(i.after_s, self._throttle_peers)
+            self.timer.daemon = True
+            self.timer.start()
+            return
         self.timer = threading.Timer(i.after_s, self._fire, args=(i.fault, machine, shell))
         self.timer.daemon = True
         self.timer.start()
 
     def disarm(self) -> None:
+        self._stop_throttle.set()
         if self.timer:
             self.timer.cancel()
+            if self.timer.is_alive() and self.timer is not threading.current_thread():
+                self.timer.join(5)
             self.timer = None
+
+    def _throttle_peers(self) -> None:
+        """Stop and continue our own peer servers (by PID) until disarmed; always leave them running."""
+        try:
+            while self.peers and not self._stop_throttle.is_set():
+                pids = list(self.peers())      # read each period: the servers of the current cell
+                self._signal(pids, signal.SIGSTOP)
+                self._stop_throttle.wait(PEER_PERIOD_S - PEER_RUN_S)
+                self._signal(pids, signal.SIGCONT)
+                self._stop_throttle.wait(PEER_RUN_S)
+        finally:   # only servers the data plane still holds (unreaped): never a recycled PID
+            self._signal(self.peers() if self.peers else [], signal.SIGCONT)
+
+    @staticmethod
+    def _signal(pids, sig) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
 
     @staticmethod
     def _fire(fault: str, machine, shell) -> None:
