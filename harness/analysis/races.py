@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from harness.run.workload import WARMUP_SUFFIX
+
 from . import stats as S
 from .load import KEY, UNTRACED_SUFFIX, Runs, churn_events, host_cpu_table
 from .report import _all_zero_note, _errbars, _html, _label, _short, label_cols, note
@@ -648,6 +650,32 @@ def probe_table(runs: Runs) -> pd.DataFrame:
                      "traced vs untraced [%]": (t / u - 1) * 100 if u else np.nan,
                      "untraced within traced range": bool(tr.throughput_bps.min() <= u <= tr.throughput_bps.max()),
                      "lock wait traced [ns/packet]": tr.lock_wait_ns_per_pkt.median()})
+    return pd.DataFrame(rows)
+
+
+def order_table(runs: Runs) -> pd.DataFrame:
+    """The order effect: each boot's warm-up (the first cell run after the boot, status
+    `warmup`, left out of every other statistic) against the later measured runs of the same
+    configuration on that run, untraced ones first (the warm-up is untraced too)."""
+    w = runs.wide(only_ok=False)
+    if w.empty or "status" not in w:
+        return pd.DataFrame()
+    warm = w[w.status == "warmup"]
+    ok = w[w.status == "ok"]
+    rows = []
+    for (rid, cell), wu in warm.groupby(["run_id", "cell"]):
+        base = cell[: -len(WARMUP_SUFFIX)]
+        later = ok[(ok.run_id == rid) & (ok.cell == base)]
+        if later.empty and base.endswith(UNTRACED_SUFFIX):
+            later = ok[(ok.run_id == rid) & (ok.cell == base[: -len(UNTRACED_SUFFIX)])]
+        if later.empty:
+            continue
+        ci = S.summarize(later.throughput_bps)
+        for x in wu.throughput_bps:
+            rows.append({"run_id": rid, "cell": base, "label": _label(later.iloc[0], label_cols(later)),
+                         "warm-up Gbit/s": x / 1e9, "later Gbit/s (median)": ci.median / 1e9,
+                         "later 95% CI Gbit/s": f"{ci.ci_lo / 1e9:.3g}..{ci.ci_hi / 1e9:.3g}", "later reps": ci.n,
+                         "warm-up vs later [%]": (x / ci.median - 1) * 100 if ci.median else np.nan})
     return pd.DataFrame(rows)
 
 

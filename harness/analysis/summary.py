@@ -47,7 +47,7 @@ def _verdicts(x: pd.Series) -> str:
 
 def valid_count(run_dir: Path) -> tuple[int, int]:
     """(valid, measured) cell runs of a run dir: each cell run's final word, status ok."""
-    from .analysis.load import load_runs
+    from .load import load_runs
     w = load_runs([run_dir]).wide(only_ok=True)
     return int(w["valid"].fillna(False).astype(bool).sum()) if len(w) else 0, len(w)
 

@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import ResultsDiskFull, free_bytes, is_disk_full
@@ -25,6 +26,7 @@ from harness.run.manifest import TCG_WARNING, benchmarks, resumed_entry, run_man
 from harness.run.plan import Plan, plan as make_plan
 from harness.run.procedure import cell_steps
 from harness.run.validity import RERUN_CHECKS, failed_checks, is_valid
+from harness.run.workload import WARMUP_SUFFIX, CellRun
 from harness.vm.faults import Injector, scan_serial
 from harness.vm.nics import qemu_supported_devices
 
@@ -163,7 +165,22 @@ class Runner:
         self.timings["boot"] += time.monotonic() - t0
         self.log(f"booted {bk.label}: {boot['kernel']} {boot['driver']} "
                  f"in {boot['boot_to_ssh_s']} s (QEMU pid {m.pid})")
+        self._warmup(vm, cr, boot_no)
         return vm
+
+    def _warmup(self, vm, cr, boot_no: int) -> None:
+        """The first cell after a boot ran ~45 % slow (cold caches, TCG translation): every
+        boot first runs the next cell's configuration untraced, recorded with status `warmup`
+        (left out of every statistic; the order-effect table compares it with the later runs).
+        A warm-up that fails fails this boot."""
+        t0 = time.monotonic()
+        cell = replace(cr.cell, cell_id=cr.cell.cell_id + WARMUP_SUFFIX, traced=False)
+        try:
+            self._run_cell(CellRun(cell, 0), boot_no + 1, vm, None, status="warmup")
+        except Exception:
+            vm.close()
+            raise
+        self.timings["warmup"] += time.monotonic() - t0
 
     def _run_group(self, gi: int, group) -> float:
         """Cells of one boot configuration on one VM; a fault reboots the VM, a failed cell
@@ -271,7 +288,7 @@ class Runner:
         self.rd.flush()
 
     # -- one cell ----------------------------------------------------------------------
-    def _run_cell(self, cr, attempt: int, vm, gi: int) -> tuple[float, dict]:
+    def _run_cell(self, cr, attempt: int, vm, gi, status: str = "ok") -> tuple[float, dict]:
         """Run one cell (harness.run.cell); returns (measured seconds, its validity checks)."""
         cell, rep, rd, boot = cr.cell, cr.rep, self.rd, vm.boot
         t0 = time.monotonic()
@@ -293,7 +310,7 @@ class Runner:
         prev = self._rerun_after.get((cell.cell_id, rep))
         note = f"re-run: attempt {prev[0]} failed {', '.join(prev[1])}" if prev else ""
         rd.add(metrics=rows, locks=lock_rows,
-               cell=self._cell_row(cell, rep, "ok", note, gi, attempt=attempt, kernel=boot["kernel"],
+               cell=self._cell_row(cell, rep, status, note, gi, attempt=attempt, kernel=boot["kernel"],
                                    driver=boot["driver"], started=cap.started, wall_s=time.monotonic() - t0,
                                    measured_s=cap.measured_s, validity=checks,
                                    raw_dir=str(rd.raw_dir(cell.cell_id, rep, attempt).relative_to(rd.path))))
@@ -311,7 +328,7 @@ class Runner:
         accel = getattr(self, "accel", None)    # None when the run stopped before the probe
         return cell_row(cell, rep, status, reason, group=group, accel=accel,
                         image_verified=self._image_verified(cell.image), attempt=attempt, validity=validity,
-                        valid=is_valid(validity) if status == "ok" else None, **kw)
+                        valid=is_valid(validity) if status in ("ok", "warmup") else None, **kw)
 
 
 def _shell_ok(shell) -> bool:

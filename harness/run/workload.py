@@ -57,6 +57,8 @@ from harness.guests import driver_class, os_names
 from harness.vm.nics import NICS
 from harness.vm.stacks import KINDS as STACK_KINDS
 
+WARMUP_SUFFIX = ".warmup"   # the cell id of a boot's warm-up run (status "warmup" in the cells table)
+
 # Guest images a workload may name, with the OS each one runs. Others add entries here as
 # images become buildable (e.g. "freebsd-14.3": "freebsd").
 KNOWN_IMAGES: dict[str, str] = {
