@@ -54,6 +54,7 @@ class ReplayVM:
         self.pending_reboot = False
         self.dead: str | None = None           # set by a panic: SSH is gone
         self.commands: list[str] = []
+        self.unanswered: list[str] = []        # commands without a recording (rc 127)
         self.boot()
 
     @property
@@ -107,6 +108,7 @@ class ReplayVM:
             return 0, exact[cmd]()
         if cmd.startswith("su -m root -c "):      # first boot over SSH (nuageinit without runcmd)
             return 0, ""
+        self.unanswered.append(cmd)
         return 127, f"replay: no recorded output for this command: {cmd[:200]}"
 
     def _senders(self, script: str) -> str:
