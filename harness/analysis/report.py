@@ -508,7 +508,6 @@ def fig_usl(runs: Runs, table: pd.DataFrame | None = None):
     return fig
 
 
-@_needs_ok_cells(_EMPTY)
 CONFIG_COLS = ["nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn", "traced"]
 
 
@@ -531,6 +530,7 @@ def with_config(w: pd.DataFrame) -> pd.DataFrame:
     return w
 
 
+@_needs_ok_cells(_EMPTY)
 def kernel_ab(runs: Runs, metric: str = "throughput_bps", threshold: float = 0.05) -> pd.DataFrame:
     """Every (os, kernel) against the first one (Linux, live), matched on the cell's
     configuration (nic, queues, procs, ...). Replayed rows take part, labelled as such."""
