@@ -108,7 +108,7 @@ def cmd_plan(args) -> int:
     from harness.vm.machine import build_argv, device_help
     from harness.vm.nics import qemu_supported_devices
     from harness.run.plan import parse_shard, plan
-    from harness.run.procedure import boot_steps, cell_steps, machine_spec, render, tap_queue_count
+    from harness.run.procedure import boot_steps, cell_steps, machine_spec, render, state_after, tap_queue_count
     from harness.run.workload import load_workload
     wl = load_workload(args.workload)
     shard = parse_shard(args.shard) if args.shard else None
@@ -140,9 +140,7 @@ def cmd_plan(args) -> int:
         for cr in g.runs:
             c = cr.cell
             steps = cell_steps(guest, wl, c)
-            if any(s.action == "lock_install" for s in steps):
-                guest.state.lock_tracing = True     # as the runner's lock_install step leaves it
-            guest.state.stack_dev = guest.STACK_DEVS.get(c.stack)
+            guest.state = state_after(guest, wl, c)     # as the runner's driver actions leave it
             print(f"-- {cr.run_id}" + ("  (untraced: no lock tracing installed yet)" if not c.traced else ""))
             print(render(steps), end="")    # unindented: a heredoc in it must end at column 0 to paste
     for nic, by_os in same.items():

@@ -37,6 +37,16 @@ def _cell():
     return wl, runs[0].cell
 
 
+@pytest.fixture
+def registry(monkeypatch):
+    """Drivers registered by a test leave the registry (and the OS names) as they were."""
+    import harness.guests as guests
+    import harness.oses as oses
+    driver_class("linux")      # the built-ins first, so the copies hold them
+    monkeypatch.setattr(guests, "_DRIVERS", dict(guests._DRIVERS))
+    monkeypatch.setattr(oses, "_registered", list(oses._registered))
+
+
 class ThirdOS(LinuxGuest):
     """A test-only OS: Linux's commands under another name, to show a driver plugs in by
     registration alone (the procedure and counting rules need no edit)."""
@@ -44,7 +54,7 @@ class ThirdOS(LinuxGuest):
     STACK_DEVS = {}
 
 
-def test_a_complete_third_driver_registers_and_renders_a_cell():
+def test_a_complete_third_driver_registers_and_renders_a_cell(registry):
     register(ThirdOS)
     assert driver_class("thirdos") is ThirdOS
     wl, cell = _cell()
@@ -54,7 +64,28 @@ def test_a_complete_third_driver_registers_and_renders_a_cell():
     assert g.state == BootState()      # rendering does not change the boot's state
 
 
-def test_a_driver_missing_a_member_is_refused_at_registration():
+def test_a_third_os_runs_from_a_workload_and_catalog_with_no_edit_elsewhere(registry, tmp_path, monkeypatch):
+    """Registration alone makes an OS nameable by a catalog image and a workload: cells
+    expand with its NIC limits, plan groups them, and the procedure renders their steps."""
+    from harness.run.plan import plan as make_plan
+    cat = tmp_path / "catalog.toml"
+    (tmp_path / "third.qcow2").write_bytes(b"")
+    cat.write_text('[[image]]\nname = "third-1"\nos = "thirdos"\nrelease = "1"\ndefault_user = "root"\n'
+                   'path = "third.qcow2"\nsha256 = "' + "0" * 64 + '"\n')
+    monkeypatch.setenv("XMITBENCH_CATALOG", str(cat))
+    wl_text = WL.replace(b'image = "linux-deb"', b'image = "third-1"\nos = "thirdos"')
+    with pytest.raises(Exception, match="thirdos"):       # not yet registered: refused, naming it
+        parse_workload(wl_text, "t.toml")
+    register(ThirdOS)
+    wl = parse_workload(wl_text, "t.toml")
+    p = make_plan(wl)
+    assert [g.boot_key.os for g in p.groups] == ["thirdos"]
+    cell = p.runs[0].cell
+    text = render(cell_steps(driver_class("thirdos").for_plan(cell.nic, BootState()), wl, cell))
+    assert "-p 5202" in text and "ethtool -L" in text
+
+
+def test_a_driver_missing_a_member_is_refused_at_registration(registry):
     class Incomplete(ThirdOS):
         os_name = "incomplete"
         COUNTER_SOURCES = {"tx_queue": "ethtool -S", "interface": "ip -s -j link"}   # no cpu source

@@ -2,6 +2,7 @@
 (harness/guests/contract.py). A driver is registered here, and checked when it is."""
 from __future__ import annotations
 
+from harness.oses import BUILTIN_OSES, add_os_name
 from .contract import BootState, GuestDriver, check_driver  # noqa: F401
 
 _DRIVERS: dict[str, type] = {}
@@ -11,6 +12,7 @@ def register(cls):
     """Add a driver class (usable as a decorator); a contract gap is a TypeError now."""
     check_driver(cls)
     _DRIVERS[cls.os_name] = cls
+    add_os_name(cls.os_name)     # catalogs and workloads may now name it
     return cls
 
 
@@ -22,6 +24,9 @@ def _builtin() -> None:
         from .linux import LinuxGuest
         register(LinuxGuest)
         register(FreeBSDGuest)
+        unbacked = [n for n in BUILTIN_OSES if n not in _DRIVERS]
+        if unbacked:
+            raise TypeError(f"harness.oses.BUILTIN_OSES names {', '.join(unbacked)} with no guest driver")
 
 
 def driver_class(os_name: str):

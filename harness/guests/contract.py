@@ -22,6 +22,15 @@ class BootState:
     stack_dev: str | None = None     # the stacked device (vlan/vxlan/gre) this boot has
 
 
+@dataclass(frozen=True)
+class NicSupport:
+    """What one guest OS's driver makes of an emulated NIC model (harness.vm.nics)."""
+    driver: str                     # the guest driver's name (virtio_net, vtnet, em, ...)
+    max_tx_queues: int              # also bounded by the guest's vCPUs
+    runtime_queue_change: bool      # True: set_queues at run time; False: boot setting + reboot
+    pow2_fixed_at_probe: bool = False   # the count is fixed at driver probe to a power of two
+
+
 # Class attributes every driver must set, with the type each must have.
 REQUIRED_ATTRIBUTES = {
     "os_name": str,                  # the name workloads and catalog use ("linux", "freebsd")
@@ -34,6 +43,7 @@ REQUIRED_ATTRIBUTES = {
     "ABSENT_METRICS": dict,          # analysis metric -> why this OS has no such counter (rendered
                                      # beside kernel-vs-kernel tables; a metric another OS carries
                                      # and this one lacks needs an entry, tests/test_replay_freebsd.py)
+    "NIC_SUPPORT": dict,             # NIC model name -> NicSupport (the NICs this OS can run)
 }
 # Where each COUNTER_SOURCES entry must point: the sources harness.counters.counting knows.
 COUNTING_SOURCES = {"tx_queue": DRIVER_TX_SOURCES, "interface": INTERFACE_TX_SOURCES, "cpu": CPU_SOURCES}
@@ -50,6 +60,7 @@ class GuestDriver(ABC):
     BOOT_ID_COMMAND: str
     REBOOT_COMMAND: str
     ABSENT_METRICS: dict[str, str]
+    NIC_SUPPORT: dict[str, NicSupport]
     state: BootState
 
     # -- construction ------------------------------------------------------------------
@@ -58,14 +69,40 @@ class GuestDriver(ABC):
     def for_plan(cls, nic: str, state: BootState) -> "GuestDriver":
         """A driver without a shell, named as the guest will name the data NIC: for `plan`."""
 
-    # -- capabilities ------------------------------------------------------------------
-    @abstractmethod
-    def queues_at_runtime(self, nic: str) -> bool:
+    # -- capabilities (from the class attributes: workload and plan ask these) -----------
+    @classmethod
+    def queues_at_runtime(cls, nic: str) -> bool:
         """True: the TX queue count changes at run time (set_queues); False: at boot
         (boot_config_script + reboot) only."""
+        return cls.NIC_SUPPORT[nic].runtime_queue_change
 
-    def supported_stacks(self) -> set[str]:
-        return {"direct", *self.STACK_DEVS}
+    @classmethod
+    def supported_stacks(cls) -> set[str]:
+        return {"direct", *cls.STACK_DEVS}
+
+    @classmethod
+    def queue_skip_reason(cls, nic: str, queues: int, vcpus: int | None = None) -> str | None:
+        """Why `nic` cannot run with `queues` TX queues on this OS; None if it can."""
+        sup = cls.NIC_SUPPORT.get(nic)
+        if sup is None:
+            return f"{nic} has no {cls.os_name} driver here"
+        if queues > sup.max_tx_queues:
+            plural = "queue" if sup.max_tx_queues == 1 else "queues"
+            return f"{nic} has at most {sup.max_tx_queues} TX {plural} on {cls.os_name} ({sup.driver} driver)"
+        if sup.pow2_fixed_at_probe and queues & (queues - 1):
+            return f"{nic} on {cls.os_name} ({sup.driver} driver) only has power-of-two TX queue counts"
+        if sup.pow2_fixed_at_probe and vcpus:
+            fixed = 1 << (min(sup.max_tx_queues, vcpus).bit_length() - 1)
+            if queues != fixed:
+                return (f"{nic} on {cls.os_name} with {vcpus} vCPUs always has {fixed} TX queues "
+                        f"(set at driver probe, no ethtool -L)")
+        return None
+
+    @classmethod
+    def stack_skip_reason(cls, stack: str) -> str | None:
+        if stack in cls.supported_stacks():
+            return None
+        return f"{stack} stacking is not measured on {cls.os_name} (supported: {', '.join(sorted(cls.supported_stacks()))})"
 
     @staticmethod
     @abstractmethod

@@ -19,10 +19,9 @@ from harness.vm.machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC
 from ..parsers import freebsd as F
 from harness.counters.samples import Sample
 from harness.vm.stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
-from .contract import BootState
+from .contract import BootState, NicSupport
 from .base import SECTION, GuestBase, as_stacked, parse_sections, split_sections
 
-DRIVER_PREFIX = {"virtio-net": "vtnet", "e1000e": "em", "vmxnet3": "vmx", "igb": "igb"}
 DEFAULT_TOOLS = {"iperf3": "/usr/local/bin/iperf3", "sysctl": "/sbin/sysctl", "netstat": "/usr/bin/netstat",
                  "ifconfig": "/sbin/ifconfig", "cpuset": "/usr/bin/cpuset", "vmstat": "/usr/bin/vmstat",
                  "lockstat": "/usr/sbin/lockstat", "dtrace": "/usr/sbin/dtrace"}
@@ -30,7 +29,7 @@ DEFAULT_TOOLS = {"iperf3": "/usr/local/bin/iperf3", "sysctl": "/sbin/sysctl", "n
 
 def queue_tunables(nic: str, unit: int, queues: int) -> dict[str, str]:
     """Loader tunables that give `queues` TX (and RX) queues to the data NIC."""
-    drv = DRIVER_PREFIX[nic]
+    drv = FreeBSDGuest.NIC_SUPPORT[nic].driver
     if drv == "vtnet":
         if queues == 1:
             return {"hw.vtnet.mq_disable": "1"}
@@ -42,6 +41,15 @@ def queue_tunables(nic: str, unit: int, queues: int) -> dict[str, str]:
 
 class FreeBSDGuest(GuestBase):
     os_name = "freebsd"
+    # Queue counts are loader tunables for every driver here (vtnet hw.vtnet.mq_max_pairs,
+    # iflib override_ntxqs): never at run time. em_set_num_queues gives 82574 two queues,
+    # 82576 (igb) eight; VMXNET3_MAX_TX_QUEUES is 8.
+    NIC_SUPPORT = {
+        "virtio-net": NicSupport("vtnet", 8, runtime_queue_change=False),
+        "e1000e": NicSupport("em", 2, runtime_queue_change=False),
+        "vmxnet3": NicSupport("vmx", 8, runtime_queue_change=False),
+        "igb": NicSupport("igb", 8, runtime_queue_change=False),
+    }
     SERIAL_FAULTS = SERIAL_FAULTS["freebsd"]
     COUNTER_SOURCES = {"tx_queue": "sysctl", "interface": "netstat -i", "cpu": "kern.cp_times"}
     # Analysis metrics (harness.analysis.load wide table) a Linux row carries and a FreeBSD row
@@ -70,14 +78,11 @@ class FreeBSDGuest(GuestBase):
     def for_plan(cls, nic: str, state: BootState) -> "FreeBSDGuest":
         return cls(None, None, iface=cls.expected_iface(nic), state=state)
 
-    def queues_at_runtime(self, nic: str) -> bool:
-        return False     # loader tunables for every driver here: a reboot (boot_config_script)
-
     @staticmethod
     def expected_iface(nic: str) -> str:
         """The data NIC's name when the management NIC is virtio (vtnet0): a guess for `plan`;
         at run time the data NIC is found by its MAC."""
-        drv = DRIVER_PREFIX[nic]
+        drv = FreeBSDGuest.NIC_SUPPORT[nic].driver
         return f"{drv}1" if drv == "vtnet" else f"{drv}0"
 
     # -- pure command builders ------------------------------------------------------------

@@ -15,7 +15,7 @@ from harness.vm.machine import GUEST_DATA_IP, PEER_DATA_IP, PEER_DATA_MAC, lock_
 from ..parsers import linux as P
 from harness.counters.samples import Sample
 from harness.vm.stacks import STACKS, VLAN_ID, VXLAN_PORT, VXLAN_VNI
-from .contract import BootState
+from .contract import BootState, NicSupport
 from .base import SECTION, GuestBase, as_stacked, parse_sections, split_sections  # noqa: F401 (re-exported)
 
 IFACE = "xb0"
@@ -23,6 +23,15 @@ IFACE = "xb0"
 
 class LinuxGuest(GuestBase):
     os_name = "linux"
+    # virtio_net: virtnet_set_channels (ethtool -L) up to the device's queues=. e1000e:
+    # alloc_etherdev() -> one TX queue, no .set_channels. vmxnet3: no .set_channels; the count
+    # is rounddown_pow_of_two(min(8, online CPUs)) at probe. igb: igb_set_channels, 8 on 82576.
+    NIC_SUPPORT = {
+        "virtio-net": NicSupport("virtio_net", 8, runtime_queue_change=True),
+        "e1000e": NicSupport("e1000e", 1, runtime_queue_change=False),
+        "vmxnet3": NicSupport("vmxnet3", 8, runtime_queue_change=False, pow2_fixed_at_probe=True),
+        "igb": NicSupport("igb", 8, runtime_queue_change=True),
+    }
     SERIAL_FAULTS = SERIAL_FAULTS["linux"]
     COUNTER_SOURCES = {"tx_queue": "ethtool -S", "interface": "ip -s -j link", "cpu": "/proc/stat"}
     # Analysis metrics a FreeBSD row carries and a Linux row cannot (see FreeBSDGuest.ABSENT_METRICS).
@@ -43,10 +52,6 @@ class LinuxGuest(GuestBase):
     def for_plan(cls, nic: str, state: BootState) -> "LinuxGuest":
         from harness.images.guestimage import known_tools
         return cls(None, known_tools(), state=state)
-
-    def queues_at_runtime(self, nic: str) -> bool:
-        from harness.vm.nics import NICS
-        return NICS[nic].runtime_queue_change_linux
 
     # -- pure command builders (also used by `plan`) ---------------------------------
     def snapshot_command(self, locks: bool | None = None) -> str:

@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterator
 
 from harness.errors import InputError
 from harness.images.guestimage import cache_root
-from harness.vm.nics import NICS, OSES
+from harness.oses import os_names
+from harness.vm.nics import NICS
 
 BUILTIN_CATALOG = Path(__file__).resolve().parents[2] / "vm" / "catalog.toml"
 ENV_CATALOG = "XMITBENCH_CATALOG"
@@ -213,7 +214,7 @@ def _parse_entry(e: dict, key: str, err, display: str, base_dir: Path | None) ->
     if not _NAME_RE.fullmatch(name):
         raise err(f"{key}.name", f"{name!r}: allowed: 1..64 of a-z, 0-9, '.', '_', '-', "
                                  "starting with a letter or digit")
-    os_name = choice("os", OSES)
+    os_name = choice("os", os_names())
     release = string("release", required=True)
     if os_name == "freebsd" and not re.fullmatch(r"\d+\.\d+", release):
         raise err(f"{key}.release", f"{release!r}: a FreeBSD release is MAJOR.MINOR, e.g. \"14.3\"")

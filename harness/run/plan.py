@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 from harness.errors import InputError
+from harness.guests import BootState, driver_class
 from harness.vm.nics import NICS, missing_device_reason
 from harness.run.workload import BootKey, CellRun, SkippedCell, Workload, expand
 
@@ -25,10 +26,12 @@ class BootGroup:
 
     def boot_cost_s(self, boot_s: float = BOOT_S) -> float:
         """The harness's own initramfs guest boots in ``boot_s``; a cloud image takes longer,
-        and a FreeBSD one boots twice (loader tunables for the queue count need a reboot)."""
-        if self.boot_key.image == "linux-deb":
+        and one whose queue counts are boot settings boots twice (e.g. FreeBSD loader tunables)."""
+        bk = self.boot_key
+        if bk.image == "linux-deb":
             return boot_s
-        return CLOUD_BOOT_S * (2 if self.boot_key.os == "freebsd" else 1)
+        guest = driver_class(bk.os).for_plan(bk.nic, BootState())
+        return CLOUD_BOOT_S * (2 if guest.boot_config_script(bk.nic, bk.queues) else 1)
 
     def est_s(self, boot_s: float = BOOT_S, overhead_s: float = OVERHEAD_S) -> float:
         return self.boot_cost_s(boot_s) + sum(r.cell.duration_s + r.cell.warmup_s + overhead_s for r in self.runs)

@@ -82,6 +82,15 @@ def peer_ip_for(stack: str) -> str:
     return STACKS[stack].peer_ip if stack != "direct" else PEER_DATA_IP
 
 
+def state_after(guest, workload, cell) -> BootState:
+    """The boot's state once this cell's steps have run (lock tracing installed by a traced
+    cell, the cell's stacked device present): its commands are rendered in it, and `plan`
+    carries it on to the next cell, as the driver's actions leave it on a real guest."""
+    installs = workload.lock_stats and cell.traced
+    return replace(guest.state, lock_tracing=guest.state.lock_tracing or installs,
+                   stack_dev=guest.STACK_DEVS.get(cell.stack))
+
+
 def cell_steps(guest, workload, cell, vlan_id: int = VLAN_ID, peer_detail: str = "") -> list[Step]:
     """The ordered steps of one cell run on a booted guest. ``vlan_id`` and ``peer_detail``
     come from the peer end, which the host sets up first (it picks the VLAN id)."""
@@ -105,9 +114,7 @@ def cell_steps(guest, workload, cell, vlan_id: int = VLAN_ID, peer_detail: str =
     ports, peer_ip = ports_for(cell), peer_ip_for(cell.stack)
     steps.append(Step("servers", f"peer iperf3 servers on {peer_ip} ports {ports[0]}-{ports[-1]} "
                                  f"(harness namespace)", host=True))
-    planned = replace(guest.state, lock_tracing=guest.state.lock_tracing or install_locks,
-                      stack_dev=guest.STACK_DEVS.get(cell.stack))
-    with _planned(guest, planned):
+    with _planned(guest, state_after(guest, wl, cell)):
         snapshot = guest.snapshot_command()
         churn = guest.churn_command(cell.churn, wl.churn_interval_s, wl.churn_count, cell.queues)
         script = guest.senders_script(ports, wl.machine.vcpus, peer_ip, cell.duration_s, cell.warmup_s,

@@ -7,56 +7,33 @@ stopped by PID/name in `finally` blocks.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
-import statistics
-import sys
 import threading
 import time
-import traceback
 from collections import defaultdict
 from pathlib import Path
 
-from harness import __version__
-from harness.vm.dataplane import DataPlane, clean_stale
-from harness.vm.faults import Injector, scan_serial
-from harness.images.guestimage import GuestImage, build_linux_deb
-from harness.images.bootimage import (CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, first_login, prepare_image,
-                        seed_for)
-from harness.counters.counting import cpu_busy_share, rows_frame, tx_for_conservation
-from harness.guests import BootState, driver_class
-from harness.guests.base import sender_outputs
-from harness.vm.machine import (DATA_MAC, QEMU, Machine, device_help, free_port, lock_visibility_method, probe_accel,
-                      qemu_version)
-from harness.vm.nics import qemu_supported_devices
+from harness.errors import ResultsDiskFull, free_bytes, is_disk_full
+from harness.images.bootimage import BootImage, ImageUnavailable
+from harness.images.guestimage import GuestImage
+from harness.results.rundir import RunDir, cell_context, cell_row
+from harness.run.boot import login, prepare_images, start_machine
+from harness.run.cell import CellFailure, execute, measure, save_captures, validity
+from harness.run.host import Host
+from harness.run.manifest import TCG_WARNING, benchmarks, resumed_entry, run_manifest
 from harness.run.plan import Plan, plan as make_plan
-from harness.run.procedure import (boot_steps, cell_steps, data_address, machine_spec, peer_ip_for, ports_for,
-                        render as render_steps, tap_queue_count)
-from harness.results.rundir import (RunDir, cell_context, cell_row, git_revision, host_info, lock_row, metric_row,
-                      sample_row)
-from harness.counters.samples import delta
-from harness.vm.ssh import GuestShell, make_key
-from harness.run.validity import (RERUN_CHECKS, app_bytes_total, churn_recovery, conservation, failed_checks,
-                       host_thread_cpu, is_valid, queue_spread, sender_saturation)
-
-BOOT_TIMEOUT_S = 120.0
-CLOUD_BOOT_TIMEOUT_S = float(os.environ.get("XMITBENCH_CLOUD_BOOT_TIMEOUT_S", 600.0))  # TCG is slow
-SSH_TIMEOUT_S = float(os.environ.get("XMITBENCH_SSH_TIMEOUT_S", 30.0))
-TCG_WARNING = ("accel=tcg: QEMU is emulating the CPU in software. Throughput and lock waits are "
-               "NOT kernel results; use them only to check that the harness and counters work.")
-REPO = Path(__file__).resolve().parents[2]
-
-
-class CellFailure(RuntimeError):
-    pass
+from harness.run.procedure import cell_steps
+from harness.run.validity import RERUN_CHECKS, failed_checks, is_valid
+from harness.vm.faults import Injector, scan_serial
+from harness.vm.nics import qemu_supported_devices
 
 
 class Runner:
     def __init__(self, workload, results_root: Path, shard=None, log=print, progress=None,
                  image: GuestImage | None = None, on_plan=None, resume: Path | None = None,
-                 allow_unverified: bool = False):
+                 allow_unverified: bool = False, host: Host | None = None):
+        self.host = host or Host()     # QEMU, namespace, SSH; a replay swaps it (manifest says which)
         self.workload, self.results_root, self.shard = workload, results_root, shard
         self.allow_unverified = allow_unverified   # use catalog images without a checksum; rows say so
         self.log, self.progress, self.on_plan = log, progress, on_plan
@@ -72,39 +49,29 @@ class Runner:
 
     # -- top level ----------------------------------------------------------------------
     def run(self) -> RunDir:
-        from harness.errors import ResultsDiskFull, free_bytes, is_disk_full
         t_run = time.monotonic()
         wl = self.workload
-        supported = qemu_supported_devices(device_help())
+        supported = qemu_supported_devices(self.host.device_help())
         self.plan: Plan = make_plan(wl, supported, self.shard)
         if self.on_plan:
             self.on_plan(self.plan)
         t0 = time.monotonic()
         if self.image is None:
             # always built: it is the KVM probe's kernel, and the default guest
-            self.image = build_linux_deb(log=self.log)
-        self.images: dict[str, BootImage | ImageUnavailable] = {}
-        for name in dict.fromkeys(c.image for c in self.workload_cells()):
-            try:
-                self.images[name] = prepare_image(name, log=self.log, built=self.image,
-                                                  allow_unverified=self.allow_unverified)
-                if not self.images[name].verified:
-                    self.log(f"WARNING: image {name} is NOT checksum-verified (--allow-unverified); "
-                             f"every row of its cells says image_verified=false")
-            except ImageUnavailable as e:
-                self.images[name] = e
-                self.log(f"image {name}: {e}; its cells are recorded as skipped")
+            self.image = self.host.build_guest(self.log)
+        self.images = prepare_images(self.host, [c.image for c in self.workload_cells()], self.image,
+                                     self.allow_unverified, self.log)
         self.timings["image"] = time.monotonic() - t0
         t0 = time.monotonic()
         if wl.machine.accel == "auto":
-            self.accel, accel_reason = probe_accel(self.image.kernel, self.image.initrd)
+            self.accel, accel_reason = self.host.probe_accel(self.image.kernel, self.image.initrd)
         else:
             self.accel, accel_reason = wl.machine.accel, "set in workload"
         self.timings["accel_probe"] = time.monotonic() - t0
         if self.accel == "tcg":
             self.log(f"WARNING: {TCG_WARNING} ({accel_reason})")
 
-        removed = clean_stale()
+        removed = self.host.clean_stale()
         if removed:
             self.log(f"removed namespaces left by crashed runs: {', '.join(removed)}")
         if self.resume:
@@ -114,37 +81,10 @@ class Runner:
             rd = self.rd = RunDir.create(self.results_root)
         self.key_dir = Path(os.environ.get("XMITBENCH_STATE", "/run/xmitbench")) / "keys" / rd.run_id
         previous = dict(rd.manifest) if self.resume else None
-        rd.manifest.update({
-            "tool": {"name": "xmitbench", "version": __version__, "git_revision": git_revision(REPO)},
-            "command_line": sys.argv,
-            "workload": {"path": str(wl.path), "sha256": wl.sha256, "name": wl.name,
-                         "text": previous["workload"]["text"] if previous else Path(wl.path).read_text()},
-            "shard": list(self.shard) if self.shard else None,
-            "host": host_info(),
-            "host_activity": host_activity(),
-            "shuffle_seed": wl.shuffle_seed,
-            "qemu": {"binary": shutil.which(QEMU) or QEMU, "version": qemu_version()},
-            "accel": self.accel, "accel_reason": accel_reason, "emulated": self.accel == "tcg",
-            "warning": TCG_WARNING if self.accel == "tcg" else None,
-            "guest_image": {"name": self.image.name, "key": self.image.key,
-                            "kernel_release": self.image.kernel_release,
-                            "kernel_source": self.image.manifest.get("kernel_source"),
-                            "bzImage_sha256": self.image.manifest.get("bzImage_sha256"),
-                            "initramfs_sha256": self.image.manifest.get("initramfs_sha256"),
-                            "build_s": self.image.manifest.get("build_s")},
-            "images": {n: (i.info if isinstance(i, BootImage) else {"unavailable": str(i)})
-                       for n, i in self.images.items()},
-            "lock_method": lock_visibility_method(self.accel),
-            "plan": {"groups": [g.boot_key.label for g in self.plan.groups],
-                     "cell_runs": len(self.plan.runs), "skipped": len(self.plan.skipped),
-                     "eta_s": self.plan.eta_s},
-            "boots": previous.get("boots", []) if previous else [],
-        })
+        rd.manifest.update(run_manifest(self.host, wl, self.shard, self.accel, accel_reason, self.image,
+                                        self.images, self.plan, previous))
         if previous:
-            rd.manifest["resumed"] = previous.get("resumed", []) + [
-                {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "command_line": sys.argv,
-                 "already_ok": len(self.done), "previous_timings": previous.get("timings"),
-                 "previous_interrupted": previous.get("interrupted", False)}]
+            rd.manifest["resumed"] = resumed_entry(previous, len(self.done))
             rd.manifest.pop("interrupted", None)
             rd.manifest.pop("incomplete_reason", None)
         for sk in self.plan.skipped:
@@ -152,12 +92,12 @@ class Runner:
                 if (sk.cell.cell_id, rep) not in self.done:
                     self._record_skip(sk.cell, rep, sk.reason, None)
         rd.flush()
-        self.dp = DataPlane(rd.run_id)
+        self.dp = self.host.dataplane(rd.run_id)
         measured = 0.0
         disk_full = None
         try:
             self.dp.create()
-            self.key = make_key(self.key_dir)
+            self.key = self.host.make_key(self.key_dir)
             for gi, group in enumerate(self.plan.groups):
                 image = self.images.get(group.boot_key.image)
                 if isinstance(image, ImageUnavailable):
@@ -184,7 +124,8 @@ class Runner:
             wall = time.monotonic() - t_run
             self.timings["total"] = wall
             rd.manifest["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
-            rd.manifest["benchmarks"] = self._benchmarks(wall, measured)
+            rd.manifest["benchmarks"] = benchmarks(rd.manifest, self.image, self.timings, self.cell_overheads,
+                                                   wall, measured)
             if disk_full is not None:   # no flush: it cannot be written, and must not say complete
                 rd.mark_incomplete(str(disk_full))
             else:
@@ -208,88 +149,26 @@ class Runner:
                 self.done.add(key)
             self.attempts[key] = max(self.attempts.get(key, 0), int(c["attempt"]))
 
-    def _benchmarks(self, wall: float, measured: float) -> dict:
-        boots = [b["boot_to_ssh_s"] for b in self.rd.manifest["boots"] if b.get("boot_to_ssh_s")]
-        return {
-            "guest_build_s": self.image.manifest.get("build_s", {}).get("total"),
-            "image_step_s": round(self.timings.get("image", 0.0), 2),
-            "boot_to_ssh_s": boots,
-            "boot_to_ssh_s_median": statistics.median_high(boots) if boots else None,
-            "cell_overhead_s": [round(x, 2) for x in self.cell_overheads],
-            "cell_overhead_s_median": statistics.median_high(self.cell_overheads) if self.cell_overheads else None,
-            "measured_s": round(measured, 2), "wall_s": round(wall, 2),
-            "efficiency": round(measured / wall, 3) if wall else None,
-        }
-
     # -- one VM ---------------------------------------------------------------------------
-    def _boot(self, gi: int, group, boot_no: int, cr, attempt: int):
+    def _boot(self, group, boot_no: int, cr, attempt: int):
         bk = group.boot_key
         image: BootImage = self.images[bk.image]
         t0 = time.monotonic()
-        tapname = "xbt" + hashlib.sha1(f"{self.rd.run_id}-{boot_no}".encode()).hexdigest()[:8]
-        fds = self.dp.open_tap(tapname, tap_queue_count(bk))
-        serial = self.rd.path / "serial" / f"boot{boot_no:02d}-{bk.image}-{bk.nic}.log"
-        state = self.key_dir / f"boot{boot_no}"
-        state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        disk = seed = None
-        if image.is_cloud:
-            from harness.images.catalog import make_overlay
-            disk = make_overlay(image.disk, state)       # the cached base is never written
-            seed = seed_for(image, self.key.public_line, state / "seed.iso")
-        spec = machine_spec(bk, self.accel, kernel=image.kernel, initrd=image.initrd, disk=disk, seed_iso=seed,
-                            serial_log=serial, qmp_socket=state / "qmp.sock", ssh_port=free_port(),
-                            ssh_pubkey_b64=self.key.public_b64, tap_fds=fds,
-                            guest_egress=image.is_cloud and CLOUD_PACKAGES_NEED_EGRESS,
-                            extra_cmdline="xb.nossh=1" if self.injector.wants("no-ssh", cr.run_id, attempt) else "")
-        m = self._last_machine = Machine(spec)
-        boot = {"boot": boot_no, "group": bk.label, "image": bk.image, "argv": m.argv,
-                "serial_log": str(serial.relative_to(self.rd.path)), "guest_egress": spec.guest_egress}
-        self.rd.manifest["boots"].append(boot)
-        try:
-            m.start()
-        finally:
-            for fd in fds:
-                os.close(fd)
-        boot["qemu_pid"] = m.pid
-        try:
-            if not image.is_cloud:
-                m.wait_serial("xmitbench: ready", BOOT_TIMEOUT_S)
-            shell, over_ssh = first_login(image, self.key.public_line,
-                                          lambda user: GuestShell(spec.ssh_port, self.key, user=user),
-                                          SSH_TIMEOUT_S if not image.is_cloud else CLOUD_BOOT_TIMEOUT_S)
-            if over_ssh:       # what the seed could not do for this release, done over SSH
-                boot["first_boot_over_ssh"] = over_ssh
-            guest = driver_class(bk.os)(shell, image.tools, state=BootState())
-            for step in boot_steps(guest, bk):
-                if step.action == "data_interface":
-                    guest.setup_data_interface(DATA_MAC, data_address())
-                elif step.action == "boot_config":
-                    guest.run(step.command)
-                    boot["rebooted_for"] = step.command
-                elif step.action == "reboot":
-                    boot["reboot_s"] = round(guest.reboot(timeout=CLOUD_BOOT_TIMEOUT_S), 2)
-        except BaseException:
-            boot["error"] = traceback.format_exc(limit=1).strip().splitlines()[-1]
-            m.stop()
-            raise
-        if self.workload.pin_vcpus:
-            boot["vcpu_pinning"] = m.pin_vcpus()
-        boot["boot_to_ssh_s"] = round(time.monotonic() - t0, 2)
-        boot["ssh_host_key"] = shell.host_key_fingerprint
-        boot["kernel"] = guest.kernel_release()
-        boot["driver"] = guest.nic_driver()
-        boot["tx_queues_at_boot"] = guest.tx_queue_count()
-        boot["lock_method"] = guest.lock_method(self.accel)
+        nossh = "xb.nossh=1" if self.injector.wants("no-ssh", cr.run_id, attempt) else ""
+        m, spec, boot = start_machine(self.host, self.rd, self.dp, self.key, self.key_dir, bk, image, self.accel,
+                                      boot_no, extra_cmdline=nossh)
+        self._last_machine = m
+        vm = login(self.host, m, spec, boot, self.key, bk, image, self.accel, self.workload.pin_vcpus, t0)
         self.timings["boot"] += time.monotonic() - t0
         self.log(f"booted {bk.label}: {boot['kernel']} {boot['driver']} "
                  f"in {boot['boot_to_ssh_s']} s (QEMU pid {m.pid})")
-        return m, shell, guest, boot
+        return vm
 
     def _run_group(self, gi: int, group) -> float:
         """Cells of one boot configuration on one VM; a fault reboots the VM, a failed cell
         is retried within the budget, and every attempt is recorded."""
         measured = 0.0
-        vm = None  # (machine, shell, guest, boot)
+        vm = None
         try:
             for cr in group.runs:
                 if (cr.cell.cell_id, cr.rep) in self.done:
@@ -304,7 +183,7 @@ class Runner:
                     attempt += 1
                     if vm is None:
                         try:
-                            vm = self._boot(gi, group, len(self.rd.manifest["boots"]), cr, attempt)
+                            vm = self._boot(group, len(self.rd.manifest["boots"]), cr, attempt)
                         except KeyboardInterrupt:
                             raise
                         except Exception as e:  # noqa: BLE001 — a failed boot fails this attempt
@@ -319,15 +198,14 @@ class Runner:
         finally:
             t0 = time.monotonic()
             if vm:
-                vm[1].close()
-                vm[0].stop()
+                vm.close()
             self.dp.stop_servers()
             self.timings["teardown"] += time.monotonic() - t0
         return measured
 
     def _attempt(self, cr, attempt: int, vm, gi: int):
         """One attempt at one cell run. Returns (ok, vm or None if it must be rebooted, measured s)."""
-        m, shell, guest, boot = vm
+        m, shell, guest = vm.machine, vm.shell, vm.guest
         t_cell = time.monotonic()
         limit = self.workload.cell_timeout_s or (cr.cell.duration_s + cr.cell.warmup_s + 90)
         expired = threading.Event()
@@ -341,7 +219,7 @@ class Runner:
         serial_mark = m.serial_size()
         self.injector.arm(cr.run_id, attempt, m, shell)
         try:
-            secs, validity = self._run_cell(cr, attempt, m, guest, boot, gi)
+            secs, validity = self._run_cell(cr, attempt, vm, gi)
             faults = scan_serial(m.serial_since(serial_mark), guest.SERIAL_FAULTS)
             if faults:
                 raise CellFailure(f"guest kernel {faults[0].kind}: {faults[0].line}")
@@ -368,8 +246,7 @@ class Runner:
             self._record_failure(cr, attempt, reason, m, gi)
             if m.alive() and not faults and _shell_ok(shell):
                 return False, vm, 0.0
-            shell.close()
-            m.stop()
+            vm.close()
             return False, None, 0.0
         finally:
             watchdog.cancel()
@@ -393,132 +270,34 @@ class Runner:
         self.rd.flush()
 
     # -- one cell ----------------------------------------------------------------------
-    def _run_cell(self, cr, attempt: int, m: Machine, guest, boot: dict, gi: int) -> tuple[float, dict]:
-        """Run one cell; returns (measured seconds, its validity checks)."""
-        cell, rep, wl = cr.cell, cr.rep, self.workload
-        rd = self.rd
+    def _run_cell(self, cr, attempt: int, vm, gi: int) -> tuple[float, dict]:
+        """Run one cell (harness.run.cell); returns (measured seconds, its validity checks)."""
+        cell, rep, rd, boot = cr.cell, cr.rep, self.rd, vm.boot
         t0 = time.monotonic()
-        if not cell.traced and guest.state.lock_tracing:
+        if not cell.traced and vm.guest.state.lock_tracing:
             raise CellFailure("an untraced cell on a VM whose lock tracing is already installed")
         peer_stack = self.dp.add_stack(cell.stack)     # the peer end first: it picks the VLAN id
-        steps = cell_steps(guest, wl, cell, vlan_id=peer_stack.vlan_id, peer_detail=peer_stack.detail)
-        snaps: dict[str, dict] = {}
-        host: dict[str, tuple] = {}
-        senders, measured, started, t1 = {}, 0.0, None, t0
-        for step in steps:       # the procedure, executed: each guest step sends step.command
-            if step.action == "lock_install":
-                guest.lock_stats_enable()
-                boot["lock_tracing_installed_before"] = cr.run_id
-            elif step.action == "set_queues":
-                guest.set_queues(cell.queues)
-            elif step.action == "check_queues":
-                if guest.tx_queue_count() != cell.queues:
-                    raise CellFailure(f"{boot['driver']} has {guest.tx_queue_count()} TX queues and cannot "
-                                      f"change them at run time; cell wants {cell.queues}")
-            elif step.action == "setup":
-                guest.run(step.command)
-            elif step.action == "stack":
-                guest.setup_stack(cell.stack, peer_stack.vlan_id)
-            elif step.action == "servers":
-                self.dp.start_servers(ports_for(cell), bind=peer_ip_for(cell.stack))
-            elif step.action in ("snapshot_before", "snapshot_after"):
-                snaps[step.action] = guest.snapshot()
-            elif step.action in ("host_before", "host_after"):
-                host[step.action] = (self.dp.tap_stats(), qemu_thread_stats(m.pid))
-                if step.action == "host_after":
-                    self.dp.stop_servers()
-            elif step.action == "senders":
-                self.timings["setup"] += time.monotonic() - t0
-                t_meas, started = time.monotonic(), time.time()
-                senders = guest.run_senders(step.command, timeout=cell.duration_s + cell.warmup_s + 30)
-                measured = time.monotonic() - t_meas
-                self.timings["measure"] += measured
-                t1 = time.monotonic()
-        before, after = snaps["snapshot_before"], snaps["snapshot_after"]
-        (tap_before, host_before), (tap_after, host_after) = host["host_before"], host["host_after"]
-
-        def save(name: str, text: str) -> None:
-            rd.save_raw(cell.cell_id, rep, name, text, attempt=attempt)
-
-        for name, text in before.items():
-            save(f"before.{name}.txt", text)
-        for name, text in after.items():
-            save(f"after.{name}.txt", text)
-        for name, text in senders.items():
-            save(f"{name}.json", text)
-        save("peer_tap.json", json.dumps({"before": tap_before, "after": tap_after}))
-        save("commands.sh", render_steps(steps))
-
-        results = guest.parse_senders(senders)
-        errors = [r.error for r in results if r.error]
-        missing = cell.procs - len(results)
-        if errors or missing:
-            raise CellFailure("iperf3 failed: " + "; ".join(errors or [f"{missing} sender(s) gave no JSON"]))
-
-        driver = boot["driver"]
-        samples = delta(guest.parse_snapshot(before, driver), guest.parse_snapshot(after, driver))
-        interval, interval_note = guest.interval_samples(senders)   # measured over the interval itself
-        samples += interval
+        steps = cell_steps(vm.guest, self.workload, cell, vlan_id=peer_stack.vlan_id, peer_detail=peer_stack.detail)
+        cap = execute(steps, vm.guest, self.dp, self.host, vm.machine, cell, boot, cr.run_id, peer_stack.vlan_id)
+        self.timings["setup"] += cap.setup_s
+        self.timings["measure"] += cap.measured_s
+        save_captures(rd, cell, rep, attempt, cap, steps)
         ctx = cell_context(cell, rep, kernel=boot["kernel"], driver=boot["driver"], accel=self.accel)
-        rows = [sample_row(ctx, s) for s in samples]
-
-        def add(metric: str, value: float, unit: str, source: str, native_name: str) -> None:
-            rows.append(metric_row(ctx, metric, value, unit, source, native_name))
-
-        add("throughput_bps", sum(r.sent_bps for r in results), "bits/s", "iperf3", "end.sum_sent.bits_per_second")
-        add("app_bytes", sum(r.sent_bytes for r in results), "bytes", "iperf3", "end.sum_sent.bytes")
-        if cell.proto == "tcp":
-            add("tcp_retransmits", sum(r.retransmits or 0 for r in results), "count", "iperf3",
-                "end.sum_sent.retransmits")
-        for i, r in enumerate(results):
-            add(f"sender{i}_bps", r.sent_bps, "bits/s", "iperf3", "end.sum_sent.bits_per_second")
-        if tap_before and tap_after:
-            for k in ("bytes", "packets", "dropped"):
-                add(f"peer_rx_{k}", tap_after["stats64"]["rx"][k] - tap_before["stats64"]["rx"][k],
-                    "count" if k == "dropped" else k, "peer ip -s -j link (tap)", f"stats64.rx.{k}")
-        cpu_b, cpu_a = host_thread_cpu(host_before), host_thread_cpu(host_after)
-        for name in sorted(cpu_a):
-            add("host_thread_cpu_s", cpu_a[name] - cpu_b.get(name, 0.0), "s", "host /proc/<qemu>/task/*/stat", name)
-        lock_rows = []
-        if wl.lock_stats and cell.traced:
-            method = guest.lock_method(self.accel)
-            for rec in guest.parse_locks(before, after, method, senders):
-                lock_rows.append(lock_row(ctx, rec))
-            src, wait_native, count_native = guest.LOCK_TOTALS
-            add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", src, wait_native)
-            add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", src, count_native)
-
-        validity = self._validity(cell, samples, senders)
-        if cell.churn != "none":
-            validity["churn"] = churn_recovery(senders.get("churn", ""),
-                                               sender_outputs(senders))
-        if interval_note:
-            validity["interval_probe"] = interval_note
-        if peer_stack.detail:     # not a check: how the peer terminated the stack, kept beside them
-            validity["stack_peer"] = peer_stack.detail
+        traced = self.workload.lock_stats and cell.traced
+        rows, lock_rows, samples, note = measure(vm.guest, cap, ctx, cell, boot["driver"],
+                                                 vm.guest.lock_method(self.accel) if traced else None)
+        checks = validity(cell, samples, cap.senders, accel=self.accel, vcpus=self.workload.machine.vcpus,
+                          interval_note=note, peer_detail=peer_stack.detail)
         prev = self._rerun_after.get((cell.cell_id, rep))
         note = f"re-run: attempt {prev[0]} failed {', '.join(prev[1])}" if prev else ""
         rd.add(metrics=rows, locks=lock_rows,
-               cell=self._cell_row(cell, rep, "ok", note, gi, attempt=attempt, kernel=boot["kernel"], driver=driver,
-                                   started=started, wall_s=time.monotonic() - t0, measured_s=measured,
-                                   validity=validity,
+               cell=self._cell_row(cell, rep, "ok", note, gi, attempt=attempt, kernel=boot["kernel"],
+                                   driver=boot["driver"], started=cap.started, wall_s=time.monotonic() - t0,
+                                   measured_s=cap.measured_s, validity=checks,
                                    raw_dir=str(rd.raw_dir(cell.cell_id, rep, attempt).relative_to(rd.path))))
         rd.flush()
-        self.timings["collect"] += time.monotonic() - t1
-        return measured, validity
-
-    def _validity(self, cell, samples, senders) -> dict:
-        frame = rows_frame(samples)
-        per_q_pkts, nic_pkts, nic_bytes = tx_for_conservation(frame)    # harness.counters.counting's rules
-        app = sum(app_bytes_total(text) for text in sender_outputs(senders))
-        busy = cpu_busy_share(frame)
-        v = {"conservation": conservation(app, nic_bytes, nic_pkts, cell.proto, cell.stack),
-             "emulated": self.accel == "tcg",
-             "sender_saturation": sender_saturation(busy, [i % self.workload.machine.vcpus
-                                                           for i in range(cell.procs)])}
-        if cell.queues > 1:
-            v["queue_spread"] = queue_spread(per_q_pkts, cell.queues)
-        return v
+        self.timings["collect"] += time.monotonic() - cap.t_collect
+        return cap.measured_s, checks
 
     def _image_verified(self, name: str) -> bool | None:
         """True: the image's checksum was verified (linux-deb: built from apt-verified .debs);
@@ -531,32 +310,6 @@ class Runner:
         return cell_row(cell, rep, status, reason, group=group, accel=accel,
                         image_verified=self._image_verified(cell.image), attempt=attempt, validity=validity,
                         valid=is_valid(validity) if status == "ok" else None, **kw)
-
-
-def host_activity() -> dict:
-    """Other things competing for this host while we measure: recorded, not controlled."""
-    import subprocess
-    ps = subprocess.run(["ps", "-eo", "pid,comm"], capture_output=True, text=True).stdout.splitlines()[1:]
-    qemus = [p[0] for p in (l.split() for l in ps) if len(p) == 2 and p[1].startswith("qemu-system")]
-    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split("\n")
-    return {"loadavg": os.getloadavg(), "other_qemu_pids": qemus,
-            "other_xmitbench_netns": [l.split()[0] for l in ns if l.startswith("xb-")]}
-
-
-def qemu_thread_stats(pid: int | None) -> dict[str, str]:
-    """/proc/<qemu>/task/*/stat texts: host CPU time per vCPU / I/O thread of our own QEMU."""
-    out = {}
-    if pid is None:
-        return out
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                out[task.name] = (task / "stat").read_text()
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
 
 
 def _shell_ok(shell) -> bool:

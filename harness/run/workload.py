@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from harness.errors import InputError
-from harness.vm.nics import NICS, OSES, NicModel
+from harness.guests import driver_class, os_names
+from harness.vm.nics import NICS
 from harness.vm.stacks import KINDS as STACK_KINDS
 
 # Guest images a workload may name, with the OS each one runs. Others add entries here as
@@ -287,7 +288,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
     accel = v.choice(m, "machine.accel", ACCELS, "auto", "accelerator")
     images = known_images()
     image = v.choice(m, "machine.image", tuple(images), "linux-deb", "image")
-    os_name = v.choice(m, "machine.os", OSES, images[image], "OS")
+    os_name = v.choice(m, "machine.os", os_names(), images[image], "OS")
     if os_name != images[image]:
         raise v.error("machine.os", f'"{os_name}" does not match image "{image}" '
                       f'(a {images[image]} image); allowed: {images[image]}')
@@ -324,14 +325,14 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         shuffle_seed=shuffle_seed, pin_vcpus=pin_vcpus,
     )
     if not expand(wl).runs:
-        allowed = "; ".join(f"{n} {_queue_counts(NICS[n], os_name, vcpus)}" for n in nic)
+        allowed = "; ".join(f"{n} {_queue_counts(n, os_name, vcpus)}" for n in nic)
         raise v.error("matrix.queues", f"no (nic, queues) pair can run on {os_name}; "
                       f"TX queue counts per NIC: {allowed}")
     return wl
 
 
-def _queue_counts(nic: NicModel, os_name: str, vcpus: int) -> str:
-    ok = [q for q in range(1, vcpus + 1) if nic.queue_skip_reason(os_name, q, vcpus) is None]
+def _queue_counts(nic: str, os_name: str, vcpus: int) -> str:
+    ok = [q for q in range(1, vcpus + 1) if driver_class(os_name).queue_skip_reason(nic, q, vcpus) is None]
     if ok == list(range(1, len(ok) + 1)) and len(ok) > 2:
         return f"1..{ok[-1]}"
     return ", ".join(map(str, ok)) or "none"
@@ -487,10 +488,9 @@ def expand(workload: Workload) -> Expansion:
             mx.image or (mc.image,), mx.nic, mx.queues, mx.procs, mx.streams, mx.proto, mx.msg_size,
             mx.stack, mx.churn):
         os_name = images[image]
-        reason = NICS[nic_name].queue_skip_reason(os_name, q, mc.vcpus)
-        if reason is None and stack == "gre" and os_name == "freebsd":
-            reason = "gre stacking is measured on linux only (FreeBSD gre(4) differs in setup)"
-        if reason is None and churn == "queues" and not NICS[nic_name].runtime_queue_change(os_name):
+        guest = driver_class(os_name)
+        reason = guest.queue_skip_reason(nic_name, q, mc.vcpus) or guest.stack_skip_reason(stack)
+        if reason is None and churn == "queues" and not guest.queues_at_runtime(nic_name):
             reason = f"{nic_name} on {os_name} cannot change TX queues at run time"
         combos.append((image, os_name, nic_name, q, p, s, proto, size, stack, churn, reason))
         if reason is None:
@@ -500,8 +500,7 @@ def expand(workload: Workload) -> Expansion:
     groups: dict[BootKey, list[Cell]] = {}
     untraced: dict[BootKey, list[Cell]] = {}   # probe-effect twins, run on the same VM first
     for image, os_name, nic_name, q, p, s, proto, size, stack, churn, reason in combos:
-        nic = NICS[nic_name]
-        runtime = nic.runtime_queue_change(os_name) and reason is None
+        runtime = driver_class(os_name).queues_at_runtime(nic_name) and reason is None
         bq = boot_queues[image, nic_name] if runtime else q
         dq = device_queues.get(nic_name, bq) if reason is None else bq
         key = BootKey(image, os_name, nic_name, mc.vcpus, mc.memory_mib, mc.accel, bq,
