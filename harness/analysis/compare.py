@@ -20,7 +20,7 @@ import pandas as pd
 from harness.errors import InputError
 
 from . import stats as S
-from .load import WIDE_METRICS, Runs
+from .load import WIDE_METRICS, Runs, replay_note
 
 COMPARABLE = ("os", "kernel", "accel")
 
@@ -57,6 +57,16 @@ def compare_runs(base: Runs, cand: Runs, metrics: list[str] | tuple[str, ...] = 
     return compare_frames(base.wide(), cand.wide(), metrics, threshold, alpha, seed, match_on, include_invalid)
 
 
+def split_replay(w: pd.DataFrame, side: str) -> tuple[pd.DataFrame, list[str]]:
+    """(live rows, a line saying how many replayed rows were left out). A replay of recorded
+    guest outputs tests xmitbench's pipeline: it never counts as a run of that kernel."""
+    if "replay" not in w or not w["replay"].fillna(False).astype(bool).any():
+        return w, []
+    rep = w["replay"].fillna(False).astype(bool)
+    return w[~rep], [f"{side}: {int(rep.sum())} of {len(w)} cell runs left out: "
+                     f"{replay_note(w.loc[rep, 'os'])}"]
+
+
 def split_invalid(w: pd.DataFrame, side: str) -> tuple[pd.DataFrame, list[str]]:
     """(valid rows, one line per check saying how many cell runs it excluded on this side).
     Rows from run dirs without a validity flag count as valid."""
@@ -75,15 +85,22 @@ def split_invalid(w: pd.DataFrame, side: str) -> tuple[pd.DataFrame, list[str]]:
 
 def compare_frames(wb: pd.DataFrame, wc: pd.DataFrame, metrics: list[str] | tuple[str, ...] = ("throughput_bps",),
                    threshold: float = 0.05, alpha: float = 0.05, seed: int = S.DEFAULT_SEED,
-                   match_on: str = "cell", include_invalid: bool = False) -> Comparison:
-    """compare_runs over two wide tables (rows with status ok)."""
+                   match_on: str = "cell", include_invalid: bool = False,
+                   include_replay: bool = False) -> Comparison:
+    """compare_runs over two wide tables (rows with status ok). Replayed rows are left out
+    (and listed) unless ``include_replay``, which only the report's pipeline view sets, with
+    the replay label on every row it draws."""
     for m in metrics:
         check_metric(m)
     excluded: list[str] = []
+    if not include_replay:
+        wb, rb = split_replay(wb, "base")
+        wc, rc = split_replay(wc, "candidate")
+        excluded += rb + rc
     if not include_invalid:
         wb, eb = split_invalid(wb, "base")
         wc, ec = split_invalid(wc, "candidate")
-        excluded = eb + ec
+        excluded += eb + ec
     bcells, ccells = set(wb[match_on]), set(wc[match_on])
     common = sorted(bcells & ccells)
     warnings = []

@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
-from harness.counters.counting import (BUSY_MODES, IDLE_MODES, _sum_by_key, cpu_table, driver_total, queue_table,  # noqa: F401
-                              root_qdisc, tx_total)
+from harness.counters.counting import (BUSY_MODES, IDLE_MODES, INTERFACE_TX_SOURCES, _sum_by_key, cpu_table,  # noqa: F401
+                              driver_total, queue_table, root_qdisc, tx_total)
 from harness.run.validity import failed_checks, is_valid
 
 from . import stats as S
@@ -46,6 +46,19 @@ CONFIG = ["os", "kernel", "nic", "driver", "queues", "streams", "procs", "proto"
 AXIS_DEFAULTS = {"stack": "direct", "churn": "none"}
 UNTRACED_SUFFIX = ".untraced"
 HOST_CPU_SOURCE = "host /proc/<qemu>/task/*/stat"
+OS_NAMES = {"freebsd": "FreeBSD", "linux": "Linux"}
+
+
+def replay_note(os_names) -> str:
+    """The label every replayed row carries wherever it is shown (summary, report, compare)."""
+    names = sorted({OS_NAMES.get(str(o), str(o)) for o in os_names}) or ["guest"]
+    what = "/".join(names)
+    return f"REPLAY of recorded {what} outputs — a test of xmitbench's pipeline, not a {what} result"
+
+
+def is_replay(manifest: dict) -> bool:
+    """A run played from recorded guest outputs (manifest host_kind "replay"), not a live guest."""
+    return bool(manifest.get("replay")) or manifest.get("host_kind") == "replay"
 _VCPU_THREAD = re.compile(r"^CPU \d+/(TCG|KVM|HVF|WHPX|NVMM)$")
 
 # Metrics of the wide table: name -> (unit, higher_is_better, caption of the kernel mechanism).
@@ -109,6 +122,10 @@ class Runs:
             out += sorted(set(self.cells.loc[self.cells.accel == "tcg", "run_id"]) - set(out))
         return out
 
+    @property
+    def replay_run_ids(self) -> list[str]:
+        return [r for r, m in self.manifests.items() if is_replay(m)]
+
     def run_dir(self, run_id: str) -> Path:
         return Path(self.manifests[run_id]["_path"])
 
@@ -132,6 +149,7 @@ class Runs:
                 "kernel": (m.get("guest_image") or {}).get("kernel_release"),
                 "os": ",".join(sorted(set(c["os"].dropna().astype(str)))) if len(c) else "",
                 "accel": m.get("accel"),
+                "replay": is_replay(m),
                 "complete": bool(m.get("complete")),
                 "git": ((m.get("tool") or {}).get("git_revision") or "")[:12],
                 "ok": int((c.status == "ok").sum()),
@@ -338,27 +356,27 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     cells = last_attempts(cells)
     base = cells[[c for c in KEY + CONFIG + ["status", "reason", "valid", "duration_s", "measured_s", "started",
                                              "boot_group", "validity"] if c in cells]].set_index(KEY)
-    q = lambda metric, source=None: _sum_by_key(  # noqa: E731
-        m[(m.metric == metric) & m["queue"].isna() & ((m.source == source) if source else True)])
+    q = lambda metric, sources=None: _sum_by_key(  # noqa: E731
+        m[(m.metric == metric) & m["queue"].isna() & (m.source.isin(sources) if sources else True)])
     cols = {
-        "throughput_bps": q("throughput_bps", "iperf3"),
-        "app_bytes": q("app_bytes", "iperf3"),
-        "tcp_retransmits": q("tcp_retransmits", "iperf3"),
+        "throughput_bps": q("throughput_bps", ["iperf3"]),
+        "app_bytes": q("app_bytes", ["iperf3"]),
+        "tcp_retransmits": q("tcp_retransmits", ["iperf3"]),
         "tx_packets": tx_total(m, "tx_packets"),
         "tx_bytes": tx_total(m, "tx_bytes"),
         "tx_requeues": root_qdisc(m, "tx_requeues"),
         "qdisc_drops": root_qdisc(m, "qdisc_drops"),
         "qdisc_packets": root_qdisc(m, "qdisc_packets"),
         "tx_drops_ring": driver_total(m, "tx_drops_ring"),
-        "if_tx_drops": q("tx_drops", "ip -s -j link"),
+        "if_tx_drops": q("tx_drops", INTERFACE_TX_SOURCES),    # the stack's interface counters, per OS
         "tx_restarts": driver_total(m, "tx_restarts"),
         "tx_ring_stalls": driver_total(m, "tx_ring_stalls"),
         "lock_wait_ns": q("lock_wait_ns"),
         "lock_contentions": q("lock_contentions"),
         "peer_rx_packets": q("peer_rx_packets"),
         "peer_rx_bytes": q("peer_rx_bytes"),
-        "if_tx_packets": q("tx_packets", "ip -s -j link"),
-        "if_tx_bytes": q("tx_bytes", "ip -s -j link"),
+        "if_tx_packets": q("tx_packets", INTERFACE_TX_SOURCES),
+        "if_tx_bytes": q("tx_bytes", INTERFACE_TX_SOURCES),
         "stack_tx_packets": q("stack_tx_packets"),     # the stacked device's own TX counter
     }
     w = base.join(pd.DataFrame(cols), how="left").join(cpu_table(m), how="left")
@@ -371,6 +389,8 @@ def wide_table(runs: Runs) -> pd.DataFrame:
         w["n_senders"], w["jain"] = np.nan, np.nan
     w = w.reset_index()
     w.insert(3, "workload", w.run_id.map(workload_labels(runs.manifests)))
+    # played from recorded outputs (tests/replay_freebsd.py): never a live result of that OS
+    w["replay"] = w.run_id.map({r: is_replay(mf) for r, mf in runs.manifests.items()}).fillna(False).astype(bool)
     w["gbit_s"] = w.throughput_bps / 1e9
     drops = w[["qdisc_drops", "tx_drops_ring"]].sum(axis=1, min_count=1)
     w["drops"] = drops

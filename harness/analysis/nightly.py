@@ -32,7 +32,11 @@ def current_baseline(workload_name: str, root: Path | None = None) -> Path | Non
 
 
 def run_is_green(run_dir: Path) -> tuple[bool, str]:
+    from harness.analysis.load import is_replay, replay_note
     man = json.loads((run_dir / "manifest.json").read_text())
+    if is_replay(man):      # never a baseline, never a night's result
+        cells = pd.read_parquet(run_dir / "cells.parquet")
+        return False, f"not a live run: {replay_note(cells.os.dropna().unique())}"
     if not man.get("complete"):
         return False, "run incomplete"
     cells = pd.read_parquet(run_dir / "cells.parquet")
@@ -78,8 +82,10 @@ def job_summary(run_dir: Path, verdict: str, compare_text: str, green_reason: st
     """Markdown for $GITHUB_STEP_SUMMARY."""
     from harness.analysis.summary import cell_table
     man = json.loads((run_dir / "manifest.json").read_text())
+    from harness.analysis.load import is_replay, replay_note
     t = cell_table(run_dir)
     lines = [f"## xmitbench nightly: {verdict}", "",
+             *([f"**{replay_note(t.os.unique() if len(t) else [])}**: not a nightly result", ""] if is_replay(man) else []),
              f"run `{man['run_id']}`, kernel `{man['guest_image']['kernel_release']}`, accel `{man['accel']}`"
              f"{' — **TCG: not kernel results**' if man.get('emulated') else ''}; {green_reason}", ""]
     if not t.empty:

@@ -34,13 +34,13 @@ import pandas as pd
 from harness.errors import InputError
 
 from . import stats as S
-from .load import KEY, WIDE_METRICS, Runs, load_runs, queue_table
+from .load import KEY, OS_NAMES, WIDE_METRICS, Runs, load_runs, queue_table, replay_note
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ANALYSIS_DIR = REPO / "analysis"
 NOTEBOOKS = ("compare_kernels.ipynb", "tx_races.ipynb", "race_reproducers.ipynb", "lock_contention.ipynb",
              "nightly.ipynb")
-CELL_COLS = ["workload", "os", "kernel", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn",
+CELL_COLS = ["workload", "os", "kernel", "replay", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn",
              "traced"]
 
 _CACHE: dict[tuple, Runs] = {}
@@ -129,6 +129,20 @@ def tcg_banner_html(runs: Runs) -> str:
             f'{html.escape(warn)} Runs: {html.escape(_ellipsis(ids))}</div></div>')
 
 
+def replay_banner_html(runs: Runs) -> str:
+    """Shown above everything when any row was played from recorded guest outputs."""
+    ids = runs.replay_run_ids
+    if not ids:
+        return ""
+    oses = runs.cells.loc[runs.cells.run_id.isin(ids), "os"].dropna().unique() if "os" in runs.cells else []
+    what = "; ".join(sorted({str(runs.manifests[r].get("replay") or "") for r in ids} - {""}))
+    return ('<div class="xb-replay-banner" style="background:#5b2c83;color:#fff;padding:12px 16px;'
+            'font-size:1.15em;font-weight:bold;border-radius:4px;margin:8px 0">'
+            f'{html.escape(replay_note(oses))}. Every such row is labelled REPLAY; compare and nightly '
+            f'never count it as a live run.<div style="font-weight:normal;font-size:0.85em;margin-top:4px">'
+            f'{html.escape(what)} Runs: {html.escape(_ellipsis(ids))}</div></div>')
+
+
 def _ellipsis(items: Sequence[str], keep: int = 6) -> str:
     items = list(items)
     if len(items) <= keep:
@@ -138,9 +152,9 @@ def _ellipsis(items: Sequence[str], keep: int = 6) -> str:
 
 def header(runs: Runs) -> None:
     """TCG banner (when any data is emulated) and one line per run."""
-    b = tcg_banner_html(runs)
-    if b:
-        _html(b)
+    for b in (replay_banner_html(runs), tcg_banner_html(runs)):
+        if b:
+            _html(b)
     ok = runs.wide()
     if ok.empty:
         note(f"No cell with status ok in {len(runs.manifests)} run(s): nothing to plot. "
@@ -149,7 +163,8 @@ def header(runs: Runs) -> None:
         return
     _HEADER_SHOWN.add(id(runs))
     rt = runs.runs_table()
-    cols = ["run_id", "started", "workload", "os", "kernel", "accel", "complete", "git", "ok", "failed", "skipped"]
+    cols = ["run_id", "started", "workload", "os", "kernel", "accel", "replay", "complete", "git", "ok", "failed",
+            "skipped"]
     show_table(rt[cols], f"{len(rt)} run(s)")
 
 
@@ -290,11 +305,13 @@ def _label(row, cols, multiline: bool = False) -> str:
         v = row[c]
         if c == "churn":
             txt = "no churn" if str(v) == "none" else f"churn {v}"
+        elif c == "replay":
+            txt = "REPLAY" if bool(v) else "live"
         elif c == "traced":
             txt = "traced" if bool(v) else "untraced"
         else:
             txt = {"queues": f"q{v}", "procs": f"p{v}", "streams": f"s{v}", "msg_size": f"m{v}"}.get(c, str(v))
-        (head if c in ("workload", "os", "kernel") else axes if c in AXES else tail).append(txt)
+        (head if c in ("workload", "os", "kernel", "replay") else axes if c in AXES else tail).append(txt)
     if multiline:
         return "\n".join(" ".join(p) for p in (head, tail, axes) if p)
     return " ".join(head + tail + axes)
@@ -491,24 +508,102 @@ def fig_usl(runs: Runs, table: pd.DataFrame | None = None):
     return fig
 
 
+CONFIG_COLS = ["nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn", "traced"]
+
+
+def kernel_groups(w: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """(os, kernel, replay) of the rows, Linux first, live before replayed."""
+    g = {(str(o), str(k), bool(r)) for o, k, r in zip(w.os, w.kernel, w.get("replay", pd.Series(False, index=w.index)))}
+    return sorted(g, key=lambda t: (t[0] != "linux", t[2], t[0], t[1]))
+
+
+def kernel_label(os_name: str, kernel: str, replay: bool) -> str:
+    return f"{OS_NAMES.get(os_name, os_name)} {kernel}" + (" (REPLAY, not a kernel result)" if replay else "")
+
+
+def with_config(w: pd.DataFrame) -> pd.DataFrame:
+    """A ``config`` column: the cell without its image/OS (cell ids start with the image since
+    the image axis exists, so Linux and FreeBSD cells only match on their configuration)."""
+    w = w.copy()
+    w["config"] = [".".join(str(r[c]) if c not in ("queues", "procs") else f"{c[0]}{r[c]}" for c in CONFIG_COLS
+                            if c in w) for _, r in w.iterrows()] if len(w) else []
+    return w
+
+
 @_needs_ok_cells(_EMPTY)
 def kernel_ab(runs: Runs, metric: str = "throughput_bps", threshold: float = 0.05) -> pd.DataFrame:
-    """Every (os, kernel) against the first one, cell by cell (matching nic/queues/procs/...)."""
+    """Every (os, kernel) against the first one (Linux, live), matched on the cell's
+    configuration (nic, queues, procs, ...). Replayed rows take part, labelled as such."""
     from .compare import compare_frames
-    w = runs.wide()
-    groups = sorted({(o, k) for o, k in zip(w.os.astype(str), w.kernel.astype(str))})
+    w = with_config(runs.wide())
+    groups = kernel_groups(w)
     if len(groups) < 2:
         return pd.DataFrame()
+
+    def rows(g):
+        return w[(w.os.astype(str) == g[0]) & (w.kernel.astype(str) == g[1]) & (w.replay.astype(bool) == g[2])]
     ref = groups[0]
-    wr = w[(w.os.astype(str) == ref[0]) & (w.kernel.astype(str) == ref[1])]
     out = []
     for g in groups[1:]:
-        wc = w[(w.os.astype(str) == g[0]) & (w.kernel.astype(str) == g[1])]
-        t = compare_frames(wr, wc, [metric], threshold=threshold).table
-        t.insert(0, "candidate", f"{g[0]} {g[1]}")
-        t.insert(0, "baseline", f"{ref[0]} {ref[1]}")
+        t = compare_frames(rows(ref), rows(g), [metric], threshold=threshold, match_on="config",
+                           include_replay=True).table
+        t.insert(0, "candidate", kernel_label(*g))
+        t.insert(0, "baseline", kernel_label(*ref))
         out.append(t)
     return pd.concat(out, ignore_index=True)
+
+
+KVK_METRICS = [("gbit_s", "throughput [Gbit/s]"), ("cpu_pct_per_gbit", "CPU cost [% of one CPU per Gbit/s]"),
+               ("cpu_busy_pct", "guest CPU busy [% of one CPU]")]
+
+
+@_needs_ok_cells(_NONE)
+def fig_kernel_vs_kernel(runs: Runs):
+    """Linux against FreeBSD (every OS/kernel present), cell configuration by configuration:
+    throughput, CPU cost per Gbit/s and CPU busy, medians with 95% bootstrap CIs."""
+    w = with_config(runs.wide())
+    groups = kernel_groups(w)
+    if len(groups) < 2:
+        return None
+    configs = sorted(set(w.config))
+    fig, axes = _new_fig(12, 4.6, ncols=len(KVK_METRICS))
+    width = 0.8 / len(groups)
+    for ax, (metric, ylabel) in zip(axes, KVK_METRICS):
+        for i, g in enumerate(groups):
+            sel = w[(w.os.astype(str) == g[0]) & (w.kernel.astype(str) == g[1]) & (w.replay.astype(bool) == g[2])]
+            s = summary(sel, metric, ["config"]).set_index("config").reindex(configs)
+            x = np.arange(len(configs)) + (i - (len(groups) - 1) / 2) * width
+            ax.bar(x, s["median"].fillna(0), width, yerr=_errbars(s.reset_index()), capsize=3, color=f"C{i}",
+                   hatch="//" if g[2] else None, alpha=0.85, label=kernel_label(*g))
+        ax.set_xticks(np.arange(len(configs)), [c.replace(".", " ", 4).split(".")[0] for c in configs],
+                      rotation=30, ha="right", fontsize=7)
+        ax.set_title(ylabel.split(" [")[0])
+        ax.set_xlabel("cell (nic q p s proto); whiskers: 95% CI")
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Kernel against kernel" + (" (hatched: REPLAY of recorded outputs, not a kernel result)"
+                                            if any(g[2] for g in groups) else ""))
+    return fig
+
+
+def absent_metrics_table(runs: Runs) -> pd.DataFrame:
+    """Metrics one OS's rows carry and another's cannot, with the guest driver's reason
+    (GuestDriver.ABSENT_METRICS): the "no such counter on <OS>" entries of a comparison."""
+    from harness.guests import driver_class
+    w = runs.wide()
+    rows = []
+    oses = sorted(set(w.os.astype(str))) if len(w) else []
+    for o in oses:
+        mine, others = w[w.os.astype(str) == o], w[w.os.astype(str) != o]
+        try:
+            table = driver_class(o).ABSENT_METRICS
+        except ValueError:
+            continue
+        for metric, why in table.items():
+            if metric in w and others[metric].notna().any() and mine[metric].isna().all():
+                rows.append({"os": OS_NAMES.get(o, o), "metric": metric,
+                             "entry": f"no such counter on {OS_NAMES.get(o, o)}", "why": why})
+    return pd.DataFrame(rows, columns=["os", "metric", "entry", "why"])
 
 
 def ab_display(t: pd.DataFrame) -> pd.DataFrame:

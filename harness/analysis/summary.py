@@ -24,11 +24,12 @@ def cell_table(run_dir: Path) -> pd.DataFrame:
     valid = w.groupby("cell")["valid"].apply(
         lambda x: "-" if x.isna().all() else f"{int(x.fillna(False).astype(bool).sum())}/{len(x)}")
     bottleneck = w.groupby("cell")["bottleneck"].apply(_verdicts)
-    cols = {"gbit_s": "median", "requeues_per_mpkt": "median", "drops_per_mpkt": "median",
+    cols = {"gbit_s": "median", "cpu_busy_pct": "median", "cpu_pct_per_gbit": "median", "requeues_per_mpkt": "median", "drops_per_mpkt": "median",
             "restarts_per_mpkt": "median", "lock_wait_ns_per_pkt": "median", "lock_contentions": "median",
             "conservation_ratio": "median", "rep": "count"}
     med = w.groupby("cell").agg(cols).rename(columns={"rep": "reps"})
-    meta = w.drop_duplicates("cell").set_index("cell")[["os", "nic", "driver", "queues", "procs", "proto", "msg_size"]]
+    meta = w.drop_duplicates("cell").set_index("cell")[["os", "nic", "driver", "queues", "procs", "proto", "msg_size",
+                                                         "replay"]]
     out = meta.join(med).join(spread.rename("spread")).join(churn.rename("churn")).join(valid.rename("valid"))
     out = out.join(bottleneck.rename("bottleneck"))
     return out.reset_index()
@@ -79,21 +80,29 @@ def render(run_dir: Path, console=None) -> str:
     console = console or Console()
     t = cell_table(run_dir)
     cells = pd.read_parquet(run_dir / "cells.parquet")
-    table = Table(title=f"xmitbench {man['run_id']}  kernel {man['guest_image']['kernel_release']}  "
+    kernels = ", ".join(sorted(cells.kernel.dropna().astype(str).unique())) if "kernel" in cells else ""
+    table = Table(title=f"xmitbench {man['run_id']}  kernel {kernels or man['guest_image']['kernel_release']}  "
                         f"accel {man['accel']}  (median over repetitions; per Mpkt = per million TX packets)")
-    for col in ("cell", "reps", "Gbit/s", "requeues /Mpkt", "qdisc drops /Mpkt", "restarts /Mpkt",
-                "lock wait ns/pkt", "contentions", "NIC/app bytes", "queue share", "churn recovery s", "valid", "bottleneck"):
+    for col in ("cell", "reps", "Gbit/s", "CPU busy %", "CPU %/Gbit", "requeues /Mpkt", "qdisc drops /Mpkt", "restarts /Mpkt",
+                "lock wait ns/pkt", "contentions", "NIC/app bytes", "queue share", "churn recovery s", "valid",
+                "bottleneck"):
         table.add_column(col, justify="left" if col == "cell" else "right")
     if not t.empty:
         parts = [set(c.split(".")) for c in t.cell]
         common = set.intersection(*parts) if len(parts) > 1 else set()
         t = t.sort_values(["os", "nic", "procs", "queues", "cell"])
         for _, r in t.iterrows():
-            table.add_row(_label(r.cell, common), str(r.reps), f"{r.gbit_s:.3f}", _f(r.requeues_per_mpkt),
+            table.add_row(_label(r.cell, common) + (" [REPLAY]" if r.replay else ""), str(r.reps), f"{r.gbit_s:.3f}",
+                          _f(r.cpu_busy_pct), _f(r.cpu_pct_per_gbit), _f(r.requeues_per_mpkt),
                           _f(r.drops_per_mpkt), _f(r.restarts_per_mpkt), _f(r.lock_wait_ns_per_pkt),
                           _f(r.lock_contentions, 0), _f(r.conservation_ratio, 3), r.spread or "",
                           r.churn or "", r.valid, r.bottleneck)
+    from harness.analysis.load import is_replay, replay_note
+    if is_replay(man):
+        console.print(f"[bold magenta]{replay_note(cells.os.dropna().unique())}[/] ({man.get('replay')})")
     console.print(table)
+    if is_replay(man):
+        console.print(f"[bold magenta]{replay_note(cells.os.dropna().unique())}[/]: rows marked [REPLAY]")
     if not t.empty:
         n_valid, n_measured = valid_count(run_dir)
         console.print(f"valid {n_valid} of {n_measured} measured cell runs (invalid: bytes not conserved, a "

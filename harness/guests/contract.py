@@ -40,6 +40,9 @@ REQUIRED_ATTRIBUTES = {
     "COUNTER_SOURCES": dict,         # {"tx_queue", "interface", "cpu"} -> Sample.source its parsers emit
     "BOOT_ID_COMMAND": str,          # prints an id that changes on every boot
     "REBOOT_COMMAND": str,           # takes the guest down for a reboot
+    "ABSENT_METRICS": dict,          # analysis metric -> why this OS has no such counter (rendered
+                                     # beside kernel-vs-kernel tables; a metric another OS carries
+                                     # and this one lacks needs an entry, tests/test_replay_freebsd.py)
     "NIC_SUPPORT": dict,             # NIC model name -> NicSupport (the NICs this OS can run)
 }
 # Where each COUNTER_SOURCES entry must point: the sources harness.counters.counting knows.
@@ -56,6 +59,7 @@ class GuestDriver(ABC):
     COUNTER_SOURCES: dict[str, str]
     BOOT_ID_COMMAND: str
     REBOOT_COMMAND: str
+    ABSENT_METRICS: dict[str, str]
     NIC_SUPPORT: dict[str, NicSupport]
     state: BootState
 

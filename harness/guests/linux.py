@@ -34,6 +34,14 @@ class LinuxGuest(GuestBase):
     }
     SERIAL_FAULTS = SERIAL_FAULTS["linux"]
     COUNTER_SOURCES = {"tx_queue": "ethtool -S", "interface": "ip -s -j link", "cpu": "/proc/stat"}
+    # Analysis metrics a FreeBSD row carries and a Linux row cannot (see FreeBSDGuest.ABSENT_METRICS).
+    ABSENT_METRICS = {
+        "tx_drops_ring": "a Linux driver does not drop on a full ring: it stops the queue and returns "
+                         "NETDEV_TX_BUSY, which the qdisc counts as tx_requeues",
+        "tx_ring_stalls": "counted only where the driver exports it (vmxnet3 'ring full'); virtio_net "
+                          "and e1000e stop the queue without a counter (tx_restarts counts the wake-ups)",
+        "ring_stalls_per_mpkt": "from tx_ring_stalls",
+    }
     BOOT_ID_COMMAND = "cat /proc/sys/kernel/random/boot_id"   # changes on every boot
 
     def __init__(self, shell, tools: dict[str, str], iface: str = IFACE, state: BootState | None = None):
