@@ -262,6 +262,7 @@ class FakeDataPlane:
         self.host, self.run_id = host, run_id
         self.calls: list[tuple] = []
         self.servers_running = False
+        self.servers: list = []       # no peer processes in a replay (the peer-throttle fault finds none)
         self.created = False
 
     def create(self) -> None:
@@ -283,6 +284,10 @@ class FakeDataPlane:
     def add_stack(self, kind: str) -> PeerStack:
         self.calls.append(("add_stack", kind))
         return PeerStack(kind, detail="")
+
+    def peer_stats(self) -> dict:
+        """No peer side is replayed: no server CPU, no peer-namespace counters."""
+        return {"servers": {}, "net": ""}
 
     def start_servers(self, ports, timeout: float = 10.0, bind: str = "") -> None:
         self.calls.append(("start_servers", tuple(ports), bind))
