@@ -164,14 +164,29 @@ def _probe_twin_run(tmp_path: Path, drop_traced_column: bool = False) -> Path:
         twin = df[(df.cell == base) & (df.rep == 0)].copy()
         twin["cell"] = base + ".untraced"
         twin["traced"] = False
+        # and a DERIVED warm-up of the twin's configuration (status warmup, throughput x 0.55)
+        warm = twin.copy()
+        warm["cell"] = base + ".untraced.warmup"
+        if t == "cells":
+            warm["status"] = "warmup"
         if t == "metrics":
             sel = twin.metric.isin(["throughput_bps"]) | twin.metric.str.fullmatch(r"sender\d+_bps")
+            warm.loc[sel, "value"] *= 0.55
             twin.loc[sel, "value"] *= 1.25
-        df = pd.concat([df, twin], ignore_index=True)
+        df = pd.concat([df, twin, warm], ignore_index=True)
         if drop_traced_column:
             df = df.drop(columns="traced")
         df.to_parquet(d / f"{t}.parquet", index=False)
     return d
+
+
+def test_order_effect_compares_the_warm_up_with_later_runs(tmp_path):
+    r = load_runs(_probe_twin_run(tmp_path))
+    assert not X.applicable(r)["order effect"]
+    assert not r.wide().cell.str.endswith(".warmup").any()       # left out of every statistic
+    t = X.order_table(r)
+    assert len(t) == 1 and t["later reps"].iloc[0] == 1
+    assert t["warm-up vs later [%]"].iloc[0] == pytest.approx((0.55 / 1.25 - 1) * 100)
 
 
 def test_probe_effect_on_a_derived_twin(tmp_path):
@@ -201,7 +216,7 @@ def test_race_notebook_renders_every_section(tmp_path):
     assert figs == {"bufring_race", "lltx_stacking", "churn_recovery", "churn_impact", "probe_effect", "host_cpu"}
     assert sum("image/png" in o.get("data", {}) for o in outs) == len(figs)
     for h in ("bufring-race: one TX queue", "lltx-stacking: direct vs VLAN vs VXLAN vs GRE", "control-churn:",
-              "Probe effect of lock tracing", "Host-side view"):
+              "Probe effect of lock tracing", "Host-side view", "Order effect"):
         assert h in html
     assert "cannot terminate gre in the peer namespace" in html and "vid 0 (priority-tagged)" in html
     assert "Not shown:" not in html

@@ -92,6 +92,8 @@ def applicable(runs: Runs) -> dict[str, str]:
         "probe effect": "" if len(probe_pairs(runs)) else
         "no traced cell with an .untraced twin (set probe_effect = true in the workload)",
         "host-side view": "" if len(h) else "no host_thread_cpu_s rows (run dirs from before that metric)",
+        "order effect": "" if "status" in runs.cells and (runs.cells.status == "warmup").any() else
+        "no warm-up runs (run dirs from before every boot ran one)",
     }
 
 
