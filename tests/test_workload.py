@@ -237,7 +237,7 @@ def test_parse_shard_bad(text):
 
 ALL_NICS = "e1000e, igb, virtio-net, vmxnet3"
 WORKLOAD_KEYS = ("cell_timeout_s, churn_count, churn_interval_s, description, duration_s, lock_stats, name, "
-                 "probe_effect, repetitions, require_queue_spread, retries, shuffle_seed, udp_bitrate, warmup_s")
+                 "probe_effect, repetitions, require_queue_spread, retries, shuffle_seed, udp_bitrate, warmup_after_boot, warmup_s")
 BITRATE = 'expected an iperf3 -b rate as a string such as "0" (unlimited), "500M" or "1.5G"'
 UDP_SIZE = 'allowed 16..65507 (iperf3 UDP datagram size, as matrix.proto has "udp")'
 

@@ -165,7 +165,8 @@ class Runner:
         self.timings["boot"] += time.monotonic() - t0
         self.log(f"booted {bk.label}: {boot['kernel']} {boot['driver']} "
                  f"in {boot['boot_to_ssh_s']} s (QEMU pid {m.pid})")
-        self._warmup(vm, cr, boot_no)
+        if self.workload.warmup_after_boot:
+            self._warmup(vm, cr, boot_no)
         return vm
 
     def _warmup(self, vm, cr, boot_no: int) -> None:

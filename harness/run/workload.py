@@ -98,7 +98,7 @@ _BITRATE_RE = re.compile(r"\d+(\.\d+)?[KMGTkmgt]?")
 _SCHEMA: dict[str, tuple[str, ...]] = {
     "workload": ("name", "description", "repetitions", "duration_s", "warmup_s",
                  "lock_stats", "udp_bitrate", "retries", "cell_timeout_s", "probe_effect",
-                 "churn_interval_s", "churn_count", "shuffle_seed", "require_queue_spread"),
+                 "churn_interval_s", "churn_count", "shuffle_seed", "warmup_after_boot", "require_queue_spread"),
     "machine": ("vcpus", "memory_mib", "accel", "image", "os", "pin_vcpus"),
     "matrix": ("image", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn"),
     "setup": ("linux", "freebsd"),
@@ -149,6 +149,7 @@ class Workload:
     retries: int = 1            # a failed cell run may be re-run this many times
     cell_timeout_s: int = 0     # 0 = derived: duration + warm-up + 90 s
     probe_effect: bool = False  # each traced cell also runs once untraced (first on its VM)
+    warmup_after_boot: bool = False   # every boot first runs its next cell as a warm-up (status warmup)
     churn_interval_s: int = 2
     churn_count: int = 3
     setup: tuple[tuple[str, tuple[str, ...]], ...] = ()   # (os, guest commands run before each cell)
@@ -278,6 +279,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
     lock_stats = v.boolean(w, "workload.lock_stats", False)
     retries = v.integer(w, "workload.retries", RETRIES, 1)
     probe_effect = v.boolean(w, "workload.probe_effect", False)
+    warmup_after_boot = v.boolean(w, "workload.warmup_after_boot", False)
     churn_interval_s = v.integer(w, "workload.churn_interval_s", CHURN_INTERVAL_S, 2)
     churn_count = v.integer(w, "workload.churn_count", CHURN_COUNT, 3)
     shuffle_seed = v.integer(w, "workload.shuffle_seed", (0, 2**31 - 1), -1) if "shuffle_seed" in w else None
@@ -327,6 +329,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         machine=Machine(vcpus, memory_mib, accel, image, os_name),
         matrix=Matrix(image_axis, nic, queues, procs, streams, proto, msg_size, stack, churn),
         retries=retries, cell_timeout_s=cell_timeout_s, probe_effect=probe_effect,
+        warmup_after_boot=warmup_after_boot,
         churn_interval_s=churn_interval_s, churn_count=churn_count, setup=tuple(setup),
         shuffle_seed=shuffle_seed, pin_vcpus=pin_vcpus, require_queue_spread=require_queue_spread,
     )
