@@ -10,7 +10,7 @@ from harness.counters.counting import cpu_busy_share, cpu_table, queue_table, ro
 from harness.vm.faults import scan_serial
 from harness.guests import BootState, driver_class, register
 from harness.guests.linux import LinuxGuest
-from harness.run.procedure import cell_steps, render
+from harness.run.procedure import cell_steps, render, state_after
 from harness.counters.samples import delta
 from harness.run.workload import expand, parse_workload
 
@@ -110,6 +110,31 @@ def test_cell_steps_reflect_the_state_they_will_run_in():
     assert "lock_wait" in snap     # the snapshot runs after the lock_install step
     g.state.lock_tracing = True
     assert "lock_install" not in [s.action for s in cell_steps(g, wl, cell)]
+
+
+def test_untraced_cell_between_traced_ones_pauses_the_lock_statistics():
+    """Twins run next to their traced cell: after tracing is installed an untraced cell pauses
+    the counting triggers (never removes them), and the next traced cell continues them."""
+    import dataclasses
+    wl, cell = _cell()
+    twin = dataclasses.replace(cell, cell_id=cell.cell_id + ".untraced", traced=False)
+    g = driver_class("linux").for_plan("virtio-net", BootState(lock_tracing=True))
+    steps = cell_steps(g, wl, twin)
+    pause = next(s for s in steps if s.action == "lock_pause")
+    assert ":pause" in pause.command and "!" not in pause.command      # paused, not removed
+    snap = next(s for s in steps if s.action == "snapshot_before").command
+    assert "lock_wait" not in snap       # the untraced cell reads no lock hists
+    g.state = state_after(g, wl, twin)
+    assert g.state.lock_paused and g.state.lock_tracing
+    steps = cell_steps(g, wl, cell)
+    assert [s.action for s in steps][0] == "lock_continue" and ":cont" in steps[0].command
+    assert "lock_wait" in next(s for s in steps if s.action == "snapshot_before").command
+    assert not state_after(g, wl, cell).lock_paused
+    fb_guest = driver_class("freebsd").for_plan("virtio-net", BootState(lock_tracing=True))
+    fb_steps = cell_steps(fb_guest, wl, twin)        # lockstat runs inside traced cells only
+    senders = next(s for s in fb_steps if s.action == "senders").command
+    assert "lockstat" not in senders and "lockstat" in next(
+        s for s in cell_steps(fb_guest, wl, cell) if s.action == "senders").command
 
 
 @pytest.mark.parametrize("os_name, line, kind", [("linux", "[  1.0] Kernel panic - not syncing: x", "panic"),

@@ -94,6 +94,18 @@ class GuestBase(GuestDriver):
         self.state.stack_dev = self.STACK_DEVS.get(stack)
         return cmd
 
+    def lock_pause(self) -> None:
+        cmd = self.lock_pause_script()
+        if cmd:
+            self.run(cmd)
+        self.state.lock_paused = True
+
+    def lock_continue(self) -> None:
+        cmd = self.lock_continue_script()
+        if cmd:
+            self.run(cmd)
+        self.state.lock_paused = False
+
     def run(self, cmd: str, timeout: float = 30.0, check: bool = True) -> str:
         return self.shell.run(cmd, timeout=timeout, check=check)[1]
 

@@ -18,7 +18,12 @@ from harness.counters.counting import CPU_SOURCES, DRIVER_TX_SOURCES, INTERFACE_
 @dataclass
 class BootState:
     """What one boot of one guest has set up so far."""
-    lock_tracing: bool = False       # lock statistics installed (once per boot, after untraced twins)
+    lock_tracing: bool = False       # lock statistics installed (once per boot, by the first traced cell)
+    lock_paused: bool = False        # installed but paused (an untraced cell runs between traced ones)
+
+    @property
+    def measuring_locks(self) -> bool:
+        return self.lock_tracing and not self.lock_paused
     stack_dev: str | None = None     # the stacked device (vlan/vxlan/gre) this boot has
 
 
@@ -126,6 +131,12 @@ class GuestDriver(ABC):
     @abstractmethod
     def lock_start_script(self) -> str: ...
     @abstractmethod
+    def lock_pause_script(self) -> str | None:
+        """Stops lock statistics from counting without removing them (None: nothing runs
+        between cells on this OS, so there is nothing to pause)."""
+    @abstractmethod
+    def lock_continue_script(self) -> str | None: ...
+    @abstractmethod
     def senders_script(self, ports: list[int], vcpus: int, peer_ip: str, duration_s: int, warmup_s: int,
                        streams: int, proto: str, msg_size: int, udp_bitrate: str = "0",
                        churn: str | None = None) -> str: ...
@@ -149,6 +160,10 @@ class GuestDriver(ABC):
     def setup_stack(self, stack: str, vlan_id: int) -> str | None: ...
     @abstractmethod
     def lock_stats_enable(self) -> None: ...
+    @abstractmethod
+    def lock_pause(self) -> None: ...
+    @abstractmethod
+    def lock_continue(self) -> None: ...
     @abstractmethod
     def snapshot(self) -> dict[str, str]: ...
     @abstractmethod

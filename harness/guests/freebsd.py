@@ -154,7 +154,7 @@ class FreeBSDGuest(GuestBase):
         lines = ["rm -rf /tmp/xb && mkdir -p /tmp/xb", "echo \"start $(date +%s)\" > /tmp/xb/churn.txt"]
         if churn:
             lines.append(churn)
-        if self.state.lock_tracing:
+        if self.state.measuring_locks:
             span = duration_s + warmup_s
             # lockstat and the buf_ring probe cover the senders' lifetime; both end by themselves
             lines.append(f"{t['lockstat']} -C -s 8 -D 30 sleep {span} > /tmp/xb/lockstat.txt 2>&1 &")
@@ -177,7 +177,7 @@ class FreeBSDGuest(GuestBase):
             lines.append(f"echo '{SECTION}iperf3_{i}'; cat /tmp/xb/s{i}.json")
         if churn:
             lines.append(f"echo '{SECTION}churn'; cat /tmp/xb/churn.txt /tmp/xb/churn.err")
-        if self.state.lock_tracing:
+        if self.state.measuring_locks:
             lines.append(f"echo '{SECTION}lockstat'; cat /tmp/xb/lockstat.txt")
             lines.append(f"echo '{SECTION}dtrace_bufring'; cat /tmp/xb/dtrace_bufring.txt 2>/dev/null")
         return "\n".join(lines)
@@ -193,6 +193,12 @@ class FreeBSDGuest(GuestBase):
 
     def lock_start_script(self) -> str:
         return "kldload -n dtraceall"
+
+    def lock_pause_script(self) -> None:
+        return None     # lockstat and DTrace run inside a traced cell's sender script only
+
+    def lock_continue_script(self) -> None:
+        return None
 
     # -- actions ----------------------------------------------------------------------------
 

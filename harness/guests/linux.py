@@ -56,7 +56,7 @@ class LinuxGuest(GuestBase):
     # -- pure command builders (also used by `plan`) ---------------------------------
     def snapshot_command(self, locks: bool | None = None) -> str:
         """The counters read before and after a cell (lock hists once tracing is installed)."""
-        locks = self.state.lock_tracing if locks is None else locks
+        locks = self.state.measuring_locks if locks is None else locks
         t, i = self.tools, self.iface
         parts = {
             "ethtool_S": f"{t['ethtool']} -S {i}",
@@ -163,6 +163,14 @@ class LinuxGuest(GuestBase):
         optional = [f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path} 2>/dev/null || true"
                     for path, text in P.LOCK_HIST_SETUP_OPTIONAL]
         return "set -e\n" + "\n".join(required + optional)
+
+    def lock_pause_script(self) -> str:
+        return "set -e\n" + "\n".join(f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path}"
+                                        for path, text in P.lock_hist_pause())
+
+    def lock_continue_script(self) -> str:
+        return "set -e\n" + "\n".join(f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path}"
+                                        for path, text in P.lock_hist_pause(cont=True))
 
     def lock_stop_script(self) -> str:
         return "\n".join(f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path} 2>/dev/null"

@@ -344,6 +344,17 @@ def lock_hist_teardown(common_stacktrace: bool = False) -> list[tuple[str, str]]
             + [("synthetic_events", "!" + LOCK_SYNTH_EVENT)])
 
 
+def lock_hist_pause(common_stacktrace: bool = False, cont: bool = False) -> list[tuple[str, str]]:
+    """Pause (or continue) the COUNTING hist triggers (per-lock wait, contending stacks): the
+    same text plus ':pause'/':cont' names the trigger it matches (histogram.rst 2.1). Triggers
+    stay installed: removing and re-adding them per cell hung the 6.1 guest. The triggers that
+    define variables (xb_addr/xb_ts on begin, xb_wait + onmatch on end) cannot be paused on 6.1:
+    re-parsing their text fails with "Variable already defined" (seen in error_log here), so
+    they keep running, cheaply, while the counting ones are paused."""
+    word = ":cont" if cont else ":pause"
+    return [(p, t + word) for p, t in lock_hist_setup(common_stacktrace)[1:] if not re.search(r":xb_\w+=", t)]
+
+
 LOCK_HIST_SETUP = lock_hist_setup()                          # Linux 6.1 (Debian 12)
 LOCK_HIST_SETUP_OPTIONAL = [(_SYNTH_TRIGGER, _MAX_HIST)]     # after SETUP; errors ignored
 LOCK_HIST_TEARDOWN = lock_hist_teardown()

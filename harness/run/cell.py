@@ -43,6 +43,10 @@ def execute(steps, guest, dp, host, machine, cell, boot: dict, run_id: str, vlan
         if step.action == "lock_install":
             guest.lock_stats_enable()
             boot["lock_tracing_installed_before"] = run_id
+        elif step.action == "lock_pause":
+            guest.lock_pause()
+        elif step.action == "lock_continue":
+            guest.lock_continue()
         elif step.action == "set_queues":
             guest.set_queues(cell.queues)
         elif step.action == "check_queues":

@@ -87,7 +87,8 @@ def state_after(guest, workload, cell) -> BootState:
     cell, the cell's stacked device present): its commands are rendered in it, and `plan`
     carries it on to the next cell, as the driver's actions leave it on a real guest."""
     installs = workload.lock_stats and cell.traced
-    return replace(guest.state, lock_tracing=guest.state.lock_tracing or installs,
+    tracing = guest.state.lock_tracing or installs
+    return replace(guest.state, lock_tracing=tracing, lock_paused=tracing and not cell.traced,
                    stack_dev=guest.STACK_DEVS.get(cell.stack))
 
 
@@ -98,8 +99,14 @@ def cell_steps(guest, workload, cell, vlan_id: int = VLAN_ID, peer_detail: str =
     steps: list[Step] = []
     install_locks = wl.lock_stats and cell.traced and not guest.state.lock_tracing
     if install_locks:
-        steps.append(Step("lock_install", "lock statistics (installed once per boot, after this VM's "
-                                          "untraced twins)", guest.lock_start_script()))
+        steps.append(Step("lock_install", "lock statistics (installed once per boot, by its first traced cell)",
+                          guest.lock_start_script()))
+    elif guest.state.lock_tracing and not cell.traced and not guest.state.lock_paused:
+        steps.append(Step("lock_pause", "lock statistics paused for this untraced cell (left installed)",
+                          guest.lock_pause_script() or "# (nothing runs between cells on this OS)"))
+    elif guest.state.lock_paused and cell.traced:
+        steps.append(Step("lock_continue", "lock statistics continued",
+                          guest.lock_continue_script() or "# (nothing to continue on this OS)"))
     if guest.queues_at_runtime(cell.nic):
         steps.append(Step("set_queues", "queue setup", guest.set_queues_command(cell.queues)))
     else:

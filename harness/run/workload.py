@@ -57,6 +57,7 @@ from harness.guests import driver_class, os_names
 from harness.vm.nics import NICS
 from harness.vm.stacks import KINDS as STACK_KINDS
 
+UNTRACED_SUFFIX = ".untraced"   # the cell id of a probe-effect twin (traced=False)
 WARMUP_SUFFIX = ".warmup"   # the cell id of a boot's warm-up run (status "warmup" in the cells table)
 
 # Guest images a workload may name, with the OS each one runs. Others add entries here as
@@ -148,7 +149,7 @@ class Workload:
     matrix: Matrix
     retries: int = 1            # a failed cell run may be re-run this many times
     cell_timeout_s: int = 0     # 0 = derived: duration + warm-up + 90 s
-    probe_effect: bool = False  # each traced cell also runs once untraced (first on its VM)
+    probe_effect: bool = False  # each traced cell also runs once untraced, next to its first repetition
     warmup_after_boot: bool = False   # every boot first runs its next cell as a warm-up (status warmup)
     churn_interval_s: int = 2
     churn_count: int = 3
@@ -507,7 +508,7 @@ def expand(workload: Workload) -> Expansion:
             device_queues[nic_name] = max(device_queues.get(nic_name, 0), q)
 
     groups: dict[BootKey, list[Cell]] = {}
-    untraced: dict[BootKey, list[Cell]] = {}   # probe-effect twins, run on the same VM first
+    untraced: dict[BootKey, list[Cell]] = {}   # probe-effect twins, on the same VM
     for image, os_name, nic_name, q, p, s, proto, size, stack, churn, reason in combos:
         runtime = driver_class(os_name).queues_at_runtime(nic_name) and reason is None
         bq = boot_queues[image, nic_name] if runtime else q
@@ -523,11 +524,11 @@ def expand(workload: Workload) -> Expansion:
         if reason is None:
             groups.setdefault(key, []).append(cell)
             if wl.lock_stats and wl.probe_effect:
-                # the probe-effect twin: same cell, one repetition, on the same VM before the
-                # lock tracing is installed there (tracing is installed once per boot and never
-                # removed: removing hist triggers hung the 6.1 guest)
+                # the probe-effect twin: same cell, one repetition, on the same VM right next to
+                # its traced cell's first repetition (tracing is installed once per boot, never
+                # removed: removing hist triggers hung the 6.1 guest; a twin after it pauses it)
                 untraced.setdefault(key, []).append(dataclasses.replace(
-                    cell, cell_id=cell_id + ".untraced", traced=False))
+                    cell, cell_id=cell_id + UNTRACED_SUFFIX, traced=False))
         else:
             skipped.append(SkippedCell(cell, reason))
 
@@ -541,7 +542,21 @@ def expand(workload: Workload) -> Expansion:
         random.Random(wl.shuffle_seed * 1000 + rep).shuffle(out)
         return out
 
+    def first_round(key: BootKey, cells: list[Cell]) -> list[CellRun]:
+        # Each probe-effect pair runs adjacent in time, in alternating order (ABBA across
+        # pairs: untraced-traced, traced-untraced, ...), the phase seeded: neither side of a
+        # pair always runs first, so drift on the VM cannot line up with tracing.
+        twins = {c.cell_id[: -len(UNTRACED_SUFFIX)]: c for c in untraced.get(key, [])}
+        phase = (wl.shuffle_seed or 0) % 2
+        out: list[CellRun] = []
+        for k, cell in enumerate(order(cells, 0)):
+            twin = twins.get(cell.cell_id)
+            pair = [CellRun(cell, 0)] if twin is None else (
+                [CellRun(twin, 0), CellRun(cell, 0)] if (k + phase) % 2 == 0 else [CellRun(cell, 0), CellRun(twin, 0)])
+            out += pair
+        return out
+
     runs = [run for key, cells in groups.items()
-            for run in [CellRun(c, 0) for c in untraced.get(key, [])]
-            + [CellRun(cell, rep) for rep in range(wl.repetitions) for cell in order(cells, rep)]]
+            for run in first_round(key, cells)
+            + [CellRun(cell, rep) for rep in range(1, wl.repetitions) for cell in order(cells, rep)]]
     return Expansion(runs, skipped)
