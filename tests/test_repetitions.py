@@ -294,3 +294,41 @@ def test_old_cells_table_loads_without_reps_stop():
     from harness.analysis.load import _normalise_cells
     c = _normalise_cells(pd.DataFrame([{"cell": "c", "rep": 0, "status": "ok", "valid": True}]))
     assert c["reps_stop"].isna().all()
+
+
+def test_summary_and_report_show_n_and_stop_reason_old_and_new_run_dirs(tmp_path):
+    """A run dir with reps_stop next to one from before the column: both load (old -> NA), and
+    the summary and the report's repetitions table show n and the reason per cell."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from harness.analysis import report
+    from harness.analysis.load import load_runs
+    from harness.analysis.summary import cell_table, render
+    fixtures = ROOT / "tests" / "fixtures" / "runs"
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(fixtures / "default-2rep", old)
+    shutil.copytree(fixtures / "default-2rep", new)
+    man = (new / "manifest.json").read_text()
+    (new / "manifest.json").write_text(man.replace('"run_id": "', '"run_id": "new-', 1))
+    cells = pd.read_parquet(new / "cells.parquet")
+    cells["reps_stop"] = None
+    last = cells.groupby("cell").tail(1).index
+    cells.loc[last, "reps_stop"] = "budget 84 s spent of 90 s (2 valid)"
+    cells.to_parquet(new / "cells.parquet", index=False)
+
+    runs = load_runs([old, new])
+    assert runs.cells.loc[runs.cells.run_id.str.startswith("new-"), "reps_stop"].notna().sum() == len(last)
+    assert runs.cells.loc[~runs.cells.run_id.str.startswith("new-"), "reps_stop"].isna().all()
+    t = report.repetitions_table(runs)
+    assert set(t.loc[t.run_id.str.startswith("new-"), "stop"]) == {"budget 84 s spent of 90 s (2 valid)"}
+    assert set(t.loc[~t.run_id.str.startswith("new-"), "stop"]) == {"-"}
+    assert (t.reps >= t.measured).all() and (t.measured >= t.valid).all() and (t.reps == 2).all()
+
+    assert set(cell_table(new)["stop"]) == {"budget 84 s spent of 90 s (2 valid)"}
+    assert cell_table(old)["stop"].isna().all()
+    out = io.StringIO()
+    render(new, Console(file=out, width=400))
+    assert "budget 84 s spent of 90 s (2 valid)" in out.getvalue() and "reps stop" in out.getvalue()

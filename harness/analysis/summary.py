@@ -30,7 +30,15 @@ def cell_table(run_dir: Path) -> pd.DataFrame:
     med = w.groupby("cell").agg(cols).rename(columns={"rep": "reps"})
     meta = w.drop_duplicates("cell").set_index("cell")[["os", "nic", "driver", "queues", "procs", "proto", "msg_size"]]
     out = meta.join(med).join(spread.rename("spread")).join(churn.rename("churn")).join(valid.rename("valid"))
+    out = out.join(_reps_stop(pd.read_parquet(run_dir / "cells.parquet")).rename("stop"))
     return out.reset_index()
+
+
+def _reps_stop(cells: pd.DataFrame) -> pd.Series:
+    """Per cell, why its repetitions stopped (harness.run.repetitions); older run dirs: none."""
+    if "reps_stop" not in cells:
+        return pd.Series(dtype=object)
+    return cells.dropna(subset=["reps_stop"]).groupby("cell")["reps_stop"].last()
 
 
 def _churn(vs: list[dict]) -> str:
@@ -63,7 +71,8 @@ def render(run_dir: Path, console=None) -> str:
     table = Table(title=f"xmitbench {man['run_id']}  kernel {man['guest_image']['kernel_release']}  "
                         f"accel {man['accel']}  (median over repetitions; per Mpkt = per million TX packets)")
     for col in ("cell", "reps", "Gbit/s", "requeues /Mpkt", "qdisc drops /Mpkt", "restarts /Mpkt",
-                "lock wait ns/pkt", "contentions", "NIC/app bytes", "queue share", "churn recovery s", "valid"):
+                "lock wait ns/pkt", "contentions", "NIC/app bytes", "queue share", "churn recovery s", "valid",
+                "reps stop"):
         table.add_column(col, justify="left" if col == "cell" else "right")
     if not t.empty:
         parts = [set(c.split(".")) for c in t.cell]
@@ -73,7 +82,7 @@ def render(run_dir: Path, console=None) -> str:
             table.add_row(_label(r.cell, common), str(r.reps), f"{r.gbit_s:.3f}", _f(r.requeues_per_mpkt),
                           _f(r.drops_per_mpkt), _f(r.restarts_per_mpkt), _f(r.lock_wait_ns_per_pkt),
                           _f(r.lock_contentions, 0), _f(r.conservation_ratio, 3), r.spread or "",
-                          r.churn or "", r.valid)
+                          r.churn or "", r.valid, r.stop if isinstance(r.stop, str) else "-")
     console.print(table)
     final = last_attempts(cells)
     for _, r in final[final.status == "skipped"].drop_duplicates("cell").iterrows():
