@@ -108,6 +108,7 @@ def cmd_plan(args) -> int:
     from harness.vm.machine import build_argv, device_help
     from harness.vm.nics import qemu_supported_devices
     from harness.run.plan import parse_shard, plan
+    from harness.run.repetitions import describe as describe_repetitions
     from harness.run.procedure import boot_steps, cell_steps, machine_spec, render, state_after, tap_queue_count
     from harness.run.workload import load_workload
     wl = load_workload(args.workload)
@@ -115,6 +116,7 @@ def cmd_plan(args) -> int:
     p = plan(wl, qemu_supported_devices(device_help()), shard)
     print(f"workload {wl.path} ({wl.sha256[:12]}): {len(p.runs)} cell runs in {len(p.groups)} boot groups, "
           f"{len(p.skipped)} skipped; ETA {p.eta_s / 60:.1f} min (plus image downloads)")
+    print(f"repetitions: {describe_repetitions(wl)}")
     print("placeholders: <cache> the guest image dir (`xmitbench images list`), <state> a per-boot dir, "
           "<run> the run dir, <per-run-key> the run's SSH public key; fd=/fds= are the tap queues the "
           "harness opens in its namespace and hands to QEMU")

@@ -70,8 +70,10 @@ def test_smoke_workload():
 def test_default_workload():
     w = load_workload(ROOT / "workloads" / "default.toml")
     runs, skipped = expand(w)
-    # 3 (nic, queues) pairs x 2 procs x 2 reps, plus each cell once untraced (probe effect)
-    assert len(runs) == 12 + 6
+    # 3 (nic, queues) pairs x 2 procs x 3 reps (repetitions = "auto": its planned minimum), plus
+    # each cell once untraced (probe effect)
+    assert w.repetitions_auto and w.repetitions == wmod.AUTO_MIN_REPS == 3
+    assert len(runs) == 18 + 6
     assert len({r.cell.cell_id for r in runs}) == 12
     untraced = [r for r in runs if not r.cell.traced]
     assert len(untraced) == 6 and all(r.cell.cell_id.endswith(".untraced") and r.rep == 0 for r in untraced)
@@ -91,8 +93,11 @@ def test_default_workload():
     ]
     p = plan(w, QEMU_72_DEVICES)
     assert [(g.boot_key.nic, g.boot_key.queues, len(g.runs)) for g in p.groups] == [
-        ("virtio-net", 2, 4 + 8), ("e1000e", 1, 2 + 4)]
-    assert p.eta_s == 2 * BOOT_S + 18 * (10 + 1 + OVERHEAD_S)
+        ("virtio-net", 2, 4 + 12), ("e1000e", 1, 2 + 6)]
+    # the planned minimum and a warm-up per boot, plus the stated allowance of 2 extra
+    # repetitions per traced cell within its budget (rep_budget_s = 60)
+    rep_s = 10 + 1 + OVERHEAD_S
+    assert p.eta_s == 2 * BOOT_S + 2 * rep_s + 24 * rep_s + 6 * min(2 * rep_s, 60 - 3 * rep_s)
 
 
 def test_sha256_and_path(tmp_path):
@@ -244,8 +249,9 @@ def test_parse_shard_bad(text):
 # Bad inputs: each gives one exact line naming file, key and what is allowed.
 
 ALL_NICS = "e1000e, igb, virtio-net, vmxnet3"
-WORKLOAD_KEYS = ("cell_timeout_s, churn_count, churn_interval_s, description, duration_s, lock_stats, name, "
-                 "probe_effect, repetitions, require_queue_spread, retries, shuffle_seed, udp_bitrate, warmup_after_boot, warmup_s")
+WORKLOAD_KEYS = ("cell_timeout_s, churn_count, churn_interval_s, ci_target_pct, description, duration_s, lock_stats, "
+                 "max_repetitions, name, probe_effect, rep_budget_s, repetitions, require_queue_spread, retries, "
+                 "shuffle_seed, udp_bitrate, warmup_after_boot, warmup_s")
 BITRATE = 'expected an iperf3 -b rate as a string such as "0" (unlimited), "500M" or "1.5G"'
 UDP_SIZE = 'allowed 16..65507 (iperf3 UDP datagram size, as matrix.proto has "udp")'
 
@@ -284,7 +290,25 @@ BAD = [
     ("bad accel", {"machine.accel": '"hvf"'}, "",
      'machine.accel: unknown accelerator "hvf"; allowed: auto, kvm, tcg'),
     ("repetitions 0", {"workload.repetitions": "0"}, "",
-     "workload.repetitions: 0 is out of range; allowed 1..100"),
+     'workload.repetitions: 0 is out of range; allowed 1..100 or "auto"'),
+    ("repetitions a word", {"workload.repetitions": '"many"'}, "",
+     'workload.repetitions: expected an integer in 1..100 or "auto", got string "many"'),
+    ("repetitions a float", {"workload.repetitions": "2.5"}, "",
+     'workload.repetitions: expected an integer in 1..100 or "auto", got float 2.5'),
+    ("ci target without auto", {"workload.ci_target_pct": "5"}, "",
+     'workload.ci_target_pct: only used with repetitions = "auto"; remove it or set repetitions = "auto"'),
+    ("budget without auto", {"workload.repetitions": "3", "workload.rep_budget_s": "60"}, "",
+     'workload.rep_budget_s: only used with repetitions = "auto"; remove it or set repetitions = "auto"'),
+    ("ci target 0", {"workload.repetitions": '"auto"', "workload.ci_target_pct": "0"}, "",
+     'workload.ci_target_pct: 0 is out of range; allowed 0.1..100 or "auto"'),
+    ("ci target a word", {"workload.repetitions": '"auto"', "workload.ci_target_pct": '"tight"'}, "",
+     'workload.ci_target_pct: expected a number in 0.1..100 or "auto", got string "tight"'),
+    ("ci target a bool", {"workload.repetitions": '"auto"', "workload.ci_target_pct": "true"}, "",
+     'workload.ci_target_pct: expected a number in 0.1..100 or "auto", got boolean true'),
+    ("budget too small", {"workload.repetitions": '"auto"', "workload.rep_budget_s": "5"}, "",
+     "workload.rep_budget_s: 5 is out of range; allowed 10..86400"),
+    ("max below the minimum", {"workload.repetitions": '"auto"', "workload.max_repetitions": "2"}, "",
+     "workload.max_repetitions: 2 is out of range; allowed 3..100"),
     ("memory too small", {"machine.memory_mib": "128"}, "",
      "machine.memory_mib: 128 is out of range; allowed 256..65536"),
     ("unknown image", {"machine.image": '"freebsd-14"'}, "",

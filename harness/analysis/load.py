@@ -322,6 +322,9 @@ def _normalise_cells(c: pd.DataFrame) -> pd.DataFrame:
     c["valid"] = (c["valid"].astype("boolean") if "valid" in c
                   else pd.Series(pd.NA, index=c.index, dtype="boolean"))
     c["validity"] = c["validity"].map(_parse_validity) if "validity" in c else [{}] * len(c)
+    # why the cell's repetitions stopped (harness.run.repetitions); run dirs from before: NA
+    c["reps_stop"] = (c["reps_stop"].astype("string") if "reps_stop" in c
+                      else pd.Series(pd.NA, index=c.index, dtype="string"))
     return c
 
 

@@ -767,6 +767,26 @@ def validity_table(runs: Runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def repetitions_table(runs: Runs) -> pd.DataFrame:
+    """Per run and cell: repetitions run, measured (ok) and valid, the 95 % Student-t CI
+    half-width of throughput over the valid ones (the rule `repetitions = "auto"` stops on,
+    harness.counters.confidence) and why the repetitions stopped (cells.reps_stop)."""
+    w = runs.wide(only_ok=False)
+    if w.empty:
+        return pd.DataFrame()
+    c = runs.cells
+    stop = c.dropna(subset=["reps_stop"]).groupby(["run_id", "cell"])["reps_stop"].last()
+    rows = []
+    for (run_id, cell), g in w[w.status != "skipped"].groupby(["run_id", "cell"], sort=True):
+        ok = g[g.status == "ok"]
+        valid = ok[ok.valid.fillna(False).astype(bool)]
+        n, pct = S.t_ci_rel_pct(valid.throughput_bps.tolist())
+        rows.append({"run_id": run_id, "cell": cell, "reps": int(g.rep.nunique()), "measured": len(ok),
+                     "valid": len(valid), "throughput CI ±% (valid)": round(pct, 1) if n >= 2 else None,
+                     "stop": stop.get((run_id, cell), "-")})
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------------------------------
 # lock_contention
 # ---------------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ import numpy as np
 USER_HZ = 100
 DEFAULT_SEED = 20261123
 N_BOOT = 4000
-MIN_REPS_TEST = 3      # below this on either side: no significance test at all
+# below MIN_REPS_TEST on either side: no significance test at all (the same floor as the runner's
+# adaptive repetitions); the Student-t CI of a mean is harness.counters.confidence's, one rule
+from harness.counters.confidence import MIN_REPS_TEST, t_ci_halfwidth, t_ci_rel_pct  # noqa: E402,F401
 MIN_REPS_MWU = 5       # from this on both sides: Mann-Whitney U instead of Welch
 
 

@@ -32,6 +32,7 @@ def cell_table(run_dir: Path) -> pd.DataFrame:
                                                          "replay"]]
     out = meta.join(med).join(spread.rename("spread")).join(churn.rename("churn")).join(valid.rename("valid"))
     out = out.join(bottleneck.rename("bottleneck"))
+    out = out.join(_reps_stop(pd.read_parquet(run_dir / "cells.parquet")).rename("stop"))
     return out.reset_index()
 
 
@@ -51,6 +52,13 @@ def valid_count(run_dir: Path) -> tuple[int, int]:
     from .load import load_runs
     w = load_runs([run_dir]).wide(only_ok=True)
     return int(w["valid"].fillna(False).astype(bool).sum()) if len(w) else 0, len(w)
+
+
+def _reps_stop(cells: pd.DataFrame) -> pd.Series:
+    """Per cell, why its repetitions stopped (harness.run.repetitions); older run dirs: none."""
+    if "reps_stop" not in cells:
+        return pd.Series(dtype=object)
+    return cells.dropna(subset=["reps_stop"]).groupby("cell")["reps_stop"].last()
 
 
 def _churn(vs: list[dict]) -> str:
@@ -85,7 +93,7 @@ def render(run_dir: Path, console=None) -> str:
                         f"accel {man['accel']}  (median over repetitions; per Mpkt = per million TX packets)")
     for col in ("cell", "reps", "Gbit/s", "CPU busy %", "CPU %/Gbit", "requeues /Mpkt", "qdisc drops /Mpkt", "restarts /Mpkt",
                 "lock wait ns/pkt", "contentions", "NIC/app bytes", "queue share", "churn recovery s", "valid",
-                "bottleneck"):
+                "bottleneck", "reps stop"):
         table.add_column(col, justify="left" if col == "cell" else "right")
     if not t.empty:
         parts = [set(c.split(".")) for c in t.cell]
@@ -96,7 +104,8 @@ def render(run_dir: Path, console=None) -> str:
                           _f(r.cpu_busy_pct), _f(r.cpu_pct_per_gbit), _f(r.requeues_per_mpkt),
                           _f(r.drops_per_mpkt), _f(r.restarts_per_mpkt), _f(r.lock_wait_ns_per_pkt),
                           _f(r.lock_contentions, 0), _f(r.conservation_ratio, 3), r.spread or "",
-                          r.churn or "", r.valid, r.bottleneck)
+                          r.churn or "", r.valid, r.bottleneck,
+                          r.stop if isinstance(r.stop, str) else "-")
     from harness.analysis.load import is_replay, replay_note
     if is_replay(man):
         console.print(f"[bold magenta]{replay_note(cells.os.dropna().unique())}[/] ({man.get('replay')})")

@@ -34,7 +34,7 @@ LOCK_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "queues", "procs
 CELL_COLUMNS = ["run_id", "cell", "rep", "attempt", "status", "reason", "os", "kernel", "nic", "driver",
                 "queues", "streams", "procs", "proto", "msg_size", "stack", "churn", "traced", "duration_s",
                 "accel", "emulated", "valid", "image_verified",
-                "boot_group", "started", "wall_s", "measured_s", "validity", "raw_dir"]
+                "boot_group", "started", "wall_s", "measured_s", "validity", "raw_dir", "reps_stop"]
 
 
 def _unlink_quietly(p: Path) -> None:
@@ -88,7 +88,8 @@ def cell_row(cell, rep: int, status: str, reason: str, *, group, accel: str | No
             "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn, "traced": cell.traced,
             "duration_s": cell.duration_s, "valid": valid, "accel": accel, "emulated": accel == "tcg",
             "image_verified": image_verified, "boot_group": group, "started": started, "wall_s": wall_s,
-            "measured_s": measured_s, "validity": validity or {}, "raw_dir": raw_dir}
+            "measured_s": measured_s, "validity": validity or {}, "raw_dir": raw_dir,
+            "reps_stop": None}     # set on the cell's last row by harness.run.repetitions
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

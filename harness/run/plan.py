@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from harness.errors import InputError
 from harness.guests import BootState, driver_class
 from harness.vm.nics import NICS, missing_device_reason
+from harness.run.repetitions import allowance_s
 from harness.run.workload import BootKey, CellRun, SkippedCell, Workload, expand
 
 # Estimates for eta_s; rough on purpose (TCG boots are slower, KVM faster).
@@ -85,6 +86,9 @@ def plan(workload: Workload, supported_devices: set[str] | None = None,
             skipped = []
 
     eta = sum(g.est_s(boot_s, overhead_s) for g in groups)
+    if workload.warmup_after_boot:      # each boot's warm-up: its first cell once more
+        eta += sum(g.runs[0].cell.duration_s + g.runs[0].cell.warmup_s + overhead_s for g in groups if g.runs)
+    eta += allowance_s(workload, [r for g in groups for r in g.runs], overhead_s)   # repetitions = "auto"
     return Plan(workload, tuple(groups), tuple(skipped), eta, shard)
 
 

@@ -25,6 +25,7 @@ from harness.run.host import Host
 from harness.run.manifest import TCG_WARNING, benchmarks, resumed_entry, run_manifest
 from harness.run.plan import Plan, plan as make_plan
 from harness.run.procedure import cell_steps
+from harness.run.repetitions import extra_cost, group_runs, policy_for
 from harness.run.validity import RERUN_CHECKS, failed_checks, is_valid
 from harness.run.workload import WARMUP_SUFFIX, CellRun
 from harness.vm.faults import Injector, scan_serial
@@ -86,6 +87,8 @@ class Runner:
         previous = dict(rd.manifest) if self.resume else None
         rd.manifest.update(run_manifest(self.host, wl, self.shard, self.accel, accel_reason, self.image,
                                         self.images, self.plan, previous))
+        self.reps = policy_for(wl, self.accel)       # "auto": the CI target resolved for this accel
+        rd.manifest["repetitions"] = self.reps.manifest()
         if previous:
             rd.manifest["resumed"] = resumed_entry(previous, len(self.done))
             rd.manifest.pop("interrupted", None)
@@ -129,6 +132,7 @@ class Runner:
             rd.manifest["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
             rd.manifest["benchmarks"] = benchmarks(rd.manifest, self.image, self.timings, self.cell_overheads,
                                                    wall, measured)
+            rd.manifest["benchmarks"].update(extra_cost(rd.cells, self.reps))
             if disk_full is not None:   # no flush: it cannot be written, and must not say complete
                 rd.mark_incomplete(str(disk_full))
             else:
@@ -189,7 +193,7 @@ class Runner:
         measured = 0.0
         vm = None
         try:
-            for cr in group.runs:
+            for cr in group_runs(group, self.rd, self.reps, 1 + self.workload.retries):
                 if (cr.cell.cell_id, cr.rep) in self.done:
                     continue
                 unsupported = self.dp.stack_unsupported(cr.cell.stack)

@@ -5,7 +5,12 @@ Schema (every key optional unless marked required)::
     [workload]
     name = "default"        # required; letters, digits, '.', '_', '-'
     description = ""
-    repetitions = 1         # 1..100
+    repetitions = 1         # 1..100, or "auto": at least 3, then more until the throughput CI
+                            # reaches ci_target_pct, rep_budget_s is spent or max_repetitions ran
+    ci_target_pct = "auto"  # "auto" only: 95 % CI half-width target, % of the mean; 0.1..100;
+                            # "auto" = 10 under TCG, 3 on KVM (resolved at run time)
+    rep_budget_s = 90       # "auto" only: wall seconds per cell, 10..86400
+    max_repetitions = 10    # "auto" only: 3..100
     duration_s = 10         # iperf3 -t, 1..3600
     warmup_s = 1            # iperf3 --omit, 0..60 (iperf3 runs duration_s + warmup_s)
     lock_stats = false      # collect lock contention statistics
@@ -52,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from harness.counters.confidence import MIN_REPS_TEST
 from harness.errors import InputError
 from harness.guests import driver_class, os_names
 from harness.vm.nics import NICS
@@ -82,6 +88,13 @@ PROTOS = ("tcp", "udp")
 
 # Limits, with where they come from.
 REPETITIONS = (1, 100)
+AUTO = "auto"
+AUTO_MIN_REPS = MIN_REPS_TEST          # repetitions = "auto" runs at least this many
+MAX_REPETITIONS = (AUTO_MIN_REPS, 100)
+MAX_REPETITIONS_DEFAULT = 10
+REP_BUDGET_S = (10, 86400)
+REP_BUDGET_S_DEFAULT = 90              # per cell: the default matrix stays within 15 min under TCG
+CI_TARGET_PCT = (0.1, 100.0)
 DURATION_S = (1, 3600)
 WARMUP_S = (0, 60)
 RETRIES = (0, 3)
@@ -99,7 +112,8 @@ _BITRATE_RE = re.compile(r"\d+(\.\d+)?[KMGTkmgt]?")
 _SCHEMA: dict[str, tuple[str, ...]] = {
     "workload": ("name", "description", "repetitions", "duration_s", "warmup_s",
                  "lock_stats", "udp_bitrate", "retries", "cell_timeout_s", "probe_effect",
-                 "churn_interval_s", "churn_count", "shuffle_seed", "warmup_after_boot", "require_queue_spread"),
+                 "churn_interval_s", "churn_count", "shuffle_seed", "warmup_after_boot", "require_queue_spread",
+                 "ci_target_pct", "rep_budget_s", "max_repetitions"),
     "machine": ("vcpus", "memory_mib", "accel", "image", "os", "pin_vcpus"),
     "matrix": ("image", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn"),
     "setup": ("linux", "freebsd"),
@@ -157,6 +171,11 @@ class Workload:
     shuffle_seed: int | None = None   # seeded random cell order within each repetition
     pin_vcpus: bool = False           # pin each vCPU thread to its own host CPU
     require_queue_spread: bool = False   # an idle configured TX queue invalidates the cell
+    # repetitions = "auto" (harness.run.repetitions): `repetitions` is then the planned minimum
+    repetitions_auto: bool = False
+    ci_target_pct: float | None = None   # None: "auto", resolved by the accelerator at run time
+    rep_budget_s: int = REP_BUDGET_S_DEFAULT
+    max_repetitions: int = MAX_REPETITIONS_DEFAULT
 
     def setup_for(self, os_name: str) -> tuple[str, ...]:
         return dict(self.setup).get(os_name, ())
@@ -274,7 +293,21 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         raise v.error("workload.name", "expected a string of 1..64 letters, digits, '.', '_' or '-'"
                       f" starting with a letter or digit, got {_describe(name)}")
     description = v.string(w, "workload.description", "")
-    repetitions = v.integer(w, "workload.repetitions", REPETITIONS, 1)
+    repetitions_auto = w.get("repetitions") == AUTO
+    if repetitions_auto:
+        repetitions = AUTO_MIN_REPS
+    elif isinstance(w.get("repetitions"), str):
+        raise v.error("workload.repetitions", f"expected an integer in {REPETITIONS[0]}..{REPETITIONS[1]} "
+                      f'or "{AUTO}", got {_describe(w["repetitions"])}')
+    else:
+        repetitions = v.integer(w, "workload.repetitions", REPETITIONS, 1, f'or "{AUTO}"')
+    for key in ("ci_target_pct", "rep_budget_s", "max_repetitions"):
+        if key in w and not repetitions_auto:
+            raise v.error(f"workload.{key}", f'only used with repetitions = "{AUTO}"; '
+                          f"remove it or set repetitions = \"{AUTO}\"")
+    ci_target_pct = v.number_or_auto(w, "workload.ci_target_pct", CI_TARGET_PCT)
+    rep_budget_s = v.integer(w, "workload.rep_budget_s", REP_BUDGET_S, REP_BUDGET_S_DEFAULT)
+    max_repetitions = v.integer(w, "workload.max_repetitions", MAX_REPETITIONS, MAX_REPETITIONS_DEFAULT)
     duration_s = v.integer(w, "workload.duration_s", DURATION_S, 10)
     warmup_s = v.integer(w, "workload.warmup_s", WARMUP_S, 1)
     lock_stats = v.boolean(w, "workload.lock_stats", False)
@@ -333,6 +366,8 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         warmup_after_boot=warmup_after_boot,
         churn_interval_s=churn_interval_s, churn_count=churn_count, setup=tuple(setup),
         shuffle_seed=shuffle_seed, pin_vcpus=pin_vcpus, require_queue_spread=require_queue_spread,
+        repetitions_auto=repetitions_auto,
+        ci_target_pct=ci_target_pct, rep_budget_s=rep_budget_s, max_repetitions=max_repetitions,
     )
     if not expand(wl).runs:
         allowed = "; ".join(f"{n} {_queue_counts(n, os_name, vcpus)}" for n in nic)
@@ -405,17 +440,31 @@ class _Validator:
             raise self.error(f"{tname}.{key}", f"missing; required ({example})")
         return table[key]
 
-    def integer(self, table: dict, dotted: str, bounds: tuple[int, int], default: int) -> int:
-        return self._int(dotted, table.get(dotted.split(".")[-1], default), bounds)
+    def integer(self, table: dict, dotted: str, bounds: tuple[int, int], default: int, alt: str = "") -> int:
+        """``alt``: another accepted form named in the messages (e.g. 'or "auto"')."""
+        return self._int(dotted, table.get(dotted.split(".")[-1], default), bounds, alt=alt)
 
-    def _int(self, key: str, value: Any, bounds: tuple[int, int], why: str = "") -> int:
+    def _int(self, key: str, value: Any, bounds: tuple[int, int], why: str = "", alt: str = "") -> int:
         lo, hi = bounds
         note = f" ({why})" if why else ""
+        also = f" {alt}" if alt else ""
         if not _is_int(value):
-            raise self.error(key, f"expected an integer in {lo}..{hi}{note}, got {_describe(value)}")
+            raise self.error(key, f"expected an integer in {lo}..{hi}{also}{note}, got {_describe(value)}")
         if not lo <= value <= hi:
-            raise self.error(key, f"{value} is out of range; allowed {lo}..{hi}{note}")
+            raise self.error(key, f"{value} is out of range; allowed {lo}..{hi}{also}{note}")
         return value
+
+    def number_or_auto(self, table: dict, dotted: str, bounds: tuple[float, float]) -> float | None:
+        """A number in bounds, or "auto" (the default) -> None."""
+        value = table.get(dotted.split(".")[-1], AUTO)
+        if value == AUTO:
+            return None
+        lo, hi = bounds
+        if not (_is_int(value) or isinstance(value, float)) or value != value:
+            raise self.error(dotted, f'expected a number in {lo:g}..{hi:g} or "{AUTO}", got {_describe(value)}')
+        if not lo <= value <= hi:
+            raise self.error(dotted, f'{value} is out of range; allowed {lo:g}..{hi:g} or "{AUTO}"')
+        return float(value)
 
     def boolean(self, table: dict, dotted: str, default: bool) -> bool:
         value = table.get(dotted.split(".")[-1], default)
