@@ -185,8 +185,14 @@ def test_order_effect_compares_the_warm_up_with_later_runs(tmp_path):
     assert not X.applicable(r)["order effect"]
     assert not r.wide().cell.str.endswith(".warmup").any()       # left out of every statistic
     t = X.order_table(r)
-    assert len(t) == 1 and t["later reps"].iloc[0] == 1
-    assert t["warm-up vs later [%]"].iloc[0] == pytest.approx((0.55 / 1.25 - 1) * 100)
+    # later runs: the twin (1.25 x rep 0) and the traced repetitions; the warm-up is 0.55 x rep 0
+    w = r.wide()
+    base = "linux-deb.virtio-net.q2.p4.s1.tcp.m0"
+    traced = w[w.cell == base].sort_values("rep").throughput_bps.tolist()
+    later = [1.25 * traced[0]] + traced
+    assert len(t) == 1 and t["later reps"].iloc[0] == len(later) == 3
+    import statistics
+    assert t["warm-up vs later [%]"].iloc[0] == pytest.approx((0.55 * traced[0] / statistics.median(later) - 1) * 100)
 
 
 def test_probe_effect_on_a_derived_twin(tmp_path):

@@ -146,3 +146,40 @@ def test_bottleneck_names_a_throttled_peer(tmp_path):
     ps = subprocess.run(["ps", "-eo", "stat=,comm="], capture_output=True, text=True).stdout.splitlines()
     stopped = [l for l in ps if l.split()[-1] == "iperf3" and l.split()[0].startswith("T")]
     assert not stopped, stopped
+
+
+ONE_QUEUE = """[workload]
+name = "onequeue"
+repetitions = 1
+duration_s = 4
+warmup_s = 0
+retries = 1
+lock_stats = true
+[machine]
+vcpus = 2
+memory_mib = 512
+accel = "tcg"
+[matrix]
+nic = ["e1000e"]
+queues = [1]
+procs = [4]
+"""
+
+
+def test_many_senders_on_one_queue_are_bottlenecked_in_the_tx_path(tmp_path):
+    """Four pinned TCP senders into e1000e's single TX queue: the limit is inside the path under
+    test (the senders' kernel time, or the TX lock), so the verdict names it and the cell is
+    valid."""
+    wl = tmp_path / "onequeue.toml"
+    wl.write_text(ONE_QUEUE)
+    results = tmp_path / "results"
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(wl), "--results", str(results)],
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    rd = next(results.iterdir())
+    cells = pd.read_parquet(rd / "cells.parquet")
+    ok = cells[(cells.status == "ok") & (cells.cell == "linux-deb.e1000e.q1.p4.s1.tcp.m0")]
+    assert len(ok) >= 1, cells[["cell", "status", "reason"]]
+    b = json.loads(ok.validity.iloc[-1])["bottleneck"]
+    assert b["verdict"] in ("tx_path", "tx_lock"), b
+    assert ok.valid.iloc[-1] == True, b  # noqa: E712

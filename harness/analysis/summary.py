@@ -76,6 +76,17 @@ def _spread(v: dict) -> str:
     return "/".join(f"{float(s) * 100:.0f}%" for s in qs["shares"].values())
 
 
+def _short_stop(stop) -> str:
+    """The repetition stop reason in a few characters ("ci 4.9%", "budget", "max", "fixed");
+    the whole reason is in cells.reps_stop."""
+    if not isinstance(stop, str):
+        return "-"
+    word = stop.split()[0]
+    if word == "ci":
+        return "ci " + stop.split()[1] + "%"
+    return word
+
+
 def _label(cell: str, common: set[str]) -> str:
     return ".".join(p for p in cell.split(".") if p not in common) or "(base cell)"
 
@@ -94,7 +105,10 @@ def render(run_dir: Path, console=None) -> str:
     for col in ("cell", "reps", "Gbit/s", "CPU busy %", "CPU %/Gbit", "requeues /Mpkt", "qdisc drops /Mpkt", "restarts /Mpkt",
                 "lock wait ns/pkt", "contentions", "NIC/app bytes", "queue share", "churn recovery s", "valid",
                 "bottleneck", "reps stop"):
-        table.add_column(col, justify="left" if col == "cell" else "right")
+        if col == "cell":       # the cell name is what a row is: never cut it short
+            table.add_column(col, justify="left", no_wrap=True, min_width=12)
+        else:
+            table.add_column(col, justify="right")
     if not t.empty:
         parts = [set(c.split(".")) for c in t.cell]
         common = set.intersection(*parts) if len(parts) > 1 else set()
@@ -105,7 +119,7 @@ def render(run_dir: Path, console=None) -> str:
                           _f(r.drops_per_mpkt), _f(r.restarts_per_mpkt), _f(r.lock_wait_ns_per_pkt),
                           _f(r.lock_contentions, 0), _f(r.conservation_ratio, 3), r.spread or "",
                           r.churn or "", r.valid, r.bottleneck,
-                          r.stop if isinstance(r.stop, str) else "-")
+                          _short_stop(r.stop))
     from harness.analysis.load import is_replay, replay_note
     if is_replay(man):
         console.print(f"[bold magenta]{replay_note(cells.os.dropna().unique())}[/] ({man.get('replay')})")

@@ -69,4 +69,5 @@ def benchmarks(manifest: dict, image, timings: dict, cell_overheads: list[float]
         "cell_overhead_s_median": statistics.median_high(cell_overheads) if cell_overheads else None,
         "measured_s": round(measured, 2), "wall_s": round(wall, 2),
         "efficiency": round(measured / wall, 3) if wall else None,
+        "warmup_s": round(timings.get("warmup", 0.0), 2),      # the warm-ups after boots (left out of stats)
     }
