@@ -30,6 +30,13 @@ def run_manifest(host, wl, shard, accel: str, accel_reason: str, image, images: 
         "host_kind": host.kind,
         "host_activity": host.activity(),
         "shuffle_seed": wl.shuffle_seed,
+        # how cell runs are ordered on a VM (harness.run.workload.expand): what the order effect
+        # and probe effect tables rely on
+        "order": {"warmup_after_boot": wl.warmup_after_boot,
+                  "probe_pairs": ("each untraced twin next to its traced cell's first repetition, "
+                                  "alternating which runs first (ABBA across pairs), phase shuffle_seed % 2")
+                  if wl.probe_effect and wl.lock_stats else None,
+                  "repetitions": "rep-major rounds (every cell once, then again)"},
         "qemu": {"binary": shutil.which(QEMU) or QEMU, "version": host.qemu_version()},
         "accel": accel, "accel_reason": accel_reason, "emulated": accel == "tcg",
         "warning": TCG_WARNING if accel == "tcg" else None,
