@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -20,15 +19,16 @@ from harness.images.bootimage import BootImage, ImageUnavailable
 from harness.images.guestimage import GuestImage
 from harness.results.rundir import RunDir, cell_context, cell_row
 from harness.run.boot import login, prepare_images, start_machine
-from harness.run.cell import CellFailure, execute, measure, save_captures, validity
+from harness.run.cell import execute, measure, save_captures, validity
 from harness.run.host import Host
 from harness.run.manifest import TCG_WARNING, benchmarks, resumed_entry, run_manifest
 from harness.run.plan import Plan, plan as make_plan
 from harness.run.procedure import cell_steps
 from harness.run.repetitions import extra_cost, group_runs, policy_for
+from harness.run.watch import AttemptWatch
 from harness.run.validity import RERUN_CHECKS, failed_checks, is_valid
 from harness.run.workload import WARMUP_SUFFIX, CellRun
-from harness.vm.faults import Injector, scan_serial
+from harness.vm.faults import Injector
 from harness.vm.nics import qemu_supported_devices
 
 
@@ -228,52 +228,31 @@ class Runner:
 
     def _attempt(self, cr, attempt: int, vm, gi: int):
         """One attempt at one cell run. Returns (ok, vm or None if it must be rebooted, measured s)."""
-        m, shell, guest = vm.machine, vm.shell, vm.guest
         t_cell = time.monotonic()
         limit = self.workload.cell_timeout_s or (cr.cell.duration_s + cr.cell.warmup_s + 90)
-        expired = threading.Event()
-
-        def expire():  # the cell watchdog: stop our own QEMU by PID; the cell's commands then fail
-            expired.set()
-            m.kill()
-        watchdog = threading.Timer(limit, expire)
-        watchdog.daemon = True
-        watchdog.start()
-        serial_mark = m.serial_size()
-        self.injector.arm(cr.run_id, attempt, m, shell)
+        self.injector.arm(cr.run_id, attempt, vm.machine, vm.shell)
         try:
-            secs, validity = self._run_cell(cr, attempt, vm, gi)
-            faults = scan_serial(m.serial_since(serial_mark), guest.SERIAL_FAULTS)
-            if faults:
-                raise CellFailure(f"guest kernel {faults[0].kind}: {faults[0].line}")
-            self.cell_overheads.append(time.monotonic() - t_cell - cr.cell.duration_s - cr.cell.warmup_s)
-            rerun = [c for c in failed_checks(validity) if c in RERUN_CHECKS]
-            if rerun:   # recorded as ok but invalid; the loop re-runs it if the budget allows
-                self._rerun_after[(cr.cell.cell_id, cr.rep)] = (attempt, rerun)
-                self.log(f"cell {cr.run_id} attempt {attempt} invalid ({', '.join(rerun)}): "
-                         f"re-run within the retry budget")
-            return not rerun, vm, secs
-        except KeyboardInterrupt as e:
-            self._record_failure(cr, attempt, f"interrupted ({e or 'SIGINT'})", m, gi)
-            raise
-        except Exception as e:  # noqa: BLE001 — any fault becomes a failed row; the matrix goes on
-            reason = f"{type(e).__name__}: {e}"
-            m.settle(3.0)  # a dying QEMU drops SSH a moment before its exit status is visible
-            faults = scan_serial(m.serial_since(serial_mark), guest.SERIAL_FAULTS)
-            if expired.is_set():
-                reason = f"cell timed out after {limit} s (QEMU stopped by the watchdog); {reason}"
-            elif faults:
-                reason = f"guest kernel {faults[0].kind}: {faults[0].line}"
-            elif not m.alive():
-                reason = f"{m.exit_reason()}; during: {reason}"
-            self._record_failure(cr, attempt, reason, m, gi)
-            if m.alive() and not faults and _shell_ok(shell):
-                return False, vm, 0.0
-            vm.close()
-            return False, None, 0.0
+            with AttemptWatch(vm.machine, vm.shell, vm.guest.SERIAL_FAULTS, limit) as watch:
+                try:
+                    secs, validity = self._run_cell(cr, attempt, vm, gi)
+                    watch.check_serial()
+                except KeyboardInterrupt as e:
+                    self._record_failure(cr, attempt, f"interrupted ({e or 'SIGINT'})", vm.machine, gi)
+                    raise
+                except Exception as e:  # noqa: BLE001 — any fault becomes a failed row; the matrix goes on
+                    self._record_failure(cr, attempt, watch.failure_reason(e), vm.machine, gi)
+                    if watch.vm_usable():
+                        return False, vm, 0.0
+                    vm.close()
+                    return False, None, 0.0
         finally:
-            watchdog.cancel()
             self.injector.disarm()
+        self.cell_overheads.append(time.monotonic() - t_cell - cr.cell.duration_s - cr.cell.warmup_s)
+        rerun = [c for c in failed_checks(validity) if c in RERUN_CHECKS]
+        if rerun:   # recorded as ok but invalid; the loop re-runs it if the budget allows
+            self._rerun_after[(cr.cell.cell_id, cr.rep)] = (attempt, rerun)
+            self.log(f"cell {cr.run_id} attempt {attempt} invalid ({', '.join(rerun)}): re-run within the retry budget")
+        return not rerun, vm, secs
 
     def _record_skip(self, cell, rep: int, reason: str, gi, cr=None) -> None:
         """A cell run that cannot be measured here, with the reason (`cr`: it counts as done
@@ -333,10 +312,3 @@ class Runner:
                         image_verified=self._image_verified(cell.image), attempt=attempt, validity=validity,
                         valid=is_valid(validity) if status in ("ok", "warmup") else None, **kw)
 
-
-def _shell_ok(shell) -> bool:
-    try:
-        shell.run("true", timeout=10)
-        return True
-    except Exception:  # noqa: BLE001
-        return False
