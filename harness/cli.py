@@ -110,7 +110,7 @@ def cmd_plan(args) -> int:
     from harness.run.plan import parse_shard, plan
     from harness.run.repetitions import describe as describe_repetitions
     from harness.run.procedure import boot_steps, cell_steps, machine_spec, render, state_after, tap_queue_count
-    from harness.run.workload import load_workload
+    from harness.run.workload import load_workload, warmup_run
     wl = load_workload(args.workload)
     shard = parse_shard(args.shard) if args.shard else None
     p = plan(wl, qemu_supported_devices(device_help()), shard)
@@ -139,11 +139,15 @@ def cmd_plan(args) -> int:
         same.setdefault(bk.nic, {}).setdefault(bk.os, set()).add(data_plane_options(argv))
         print(f"   lock method: {guest.lock_method(accel)}")
         print("   " + render(boot_steps(guest, bk)).rstrip().replace("\n", "\n   "))
-        for cr in g.runs:
+        warmup = [warmup_run(g.runs[0].cell)] if wl.warmup_after_boot and g.runs else []   # as the runner does
+        for cr in warmup + list(g.runs):
             c = cr.cell
+            note = ("" if c.traced else "  (warm-up after boot, untraced)" if cr in warmup else
+                    "  (untraced: lock statistics paused)" if guest.state.lock_tracing else
+                    "  (untraced: no lock tracing installed yet)")
             steps = cell_steps(guest, wl, c)
             guest.state = state_after(guest, wl, c)     # as the runner's driver actions leave it
-            print(f"-- {cr.run_id}" + ("  (untraced: no lock tracing installed yet)" if not c.traced else ""))
+            print(f"-- {cr.run_id}" + note)
             print(render(steps), end="")    # unindented: a heredoc in it must end at column 0 to paste
     for nic, by_os in same.items():
         if len(by_os) > 1:

@@ -11,7 +11,6 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import ResultsDiskFull, free_bytes, is_disk_full
@@ -27,7 +26,7 @@ from harness.run.procedure import cell_steps
 from harness.run.repetitions import extra_cost, group_runs, policy_for
 from harness.run.watch import AttemptWatch
 from harness.run.validity import RERUN_CHECKS, failed_checks, is_valid
-from harness.run.workload import WARMUP_SUFFIX, CellRun
+from harness.run.workload import warmup_run
 from harness.vm.faults import Injector
 from harness.vm.nics import qemu_supported_devices
 
@@ -179,9 +178,8 @@ class Runner:
         (left out of every statistic; the order-effect table compares it with the later runs).
         A warm-up that fails fails this boot."""
         t0 = time.monotonic()
-        cell = replace(cr.cell, cell_id=cr.cell.cell_id + WARMUP_SUFFIX, traced=False)
         try:
-            self._run_cell(CellRun(cell, 0), boot_no + 1, vm, None, status="warmup")
+            self._run_cell(warmup_run(cr.cell), boot_no + 1, vm, None, status="warmup")
         except Exception:
             vm.close()
             raise

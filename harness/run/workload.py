@@ -63,6 +63,11 @@ from harness.guests import driver_class, os_names
 from harness.vm.nics import NICS
 from harness.vm.stacks import KINDS as STACK_KINDS
 
+def warmup_run(cell: "Cell") -> "CellRun":
+    """A boot's warm-up: the boot's next cell, untraced, under its own id (status warmup)."""
+    return CellRun(dataclasses.replace(cell, cell_id=cell.cell_id + WARMUP_SUFFIX, traced=False), 0)
+
+
 UNTRACED_SUFFIX = ".untraced"   # the cell id of a probe-effect twin (traced=False)
 WARMUP_SUFFIX = ".warmup"   # the cell id of a boot's warm-up run (status "warmup" in the cells table)
 
