@@ -143,6 +143,7 @@ class GuestShell:
 
     def run(self, command: str, timeout: float = 60.0, check: bool = True) -> tuple[int, str, str]:
         conn = self._live(command)
+        t0 = time.monotonic()
         try:
             r = conn.run(command, timeout=timeout, hide=True, warn=True, in_stream=False,
                          pty=False, encoding="utf-8")
@@ -154,6 +155,10 @@ class GuestShell:
         if rc is None or rc == -1:
             if not conn.is_connected:
                 raise SSHError(f"SSH connection lost during `{_short(command)}`")
+            if time.monotonic() - t0 >= timeout:
+                # invoke's timer closed the channel but was still running when the result was
+                # built (seen on a loaded 2-core host): its `timed_out` flag missed it
+                raise CommandTimeout(f"guest command timed out after {timeout:.0f} s: {_short(command)}")
             raise SSHError(f"SSH channel closed without an exit status during `{_short(command)}`")
         if check and rc != 0:
             raise SSHError(f"guest command failed ({rc}): {_short(command)}: {e_.strip()[-300:]}")
