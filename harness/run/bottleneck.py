@@ -34,7 +34,6 @@ from __future__ import annotations
 import re
 
 from harness.counters.counting import cpu_split, driver_total, one, root_qdisc, tx_total
-from harness.run.validity import OUTSIDE_PATH  # noqa: F401 — verdicts that make a cell invalid (validity decides)
 
 VERDICTS = ("tx_path", "tx_lock", "application", "host_io", "peer", "ring_link", "undetermined")
 
