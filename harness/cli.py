@@ -111,6 +111,7 @@ def cmd_plan(args) -> int:
     from harness.run.repetitions import describe as describe_repetitions
     from harness.run.procedure import boot_steps, cell_steps, machine_spec, render, state_after, tap_queue_count
     from harness.run.workload import load_workload, warmup_run
+    from harness.images.local import boots_kernel_directly
     wl = load_workload(args.workload)
     shard = parse_shard(args.shard) if args.shard else None
     p = plan(wl, qemu_supported_devices(device_help()), shard)
@@ -123,7 +124,7 @@ def cmd_plan(args) -> int:
     same: dict[str, dict[str, tuple]] = {}    # nic -> os -> the data NIC and CPU options
     for gi, g in enumerate(p.groups):
         bk = g.boot_key
-        cloud = bk.image != "linux-deb"
+        cloud = not boots_kernel_directly(bk.image)
         accel = bk.accel if bk.accel != "auto" else "tcg"
         spec = machine_spec(bk, accel, kernel=None if cloud else Path("<cache>/bzImage"),
                             initrd=None if cloud else Path("<cache>/initramfs.cpio.gz"),
@@ -173,8 +174,20 @@ def data_plane_options(argv: list[str]) -> tuple[str, ...]:
 def cmd_images(args) -> int:
     from harness.images.guestimage import ImageBuildError, build_linux_deb
     if args.image_cmd == "build":
+        from harness.images.local import LOCAL_IMAGES
+        if args.name not in LOCAL_IMAGES:
+            raise InputError("images build", "name", f"unknown image {args.name!r}; allowed: "
+                             + ", ".join(LOCAL_IMAGES))
         if args.name != "linux-deb":
-            raise InputError("images build", "name", f"unknown image {args.name!r}; allowed: linux-deb")
+            if args.kernel or args.modules:
+                raise InputError("images build", "--kernel", f"only linux-deb takes --kernel/--modules")
+            try:
+                bi = LOCAL_IMAGES[args.name].build(log=print)
+            except ImageBuildError as e:
+                print(f"xmitbench: image build failed: {e}", file=sys.stderr)
+                return 1
+            print(f"{bi.name}: {bi.kernel or bi.disk} ({bi.release})")
+            return 0
         for p in (args.kernel, args.modules):
             if p is not None and not Path(p).exists():
                 raise InputError(str(p), "path", "file or directory does not exist")
@@ -292,7 +305,7 @@ def main(argv=None) -> int:
     im = sub.add_parser("images", help="guest images")
     isub = im.add_subparsers(dest="image_cmd", required=True)
     b = isub.add_parser("build")
-    b.add_argument("name", help="linux-deb")
+    b.add_argument("name", help="an image the harness builds (see images/local.py): linux-deb, ...")
     b.add_argument("--kernel", help="a bzImage to use instead of Debian's (e.g. a LOCK_STAT build)")
     b.add_argument("--modules", help="its /lib/modules/<release> directory")
     b.add_argument("--force", action="store_true")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.images.guestimage import DEFAULT_TOOLS, build_linux_deb
+from harness.images.local import local_image
 
 # Guest egress: a cloud image installs iperf3 (and ethtool) from its package repositories on
 # first boot, so its management NIC cannot be `restrict=on`. The initramfs guest needs nothing.
@@ -37,17 +38,27 @@ class BootImage:
         return self.disk is not None
 
 
+def linux_deb_image(log=print, built=None) -> BootImage:
+    """The default guest: Debian's packaged kernel of the host's release + initramfs userland."""
+    return kernel_boot_image("linux-deb", built or build_linux_deb(log=log))
+
+
+def kernel_boot_image(name: str, img) -> BootImage:
+    """A BootImage for a built initramfs guest (a guestimage.GuestImage)."""
+    return BootImage(name, "linux", kernel=img.kernel, initrd=img.initrd, release=img.kernel_release,
+                     tools=img.manifest["tools"],
+                     info={"name": img.name, "key": img.key, "kernel_release": img.kernel_release,
+                           "kernel_source": img.manifest.get("kernel_source"),
+                           "bzImage_sha256": img.manifest.get("bzImage_sha256"),
+                           "initramfs_sha256": img.manifest.get("initramfs_sha256"),
+                           "build_s": img.manifest.get("build_s")})
+
+
 def prepare_image(name: str, log=print, allow_unverified: bool = False, built=None) -> BootImage:
-    """`built`: the initramfs guest if the caller already has it (building checks apt again)."""
-    if name == "linux-deb":
-        img = built or build_linux_deb(log=log)
-        return BootImage(name, "linux", kernel=img.kernel, initrd=img.initrd, release=img.kernel_release,
-                         tools=img.manifest["tools"],
-                         info={"name": img.name, "key": img.key, "kernel_release": img.kernel_release,
-                               "kernel_source": img.manifest.get("kernel_source"),
-                               "bzImage_sha256": img.manifest.get("bzImage_sha256"),
-                               "initramfs_sha256": img.manifest.get("initramfs_sha256"),
-                               "build_s": img.manifest.get("build_s")})
+    """`built`: the default guest if the caller already has it (building checks apt again)."""
+    local = local_image(name)
+    if local is not None:
+        return local.build(log=log, built=built if name == "linux-deb" else None)
     from harness.images.catalog import ImageFetchError, fetch, load_catalog, read_marker, reachability
     image = load_catalog().get(name)
     if image.url and not read_marker(image):

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 from harness.errors import InputError
+from harness.images.local import boots_kernel_directly
 from harness.guests import BootState, driver_class
 from harness.vm.nics import NICS, missing_device_reason
 from harness.run.repetitions import allowance_s
@@ -29,7 +30,7 @@ class BootGroup:
         """The harness's own initramfs guest boots in ``boot_s``; a cloud image takes longer,
         and one whose queue counts are boot settings boots twice (e.g. FreeBSD loader tunables)."""
         bk = self.boot_key
-        if bk.image == "linux-deb":
+        if boots_kernel_directly(bk.image):
             return boot_s
         guest = driver_class(bk.os).for_plan(bk.nic, BootState())
         return CLOUD_BOOT_S * (2 if guest.boot_config_script(bk.nic, bk.queues) else 1)

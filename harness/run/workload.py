@@ -59,6 +59,7 @@ from typing import Any, NamedTuple
 
 from harness.counters.confidence import MIN_REPS_TEST
 from harness.errors import InputError
+from harness.images.local import LOCAL_IMAGES
 from harness.guests import driver_class, os_names
 from harness.vm.nics import NICS
 from harness.vm.stacks import KINDS as STACK_KINDS
@@ -71,11 +72,9 @@ def warmup_run(cell: "Cell") -> "CellRun":
 UNTRACED_SUFFIX = ".untraced"   # the cell id of a probe-effect twin (traced=False)
 WARMUP_SUFFIX = ".warmup"   # the cell id of a boot's warm-up run (status "warmup" in the cells table)
 
-# Guest images a workload may name, with the OS each one runs. Others add entries here as
-# images become buildable (e.g. "freebsd-14.3": "freebsd").
-KNOWN_IMAGES: dict[str, str] = {
-    "linux-deb": "linux",  # locally built Debian-kernel initramfs guest
-}
+# Guest images a workload may name, with the OS each one runs: the images the harness builds
+# (images/local.py) and every catalog image.
+KNOWN_IMAGES: dict[str, str] = {name: img.os for name, img in LOCAL_IMAGES.items()}
 
 
 def known_images() -> dict[str, str]:

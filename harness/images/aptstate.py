@@ -1,0 +1,151 @@
+"""Debian packages of any release, on any Debian host, without touching the host's apt setup.
+
+A release other than the host's gets a private apt state under the cache: its own sources
+file, lists, package cache and an empty dpkg status, all named by an `APT_CONFIG` file that
+every apt call for that release runs with. The sources are signed by Debian's archive keyring
+(`signed-by=`), so apt verifies every index against it exactly as it does for the host's own
+sources; nothing is ever fetched unauthenticated. The host's release uses the host's apt
+state as before (the packages the host itself resolves).
+
+Used by the guest build (`images build linux-deb --release 13`) and the QEMU fetch.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# Debian major version -> codename. The names users type are the numbers; codenames work too.
+RELEASES: dict[str, str] = {"12": "bookworm", "13": "trixie"}
+KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+MIRROR = "http://deb.debian.org/debian"
+SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+LISTS_MAX_AGE_S = 24 * 3600     # older lists are refreshed before resolving
+
+
+class AptStateError(RuntimeError):
+    pass
+
+
+def host_release() -> str:
+    """The host's Debian major version ("12", "13"), or "" when it is not Debian."""
+    try:
+        text = Path(os.environ.get("XMITBENCH_OS_RELEASE", "/etc/os-release")).read_text()
+    except OSError:
+        return ""
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if fields.get("ID", "").strip('"') != "debian":
+        return ""
+    version = fields.get("VERSION_ID", "").strip('"')
+    if version in RELEASES:
+        return version
+    codename = fields.get("VERSION_CODENAME", "").strip('"')
+    return next((v for v, c in RELEASES.items() if c == codename), "")
+
+
+def normalize_release(name: str) -> str:
+    """'13', 'trixie' -> '13'; anything else is a ValueError naming the allowed values."""
+    name = str(name).strip().lower()
+    if name in RELEASES:
+        return name
+    for version, codename in RELEASES.items():
+        if name == codename:
+            return version
+    allowed = ", ".join(f"{v} ({c})" for v, c in RELEASES.items())
+    raise ValueError(f"unknown Debian release {name!r}; allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class AptState:
+    """apt for one Debian release. `env()` is what every apt call for it runs with."""
+    release: str                 # "12", "13"
+    root: Path | None = None     # None: the host's own apt state (the host's release)
+
+    @property
+    def codename(self) -> str:
+        return RELEASES[self.release]
+
+    @property
+    def private(self) -> bool:
+        return self.root is not None
+
+    def env(self) -> dict[str, str]:
+        e = dict(os.environ)
+        if self.root is not None:
+            e["APT_CONFIG"] = str(self.root / "apt.conf")
+        return e
+
+    def run(self, args: list[str], **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(args, capture_output=True, text=True, env=self.env(), **kw)
+
+    def describe(self) -> str:
+        return (f"Debian {self.release} ({self.codename}), private apt state {self.root}" if self.private
+                else f"Debian {self.release} ({self.codename}), the host's apt state")
+
+
+def sources_text(codename: str, mirror: str = MIRROR, security: str = SECURITY_MIRROR) -> str:
+    opts = f"[arch=amd64 signed-by={KEYRING}]"
+    return (f"deb {opts} {mirror} {codename} main\n"
+            f"deb {opts} {mirror} {codename}-updates main\n"
+            f"deb {opts} {security} {codename}-security main\n")
+
+
+def apt_conf_text(root: Path) -> str:
+    return "\n".join([
+        f'Dir::State "{root}/state";',
+        f'Dir::State::status "{root}/state/status";',
+        f'Dir::Cache "{root}/cache";',
+        f'Dir::Etc::SourceList "{root}/sources.list";',
+        f'Dir::Etc::SourceParts "{root}/sources.list.d";',
+        f'Dir::Etc::Preferences "{root}/preferences";',
+        f'Dir::Etc::PreferencesParts "{root}/preferences.d";',
+        'APT::Architecture "amd64";',
+        'APT::Architectures { "amd64"; };',
+        'Acquire::Languages "none";',
+        'Acquire::AllowInsecureRepositories "false";',
+        'Acquire::AllowDowngradeToInsecureRepositories "false";',
+        # An unprivileged user can still build: apt drops to _apt only when root.
+        'APT::Sandbox::User "root";' if os.geteuid() == 0 else "",
+        "",
+    ])
+
+
+def apt_state(release: str | None, cache: Path, update: bool = True, log=print) -> AptState:
+    """apt for `release` ("12"/"13"/codename; None = the host's). A release other than the
+    host's gets its private state under `cache/apt/<codename>`, refreshed when older than a day.
+    Raises ValueError for an unknown release, AptStateError when the archive is unreachable."""
+    host = host_release()
+    release = normalize_release(release) if release else host
+    if not release:
+        raise AptStateError("this host is not Debian 12 or 13; name a release (12 or 13)")
+    if release == host and not os.environ.get("XMITBENCH_PRIVATE_APT"):
+        return AptState(release)
+    if not KEYRING.is_file():
+        raise AptStateError(f"{KEYRING} is missing (install debian-archive-keyring)")
+    root = cache / "apt" / RELEASES[release]
+    for d in ("state/lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "state" / "status").touch()
+    mirror = os.environ.get("XMITBENCH_DEBIAN_MIRROR", MIRROR)
+    security = os.environ.get("XMITBENCH_DEBIAN_SECURITY_MIRROR", SECURITY_MIRROR)
+    _write_if_changed(root / "sources.list", sources_text(RELEASES[release], mirror, security))
+    _write_if_changed(root / "apt.conf", apt_conf_text(root))
+    state = AptState(release, root)
+    stamp = root / "state" / "updated"
+    if update and (not stamp.exists() or time.time() - stamp.stat().st_mtime > LISTS_MAX_AGE_S):
+        log(f"apt: refreshing package lists for {state.describe()}")
+        proc = state.run(["apt-get", "update", "-q"])
+        if proc.returncode != 0 or "W: " in proc.stderr and "not signed" in proc.stderr:
+            raise AptStateError(f"apt-get update for Debian {release} ({RELEASES[release]}) failed: "
+                                + (proc.stderr.strip().splitlines() or ["no output"])[-1][:300])
+        stamp.touch()
+    return state
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)

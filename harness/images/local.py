@@ -1,0 +1,44 @@
+"""Images the harness builds itself, by name. Every other name comes from the catalog.
+
+Each entry says which OS it runs, how it boots and which function builds it, so the workload
+check, `plan` and the runner ask one table. Builders are named as "module:function" and
+imported only when an image is prepared: `plan` and the workload check stay cheap.
+A builder takes (log, built) and returns a BootImage (built: the default guest when the
+runner already has it)."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+KERNEL_BOOT = "kernel"   # direct kernel boot: bzImage + initramfs, no disk, no seed
+DISK_BOOT = "disk"       # a disk image booted by its own boot loader, with a NoCloud seed
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    name: str
+    os: str
+    boot: str        # KERNEL_BOOT or DISK_BOOT
+    summary: str
+    builder: str     # "module:function"
+
+    def build(self, log=print, built=None):
+        module, func = self.builder.split(":")
+        return getattr(importlib.import_module(module), func)(log=log, built=built)
+
+
+LOCAL_IMAGES: dict[str, LocalImage] = {
+    "linux-deb": LocalImage("linux-deb", "linux", KERNEL_BOOT,
+                            "Debian's packaged kernel of the host's release + an initramfs userland",
+                            "harness.images.bootimage:linux_deb_image"),
+}
+
+
+def local_image(name: str) -> LocalImage | None:
+    return LOCAL_IMAGES.get(name)
+
+
+def boots_kernel_directly(name: str) -> bool:
+    """True for the harness's initramfs guests; catalog images and local disk images boot from disk."""
+    img = LOCAL_IMAGES.get(name)
+    return img is not None and img.boot == KERNEL_BOOT
