@@ -21,7 +21,7 @@ smoke: setup
 	$(VENV)/bin/xmitbench run workloads/smoke.toml
 
 test: setup
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra --durations=30
 
 setup: system-deps venv
 
