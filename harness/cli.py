@@ -69,6 +69,9 @@ def run_workload(args) -> tuple[int, Path | None]:
         task = prog.add_task(wl.name, total=None)
 
         def on_cell(cr):
+            t = prog.tasks[task]
+            if t.total is not None and t.completed + 1 > t.total:   # repetitions = "auto" added one
+                prog.update(task, total=t.completed + 1)
             prog.update(task, advance=1, description=f"{wl.name}: {cr.run_id}")
 
         runner = Runner(wl, Path(args.results), shard=shard, log=console.print, progress=on_cell,
