@@ -68,8 +68,13 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_bench_history(args) -> int:
+    from .history_bench import cmd_bench_history as run
+    return run(args)
+
+
 def register(subparsers) -> None:
-    """Add `report` and `compare` to the CLI's subparsers."""
+    """Add `report`, `compare` and `bench-history` to the CLI's subparsers."""
     r = subparsers.add_parser("report", help="execute the analysis notebooks and write report.html",
                               description="Execute analysis/*.ipynb over the run dirs and write report.html "
                                           "(figures embedded) into the first run dir.")
@@ -96,3 +101,14 @@ def register(subparsers) -> None:
     c.add_argument("--include-invalid", action="store_true",
                    help="also compare cell runs that failed a validity check (left out and listed by default)")
     c.set_defaults(fn=cmd_compare)
+
+    b = subparsers.add_parser("bench-history", help="time loading N synthetic run dirs and their wide table",
+                              description="Build N synthetic run dirs from a real one (a nightly history) and time "
+                                          "load_runs + wide_table; prints the timings and writes them as JSON.")
+    b.add_argument("--runs", type=int, default=1000, help="number of run dirs (default 1000)")
+    b.add_argument("--dir", help="where the synthetic run dirs go (default $TMPDIR/xmitbench-history-N; reused "
+                                 "when it holds the same set)")
+    b.add_argument("--template", help="run dir to copy (default tests/fixtures/runs/bufring-race)")
+    b.add_argument("--repeat", type=int, default=3, help="timed trials; the fastest is the result (default 3)")
+    b.add_argument("--json", help="write the timings here (default DIR/bench-history.json)")
+    b.set_defaults(fn=cmd_bench_history)

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
-from harness.counters.counting import (BUSY_MODES, IDLE_MODES, INTERFACE_TX_SOURCES, _sum_by_key, cpu_table,  # noqa: F401
+from harness.counters.counting import (BUSY_MODES, CPU_SOURCES, IDLE_MODES, INTERFACE_TX_SOURCES, _sum_by_key, cpu_table,  # noqa: F401
                               driver_total, queue_table, root_qdisc, tx_total)
 from harness.run.validity import failed_checks, is_valid
 
@@ -90,15 +89,79 @@ WIDE_METRICS: dict[str, tuple[str, bool, str]] = {
 }
 
 
-@dataclass
+# The metric rows the wide table's counting rules read (harness.counters.counting and the
+# sums below): every row of these sources, and these metrics from any source. A test checks
+# that the wide table of these rows equals the wide table of all rows.
+WIDE_INPUT_SOURCES = ("iperf3",) + CPU_SOURCES
+WIDE_INPUT_METRICS = ("app_bytes", "tcp_retransmits", "throughput_bps", "tx_packets", "tx_bytes", "tx_requeues",
+                      "qdisc_drops", "qdisc_packets", "tx_drops_ring", "tx_drops", "tx_restarts", "tx_ring_stalls",
+                      "lock_wait_ns", "lock_contentions", "peer_rx_packets", "peer_rx_bytes", "stack_tx_packets",
+                      "host_thread_cpu_s")
+WIDE_INPUT_COLUMNS = KEY + ["queue", "cpu", "metric", "value", "unit", "source", "native_name"]
+
+
 class Runs:
-    """The tables of one or many run dirs, concatenated (``run_id`` tells them apart)."""
-    paths: list[Path]
-    manifests: dict[str, dict]
-    metrics: pd.DataFrame
-    locks: pd.DataFrame
-    cells: pd.DataFrame
-    _wide: pd.DataFrame | None = field(default=None, repr=False)
+    """The tables of one or many run dirs, concatenated (``run_id`` tells them apart).
+
+    ``cells`` is read by ``load_runs``; ``metrics`` and ``locks`` on first use, each by one
+    DuckDB scan over the run dirs' Parquet files (a history of years of nightlies is millions
+    of metric rows, and the wide table needs only the few its counting rules read:
+    ``wide_inputs``)."""
+
+    def __init__(self, paths: list[Path], manifests: dict[str, dict], metrics: pd.DataFrame | None = None,
+                 locks: pd.DataFrame | None = None, cells: pd.DataFrame | None = None,
+                 sources: dict[str, tuple[list[Path], list[str]]] | None = None):
+        self.paths, self.manifests = paths, manifests
+        self._sources = sources or {}      # table -> (its Parquet files, the run_id of each)
+        self._metrics, self._locks = metrics, locks
+        self.cells = cells if cells is not None else _normalise_cells(_empty("cells"))
+        self._wide: pd.DataFrame | None = None
+
+    def __repr__(self) -> str:
+        return f"Runs({len(self.manifests)} run dirs, {len(self.cells)} cell rows)"
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        if self._metrics is None:
+            self._metrics = _normalise_metrics(self._scan("metrics"))
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, df: pd.DataFrame) -> None:
+        self._metrics = df
+
+    @property
+    def locks(self) -> pd.DataFrame:
+        if self._locks is None:
+            self._locks = _normalise_locks(self._scan("locks"))
+        return self._locks
+
+    @locks.setter
+    def locks(self, df: pd.DataFrame) -> None:
+        self._locks = df
+
+    def _scan(self, table: str, columns: Sequence[str] | None = None, where: str = "",
+              params: dict | None = None) -> pd.DataFrame:
+        files, keys = self._sources.get(table, ([], []))
+        if not files:
+            df = _empty(table)
+            return df[[c for c in df if c in columns]] if columns else df
+        try:
+            return scan_tables(files, keys, columns, where, params)
+        except Exception as e:  # noqa: BLE001 - report which table, as an input error
+            raise InputError(files[0].parent, f"{table}.parquet", f"cannot read: {e}") from None
+
+    def wide_inputs(self) -> pd.DataFrame:
+        """The metric rows the wide table's counting rules read (``WIDE_INPUT``): a filter of
+        ``metrics`` when loaded, else a DuckDB scan that reads only those rows and columns."""
+        if self._metrics is not None:
+            m = self._metrics
+            keep = m.source.isin(WIDE_INPUT_SOURCES) | m.metric.isin(WIDE_INPUT_METRICS)
+            return m[keep]
+        return _normalise_metrics(self._scan(
+            "metrics", WIDE_INPUT_COLUMNS, "WHERE source IN (SELECT unnest($sources)) "
+                                           "OR metric IN (SELECT unnest($metrics))",
+            {"sources": list(WIDE_INPUT_SOURCES), "metrics": list(WIDE_INPUT_METRICS)}))
 
     @property
     def run_ids(self) -> list[str]:
@@ -216,19 +279,46 @@ def _read_manifest(p: Path) -> dict:
     return m
 
 
-def _duckdb_concat(files: list[Path], keys: list[str]) -> pd.DataFrame:
+def _pandas_type(t):
+    """Arrow -> pandas column types: strings stay Arrow-backed (pandas' ``str`` dtype, missing =
+    NaN as elsewhere in pandas), no Python object per value; numbers as pandas makes them."""
+    import pyarrow as pa
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", bool)(t):
+        return ARROW_STR
+    return None
+
+
+try:
+    ARROW_STR = pd.StringDtype("pyarrow", na_value=np.nan)
+except TypeError:      # pandas < 2.3: no NaN-variant of the Arrow string dtype
+    ARROW_STR = pd.StringDtype("pyarrow")
+
+
+def scan_tables(files: Sequence[Path], keys: Sequence[str], columns: Sequence[str] | None = None, where: str = "",
+                params: dict | None = None) -> pd.DataFrame:
+    """ONE DuckDB scan over ``files`` (same table of many run dirs; columns matched by name,
+    missing ones null), optionally only ``columns`` (those present) and rows ``where``; each
+    row's ``run_id`` is the key of its file (a copied run dir keeps its run_id inside)."""
     import duckdb
+    import pyarrow as pa
     con = duckdb.connect()
     try:
-        rel = con.sql("SELECT * FROM read_parquet($files, union_by_name=true, filename=true)",
-                      params={"files": [str(f) for f in files]})
-        df = rel.df()
+        # the named columns that exist (a regex: no lambda syntax differs between DuckDB versions)
+        select = "*" if columns is None else "COLUMNS($columns)"
+        q = f"SELECT {select}, file_index AS __file FROM read_parquet($files, union_by_name=true) {where}"
+        p = {"files": [str(f) for f in files], **({"columns": "^(" + "|".join(re.escape(c) for c in columns) + ")$"} if columns is not None else {}),
+             **(params or {})}
+        res = con.sql(q, params=p).arrow()
+        tbl = res.read_all() if hasattr(res, "read_all") else res
     finally:
         con.close()
-    # run_id comes from the manifest's key (a copied run dir keeps its run_id inside)
-    by_file = {str(f): k for f, k in zip(files, keys)}
-    df["run_id"] = df.pop("filename").map(by_file)
-    return df
+    run_id = pa.array(list(keys), pa.string()).take(tbl.column("__file"))
+    tbl = tbl.drop_columns(["__file"])
+    if "run_id" in tbl.column_names:
+        tbl = tbl.set_column(tbl.column_names.index("run_id"), "run_id", run_id)
+    else:
+        tbl = tbl.append_column("run_id", run_id)
+    return tbl.to_pandas(types_mapper=_pandas_type)
 
 
 def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
@@ -236,6 +326,7 @@ def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
 
     Raises InputError for a missing dir, a missing manifest or a missing metrics/cells
     table. Two dirs with the same run_id (a copy) are kept apart as ``<run_id>~2`` etc.
+    The cells table is read now; metrics and locks when first used (``Runs.metrics``).
     """
     dirs = expand_run_dirs(paths)
     manifests: dict[str, dict] = {}
@@ -253,18 +344,13 @@ def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
             key = f"{m['run_id']}~{i}"
         manifests[key] = {**m, "_path": str(d)}
         keys.append(key)
-    tables: dict[str, pd.DataFrame] = {}
+    sources = {}
     for t in TABLES:
         pairs = [(d / f"{t}.parquet", k) for d, k in zip(dirs, keys) if (d / f"{t}.parquet").exists()]
-        if not pairs:
-            tables[t] = _empty(t)
-            continue
-        try:
-            tables[t] = _duckdb_concat([p for p, _ in pairs], [k for _, k in pairs])
-        except Exception as e:  # noqa: BLE001 - report which file, as an input error
-            raise InputError(pairs[0][0].parent, f"{t}.parquet", f"cannot read: {e}") from None
-    return Runs(dirs, manifests, _normalise_metrics(tables["metrics"]), _normalise_locks(tables["locks"]),
-                _normalise_cells(tables["cells"]))
+        sources[t] = ([p for p, _ in pairs], [k for _, k in pairs])
+    runs = Runs(dirs, manifests, sources=sources)
+    runs.cells = _normalise_cells(runs._scan("cells"))
+    return runs
 
 
 def _empty(t: str) -> pd.DataFrame:
@@ -275,8 +361,11 @@ def _empty(t: str) -> pd.DataFrame:
 def _axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
     """stack/churn/traced for tables written before those cell axes existed (or with nulls)."""
     for col, default in AXIS_DEFAULTS.items():
-        df[col] = (df[col].astype(object).where(df[col].notna(), default) if col in df
+        df[col] = (df[col].fillna(default) if col in df and len(df) and df[col].dtype == ARROW_STR
+                   else df[col].astype(object).where(df[col].notna(), default) if col in df
                    else pd.Series(default, index=df.index, dtype=object))
+    if "traced" in df and df["traced"].dtype == bool:      # every row recorded it: nothing to infer
+        return df
     cell = df["cell"].astype(str) if "cell" in df else pd.Series("", index=df.index)
     inferred = ~cell.str.endswith(UNTRACED_SUFFIX)
     if "traced" in df:
@@ -295,9 +384,6 @@ def _normalise_metrics(m: pd.DataFrame) -> pd.DataFrame:
     for col in ("rep", "queues", "streams", "procs", "msg_size"):
         if col in m:
             m[col] = pd.to_numeric(m[col], errors="coerce").astype("Int64")
-    for col in ("source", "metric", "native_name", "cell", "run_id"):
-        if col in m:
-            m[col] = m[col].astype(object)
     return m
 
 
@@ -352,7 +438,7 @@ def sender_table(m: pd.DataFrame) -> pd.DataFrame:
 
 def wide_table(runs: Runs) -> pd.DataFrame:
     """One row per (run, cell, rep) run attempt recorded in cells.parquet, key metrics as columns."""
-    m = runs.metrics
+    m = runs.wide_inputs()
     cells = runs.cells.copy()
     if cells.empty:
         return pd.DataFrame(columns=KEY + ["workload"] + CONFIG + ["status"] + list(WIDE_METRICS))
@@ -387,7 +473,7 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     snd = sender_table(m)
     if len(snd):
         g = snd.groupby(KEY)["bps"]
-        w = w.join(pd.DataFrame({"n_senders": g.size(), "jain": g.apply(S.jain_index)}), how="left")
+        w = w.join(pd.DataFrame({"n_senders": g.size(), "jain": S.jain_index_by(snd, KEY, "bps")}), how="left")
     else:
         w["n_senders"], w["jain"] = np.nan, np.nan
     w = w.reset_index()
@@ -476,8 +562,8 @@ def host_cpu_table(m: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     d = d[KEY + ["native_name", "value"]].rename(columns={"native_name": "thread", "value": "cpu_s"})
     d["thread"] = d["thread"].astype(str)
-    named_runs = {rid for rid, g in d.groupby("run_id") if g.thread.map(lambda t: bool(_VCPU_THREAD.match(t))).any()}
-    d["named"] = d.run_id.isin(named_runs)
+    vcpu = d.thread.str.fullmatch(_VCPU_THREAD.pattern.strip("^$")).astype(bool)
+    d["named"] = d.run_id.isin(set(d.run_id[vcpu]))
     d["kind"] = [thread_kind(t, n) for t, n in zip(d.thread, d.named)]
     c = last_attempts(cells)
     iv = c.set_index(KEY)["measured_s"] if "measured_s" in c else pd.Series(dtype=float)

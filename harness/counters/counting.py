@@ -169,9 +169,8 @@ def cpu_table(m: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"busy_jiffies": busy, "total_jiffies": total}).join(ncpu, how="left")
     out["ncpus"] = out["ncpus"].fillna(1)
     out["cpu_busy_pct"] = cpu_busy_pct(out.busy_jiffies, out.total_jiffies, out.ncpus)
-    seen = d.groupby(KEY)["metric"].agg(set)    # modes this OS reports (FreeBSD: no softirq)
-    for mode in ("cpu_user", "cpu_system", "cpu_softirq", "cpu_irq"):
-        has = seen.reindex(out.index).map(lambda ms, mode=mode: isinstance(ms, set) and mode in ms)
+    for mode in ("cpu_user", "cpu_system", "cpu_softirq", "cpu_irq"):     # modes this OS reports (FreeBSD: no softirq)
+        has = out.index.isin(pd.MultiIndex.from_frame(d.loc[d.metric == mode, KEY].drop_duplicates()))
         out[mode + "_pct"] = np.where(has, cpu_busy_pct(modes[mode], total, out.ncpus), np.nan)
     return out
 
