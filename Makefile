@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-ve
                    xorriso isolinux syslinux-common
 SYSTEM_TOOLS := qemu-system-x86_64 qemu-img qemu-io iperf3 ip ss dpkg-deb apt-get xorriso
 
-.PHONY: bench test setup system-deps venv smoke clean-stale report nightly
+.PHONY: bench test setup system-deps venv smoke clean-stale report nightly notebook bench-history
 
 bench: setup
 	$(VENV)/bin/xmitbench images build linux-deb
@@ -56,6 +56,24 @@ clean-stale: venv
 # Render the report of the newest run dir (or RUN=results/<id>).
 report: venv
 	$(VENV)/bin/xmitbench report $${RUN:-$$(ls -d results/*/ | tail -1)}
+
+# JupyterLab on analysis/*.ipynb, for interactive analysis of RUN (run dirs or a results root;
+# default: the newest run dir). The notebooks' empty RUN_DIRS falls back to $$XMITBENCH_RUN_DIRS.
+# Installs the optional [notebook] extra on first use; listens on 127.0.0.1 only.
+NOTEBOOK_PORT ?= 8888
+notebook: $(VENV)/.notebook-installed
+	XMITBENCH_RUN_DIRS="$(abspath $(RUN))" $(VENV)/bin/jupyter lab --notebook-dir=analysis \
+	  --ServerApp.ip=127.0.0.1 --ServerApp.port=$(NOTEBOOK_PORT) --no-browser
+
+$(VENV)/.notebook-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[test,notebook]'
+	touch $@
+
+# Time loading a history of HISTORY_RUNS synthetic run dirs (load_runs + wide_table); prints
+# the timings and writes them as JSON (HISTORY_JSON, default next to the synthetic run dirs).
+HISTORY_RUNS ?= 1000
+bench-history: venv
+	$(VENV)/bin/xmitbench bench-history --runs $(HISTORY_RUNS) $(if $(HISTORY_JSON),--json $(HISTORY_JSON))
 
 # The nightly job on one runner: run, report, compare with the baseline, promote if green.
 # XMITBENCH_NIGHTLY_REDUCED=1 (or NIGHTLY_WORKLOAD=...) runs the small TCG matrix instead.

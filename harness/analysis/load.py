@@ -97,7 +97,7 @@ WIDE_INPUT_METRICS = ("app_bytes", "tcp_retransmits", "throughput_bps", "tx_pack
                       "qdisc_drops", "qdisc_packets", "tx_drops_ring", "tx_drops", "tx_restarts", "tx_ring_stalls",
                       "lock_wait_ns", "lock_contentions", "peer_rx_packets", "peer_rx_bytes", "stack_tx_packets",
                       "host_thread_cpu_s")
-WIDE_INPUT_COLUMNS = KEY + ["queue", "cpu", "metric", "value", "unit", "source", "native_name"]
+WIDE_INPUT_COLUMNS = KEY + ["queue", "metric", "value", "source", "native_name"]
 
 
 class Runs:
@@ -318,7 +318,7 @@ def scan_tables(files: Sequence[Path], keys: Sequence[str], columns: Sequence[st
         tbl = tbl.set_column(tbl.column_names.index("run_id"), "run_id", run_id)
     else:
         tbl = tbl.append_column("run_id", run_id)
-    return tbl.to_pandas(types_mapper=_pandas_type)
+    return tbl.combine_chunks().to_pandas(types_mapper=_pandas_type)   # one chunk: filters take() once per column
 
 
 def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:

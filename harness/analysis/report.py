@@ -58,10 +58,15 @@ def default_results_root() -> Path:
     return Path(os.environ.get("XMITBENCH_RESULTS", REPO / "results"))
 
 
+RUN_DIRS_ENV = "XMITBENCH_RUN_DIRS"     # `make notebook RUN=...`: run dirs, whitespace-separated
+
+
 def resolve_run_dirs(run_dirs: Sequence[str | os.PathLike] | str | None) -> list[str]:
-    """RUN_DIRS as given, or (empty) the newest run dir under the results root."""
+    """RUN_DIRS as given, else $XMITBENCH_RUN_DIRS, else the newest run dir under the results root."""
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
+    if not run_dirs:
+        run_dirs = os.environ.get(RUN_DIRS_ENV, "").split()
     if run_dirs:
         return [str(p) for p in run_dirs]
     root = default_results_root()
