@@ -62,8 +62,8 @@ report: venv
 # Installs the optional [notebook] extra on first use; listens on 127.0.0.1 only.
 NOTEBOOK_PORT ?= 8888
 notebook: $(VENV)/.notebook-installed
-	XMITBENCH_RUN_DIRS="$(abspath $(RUN))" $(VENV)/bin/jupyter lab --notebook-dir=analysis \
-	  --ServerApp.ip=127.0.0.1 --ServerApp.port=$(NOTEBOOK_PORT) --no-browser
+	XMITBENCH_RUN_DIRS="$(abspath $(RUN))" $(VENV)/bin/jupyter-lab --notebook-dir=analysis \
+	  --ServerApp.ip=127.0.0.1 --ServerApp.port=$(NOTEBOOK_PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
 
 $(VENV)/.notebook-installed: $(VENV)/.installed
 	$(VENV)/bin/pip install -q -e '.[test,notebook]'

@@ -114,7 +114,7 @@ def test_make_notebook_opens_jupyterlab_on_the_analysis_notebooks():
     out = subprocess.run(["make", "-n", "notebook", "RUN=results/some-run"], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout
     assert f'XMITBENCH_RUN_DIRS="{REPO}/results/some-run"' in out
-    assert "jupyter lab --notebook-dir=analysis" in out and "--ServerApp.ip=127.0.0.1" in out
+    assert "jupyter-lab --notebook-dir=analysis" in out and "--ServerApp.ip=127.0.0.1" in out
     assert "'.[test,notebook]'" in out
     # the extra stays out of `make setup` / `make test`
     for target in ("setup", "test"):
