@@ -123,3 +123,43 @@ def test_make_notebook_opens_jupyterlab_on_the_analysis_notebooks():
     bench = subprocess.run(["make", "-n", "bench-history", "HISTORY_RUNS=100"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout
     assert "xmitbench bench-history --runs 100" in bench
+
+
+def _tables(runs) -> dict:
+    return {"metrics": runs.metrics, "locks": runs.locks, "cells": runs.cells, "wide": wide_table(runs)}
+
+
+def test_history_cache_gives_the_rows_of_the_plain_scan(tmp_path, monkeypatch):
+    """Through the cache (first load builds it, the next reads it) the tables are those of the
+    plain scan, over run dirs of different schemas; a rewritten table is read again."""
+    from harness.analysis import history_cache as HC
+    root = tmp_path / "runs"
+    shutil.copytree(RUNS, root)
+    monkeypatch.setattr(HC, "MIN_FILES", 2)
+    monkeypatch.setenv(HC.ENV, "off")
+    plain = _tables(load_runs(root))
+    monkeypatch.setenv(HC.ENV, str(tmp_path / "cache"))
+    built = _tables(load_runs(root))
+    cached = list((tmp_path / "cache").glob("*/*.parquet"))
+    assert sorted(p.name for p in cached) == ["cells.parquet", "locks.parquet", "metrics.parquet"]
+    read = _tables(load_runs(root))
+    for name in plain:
+        pd.testing.assert_frame_equal(built[name], plain[name])
+        pd.testing.assert_frame_equal(read[name], plain[name])
+    # a subset in another order: its rows, in its order
+    sub = [root / "udp-slow", root / "smoke-1rep"]
+    monkeypatch.setenv(HC.ENV, "off")
+    want = _tables(load_runs(sub))
+    monkeypatch.setenv(HC.ENV, str(tmp_path / "cache"))
+    got = _tables(load_runs(sub))
+    for name in want:
+        pd.testing.assert_frame_equal(got[name], want[name])
+    # a run dir whose table was rewritten (renamed into place: new inode and mtime) is read anew
+    f = root / "udp-slow" / "metrics.parquet"
+    m = pd.read_parquet(f)
+    m["value"] = m["value"] + 1.0
+    m.to_parquet(f.with_name("new.parquet"), index=False)
+    f.with_name("new.parquet").replace(f)
+    again = load_runs(root).metrics
+    rows = again[again.run_id == load_runs(root / "udp-slow").run_ids[0]]
+    assert np.allclose(rows.value.to_numpy(), m.value.to_numpy(), equal_nan=True)

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +35,7 @@ from harness.counters.counting import (BUSY_MODES, CPU_SOURCES, IDLE_MODES, INTE
                               driver_total, queue_table, root_qdisc, tx_total)
 from harness.run.validity import failed_checks, is_valid
 
+from . import history_cache
 from . import stats as S
 
 TABLES = ("metrics", "locks", "cells")
@@ -146,6 +148,12 @@ class Runs:
         if not files:
             df = _empty(table)
             return df[[c for c in df if c in columns]] if columns else df
+        cache = history_cache.cache_file(files, table)
+        if cache is not None:       # a long history: one cache file instead of thousands
+            try:
+                return history_cache.scan(files, keys, cache, columns, where, params)
+            except Exception as e:  # noqa: BLE001 - the plain scan below gives the same rows (or the error)
+                warnings.warn(f"history cache {cache} not used: {e}", stacklevel=2)
         try:
             return scan_tables(files, keys, columns, where, params)
         except Exception as e:  # noqa: BLE001 - report which table, as an input error
@@ -156,12 +164,15 @@ class Runs:
         ``metrics`` when loaded, else a DuckDB scan that reads only those rows and columns."""
         if self._metrics is not None:
             m = self._metrics
-            keep = m.source.isin(WIDE_INPUT_SOURCES) | m.metric.isin(WIDE_INPUT_METRICS)
-            return m[keep]
-        return _normalise_metrics(self._scan(
-            "metrics", WIDE_INPUT_COLUMNS, "WHERE source IN (SELECT unnest($sources)) "
-                                           "OR metric IN (SELECT unnest($metrics))",
-            {"sources": list(WIDE_INPUT_SOURCES), "metrics": list(WIDE_INPUT_METRICS)}))
+            m = m[m.source.isin(WIDE_INPUT_SOURCES) | m.metric.isin(WIDE_INPUT_METRICS)][WIDE_INPUT_COLUMNS]
+        else:
+            m = _normalise_metrics(self._scan(
+                "metrics", WIDE_INPUT_COLUMNS, "source IN (SELECT unnest($sources)) "
+                                               "OR metric IN (SELECT unnest($metrics))",
+                {"sources": list(WIDE_INPUT_SOURCES), "metrics": list(WIDE_INPUT_METRICS)}))
+        # a few dozen names over hundreds of thousands of rows: the rules' many filters compare
+        # and copy category codes, not strings
+        return m.astype({c: "category" for c in ("source", "metric", "native_name")})
 
     @property
     def run_ids(self) -> list[str]:
@@ -297,17 +308,19 @@ except TypeError:      # pandas < 2.3: no NaN-variant of the Arrow string dtype
 def scan_tables(files: Sequence[Path], keys: Sequence[str], columns: Sequence[str] | None = None, where: str = "",
                 params: dict | None = None) -> pd.DataFrame:
     """ONE DuckDB scan over ``files`` (same table of many run dirs; columns matched by name,
-    missing ones null), optionally only ``columns`` (those present) and rows ``where``; each
+    missing ones null), optionally only ``columns`` (those present) and rows ``where`` (an SQL
+    condition); each
     row's ``run_id`` is the key of its file (a copied run dir keeps its run_id inside)."""
     import duckdb
     import pyarrow as pa
     con = duckdb.connect()
     try:
         # the named columns that exist (a regex: no lambda syntax differs between DuckDB versions)
-        select = "*" if columns is None else "COLUMNS($columns)"
-        q = f"SELECT {select}, file_index AS __file FROM read_parquet($files, union_by_name=true) {where}"
-        p = {"files": [str(f) for f in files], **({"columns": "^(" + "|".join(re.escape(c) for c in columns) + ")$"} if columns is not None else {}),
-             **(params or {})}
+        select = "*" if columns is None else "COLUMNS($scan_columns)"
+        q = (f"SELECT {select}, file_index AS __file FROM read_parquet($scan_files, union_by_name=true)"
+             + (f" WHERE {where}" if where else ""))
+        p = {**(params or {}), "scan_files": [str(f) for f in files],
+             **({"scan_columns": "^(" + "|".join(re.escape(c) for c in columns) + ")$"} if columns is not None else {})}
         res = con.sql(q, params=p).arrow()
         tbl = res.read_all() if hasattr(res, "read_all") else res
     finally:
