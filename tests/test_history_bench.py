@@ -40,6 +40,7 @@ def test_bench_history_builds_and_loads_synthetic_run_dirs(tmp_path, capsys):
     assert cli("bench-history", "--runs", "3", "--dir", str(out), "--repeat", "1", "--json", str(js)) == 0
     res = json.loads(js.read_text())
     best = res["best"]
+    assert res["best_uncached"]["metric_rows"] == best["metric_rows"] and not res["cache_used"]
     assert best["run_dirs"] == 3
     assert best["metric_rows"] == 3 * len(tpl["metrics"])
     assert best["lock_rows"] == 3 * len(tpl["locks"])
