@@ -100,6 +100,8 @@ def test_unreadable_metrics_table_is_an_input_error_on_first_use(tmp_path):
     (d / "metrics.parquet").write_bytes(b"not parquet")
     runs = load_runs(d)                      # cells are fine
     with pytest.raises(InputError, match=r"metrics\.parquet: cannot read"):
+        runs.check_tables()                  # what `xmitbench report` does before any kernel starts
+    with pytest.raises(InputError, match=r"metrics\.parquet: cannot read"):
         _ = runs.metrics
 
 

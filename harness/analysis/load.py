@@ -159,6 +159,13 @@ class Runs:
         except Exception as e:  # noqa: BLE001 - report which table, as an input error
             raise InputError(files[0].parent, f"{table}.parquet", f"cannot read: {e}") from None
 
+    def check_tables(self) -> None:
+        """Read the key columns of the tables not yet read: a run dir whose metrics or locks
+        table is unreadable is an InputError now, not on first use."""
+        for table, loaded in (("metrics", self._metrics), ("locks", self._locks)):
+            if loaded is None:
+                self._scan(table, ["run_id", "cell"])
+
     def wide_inputs(self) -> pd.DataFrame:
         """The metric rows the wide table's counting rules read (``WIDE_INPUT``): a filter of
         ``metrics`` when loaded, else a DuckDB scan that reads only those rows and columns."""
@@ -420,11 +427,25 @@ def _normalise_cells(c: pd.DataFrame) -> pd.DataFrame:
             c[col] = pd.to_numeric(c[col], errors="coerce").astype("float64")
     c["valid"] = (c["valid"].astype("boolean") if "valid" in c
                   else pd.Series(pd.NA, index=c.index, dtype="boolean"))
-    c["validity"] = c["validity"].map(_parse_validity) if "validity" in c else [{}] * len(c)
+    c["validity"] = _parse_validities(c["validity"]) if "validity" in c else [{}] * len(c)
     # why the cell's repetitions stopped (harness.run.repetitions); run dirs from before: NA
     c["reps_stop"] = (c["reps_stop"].astype("string") if "reps_stop" in c
                       else pd.Series(pd.NA, index=c.index, dtype="string"))
     return c
+
+
+def _parse_validities(col: pd.Series) -> list[dict]:
+    """``_parse_validity`` of every row; the JSON texts parsed as one array (a history has tens
+    of thousands), each row on its own only if that fails."""
+    texts = [v if isinstance(v, str) and v.strip() else "{}" for v in col]
+    if not any(isinstance(v, dict) for v in col):
+        try:
+            out = json.loads("[" + ",".join(texts) + "]")
+            if len(out) == len(texts):
+                return [x if isinstance(x, dict) else {} for x in out]
+        except json.JSONDecodeError:
+            pass
+    return [_parse_validity(v) for v in col]
 
 
 def _parse_validity(v) -> dict:

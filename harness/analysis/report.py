@@ -1148,6 +1148,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     """Execute the notebooks over ``run_dirs`` and write report.html (default: into the
     first run dir). Bad run dirs raise InputError before any kernel starts."""
     runs = load_runs(run_dirs)                      # validates every dir up front
+    runs.check_tables()                             # metrics/locks too (load_runs reads them on use)
     dirs = [str(Path(p).resolve()) for p in runs.paths]   # the kernel runs in analysis/
     nbs = [Path(p) for p in notebooks] if notebooks else [ANALYSIS_DIR / n for n in NOTEBOOKS]
     for p in nbs:
