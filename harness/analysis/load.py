@@ -351,10 +351,12 @@ def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
     dirs = expand_run_dirs(paths)
     manifests: dict[str, dict] = {}
     keys: list[str] = []
+    present: list[set[str]] = []
     for d in dirs:
         m = _read_manifest(d)
+        present.append(set(os.listdir(d)))         # one call per run dir, not one stat per table
         for t in REQUIRED:
-            if not (d / f"{t}.parquet").exists():
+            if f"{t}.parquet" not in present[-1]:
                 raise InputError(d, f"{t}.parquet", "missing: the run wrote no table (killed before its "
                                                     "first cell?)")
         key = str(m["run_id"])
@@ -366,7 +368,7 @@ def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
         keys.append(key)
     sources = {}
     for t in TABLES:
-        pairs = [(d / f"{t}.parquet", k) for d, k in zip(dirs, keys) if (d / f"{t}.parquet").exists()]
+        pairs = [(d / f"{t}.parquet", k) for d, k, names in zip(dirs, keys, present) if f"{t}.parquet" in names]
         sources[t] = ([p for p, _ in pairs], [k for _, k in pairs])
     runs = Runs(dirs, manifests, sources=sources)
     runs.cells = _normalise_cells(runs._scan("cells"))
