@@ -173,10 +173,10 @@ class Runs:
             m = self._metrics
             m = m[m.source.isin(WIDE_INPUT_SOURCES) | m.metric.isin(WIDE_INPUT_METRICS)][WIDE_INPUT_COLUMNS]
         else:
-            m = _normalise_metrics(self._scan(
-                "metrics", WIDE_INPUT_COLUMNS, "source IN (SELECT unnest($sources)) "
-                                               "OR metric IN (SELECT unnest($metrics))",
-                {"sources": list(WIDE_INPUT_SOURCES), "metrics": list(WIDE_INPUT_METRICS)}))
+            m = self._scan("metrics", WIDE_INPUT_COLUMNS, "source IN (SELECT unnest($sources)) "
+                                                          "OR metric IN (SELECT unnest($metrics))",
+                           {"sources": list(WIDE_INPUT_SOURCES), "metrics": list(WIDE_INPUT_METRICS)})
+            m = _normalise_metric_values(m)[WIDE_INPUT_COLUMNS]
         # a few dozen names over hundreds of thousands of rows: the rules' many filters compare
         # and copy category codes, not strings
         return m.astype({c: "category" for c in ("source", "metric", "native_name")})
@@ -399,7 +399,11 @@ def _axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _normalise_metrics(m: pd.DataFrame) -> pd.DataFrame:
-    m = _axis_defaults(m)
+    return _normalise_metric_values(_axis_defaults(m))
+
+
+def _normalise_metric_values(m: pd.DataFrame) -> pd.DataFrame:
+    """The numeric columns of metric rows (all ``_normalise_metrics`` does but the cell axes)."""
     for col in ("queue", "cpu"):
         m[col] = (m[col] if col in m else pd.Series(pd.NA, index=m.index)).astype("Int64")
     m["value"] = pd.to_numeric(m["value"], errors="coerce").astype("float64")
