@@ -99,7 +99,7 @@ WIDE_INPUT_METRICS = ("app_bytes", "tcp_retransmits", "throughput_bps", "tx_pack
                       "qdisc_drops", "qdisc_packets", "tx_drops_ring", "tx_drops", "tx_restarts", "tx_ring_stalls",
                       "lock_wait_ns", "lock_contentions", "peer_rx_packets", "peer_rx_bytes", "stack_tx_packets",
                       "host_thread_cpu_s")
-WIDE_INPUT_COLUMNS = KEY + ["queue", "metric", "value", "source", "native_name"]
+WIDE_INPUT_COLUMNS = KEY + ["attempt", "queue", "metric", "value", "source", "native_name"]   # attempt: where present
 
 
 class Runs:
@@ -171,12 +171,14 @@ class Runs:
         ``metrics`` when loaded, else a DuckDB scan that reads only those rows and columns."""
         if self._metrics is not None:
             m = self._metrics
-            m = m[m.source.isin(WIDE_INPUT_SOURCES) | m.metric.isin(WIDE_INPUT_METRICS)][WIDE_INPUT_COLUMNS]
+            m = m[m.source.isin(WIDE_INPUT_SOURCES) | m.metric.isin(WIDE_INPUT_METRICS)]
+            m = m[[c for c in WIDE_INPUT_COLUMNS if c in m]]
         else:
             m = self._scan("metrics", WIDE_INPUT_COLUMNS, "source IN (SELECT unnest($sources)) "
                                                           "OR metric IN (SELECT unnest($metrics))",
                            {"sources": list(WIDE_INPUT_SOURCES), "metrics": list(WIDE_INPUT_METRICS)})
-            m = _normalise_metric_values(m)[WIDE_INPUT_COLUMNS]
+            m = _normalise_metric_values(m)
+            m = m[[c for c in WIDE_INPUT_COLUMNS if c in m]]
         # a few dozen names over hundreds of thousands of rows: the rules' many filters compare
         # and copy category codes, not strings
         return m.astype({c: "category" for c in ("source", "metric", "native_name")})
