@@ -166,3 +166,11 @@ def test_history_cache_gives_the_rows_of_the_plain_scan(tmp_path, monkeypatch):
     again = load_runs(root).metrics
     rows = again[again.run_id == load_runs(root / "udp-slow").run_ids[0]]
     assert np.allclose(rows.value.to_numpy(), m.value.to_numpy(), equal_nan=True)
+    # a deleted run dir leaves the cache at its next refresh
+    cache = next((tmp_path / "cache").glob("*/metrics.parquet"))
+    assert str(root / "udp-base-b" / "metrics.parquet") in HC._read_index(cache)["files"]
+    shutil.rmtree(root / "udp-base-b")
+    f.touch()                                   # udp-slow changed again: a refresh
+    load_runs(root).wide()
+    assert str(root / "udp-base-b" / "metrics.parquet") not in HC._read_index(cache)["files"]
+    assert len(HC._read_index(cache)["files"]) == 7

@@ -134,12 +134,14 @@ def scan(files: Sequence[Path], keys: Sequence[str], cache: Path, columns: Seque
 
 
 def _refresh(con, cache: Path, idx: dict, misses: list[str]) -> None:
-    """Rewrite ``cache`` with the rows of ``misses`` added (and their stale rows, if any, dropped)."""
+    """Rewrite ``cache`` with the rows of ``misses`` added (their stale rows, if any, and those of
+    files that no longer exist dropped)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     known = dict(idx.get("files", {}))
     nxt = int(idx.get("next", 0))
-    stale = [known.pop(p)[0] for p in misses if p in known]
+    gone = [p for p in known if p not in misses and not os.path.exists(p)]     # run dirs deleted since
+    stale = [known.pop(p)[0] for p in misses + gone if p in known]
     new_ids = list(range(nxt, nxt + len(misses)))
     parts = []
     if cache.exists() and known:
