@@ -125,7 +125,7 @@ class Runs:
     @property
     def metrics(self) -> pd.DataFrame:
         if self._metrics is None:
-            self._metrics = _normalise_metrics(self._scan("metrics"))
+            self._metrics = final_attempt_rows(_normalise_metrics(self._scan("metrics")), self.cells)
         return self._metrics
 
     @metrics.setter
@@ -135,7 +135,7 @@ class Runs:
     @property
     def locks(self) -> pd.DataFrame:
         if self._locks is None:
-            self._locks = _normalise_locks(self._scan("locks"))
+            self._locks = final_attempt_rows(_normalise_locks(self._scan("locks")), self.cells)
         return self._locks
 
     @locks.setter
@@ -177,7 +177,7 @@ class Runs:
             m = self._scan("metrics", WIDE_INPUT_COLUMNS, "source IN (SELECT unnest($sources)) "
                                                           "OR metric IN (SELECT unnest($metrics))",
                            {"sources": list(WIDE_INPUT_SOURCES), "metrics": list(WIDE_INPUT_METRICS)})
-            m = _normalise_metric_values(m)
+            m = final_attempt_rows(_normalise_metric_values(m), self.cells)
             m = m[[c for c in WIDE_INPUT_COLUMNS if c in m]]
         # a few dozen names over hundreds of thousands of rows: the rules' many filters compare
         # and copy category codes, not strings
@@ -581,6 +581,19 @@ def last_attempts(cells: pd.DataFrame) -> pd.DataFrame:
     if "status" in cells:
         cells = cells.assign(_ok=cells.status == "ok").sort_values("_ok", kind="stable").drop(columns="_ok")
     return cells.drop_duplicates(KEY, keep="last")
+
+
+def final_attempt_rows(rows: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The metric or lock rows of each cell run's final attempt (``last_attempts``). A cell run
+    re-run after an invalid attempt keeps both attempts' rows in its run dir; summing them would
+    count the cell twice. Rows without an attempt number (run dirs from before it) are kept."""
+    if rows.empty or "attempt" not in rows or "attempt" not in cells or not (rows.attempt > 1).any():
+        return rows
+    final = last_attempts(cells)[KEY + ["attempt"]].rename(columns={"attempt": "_final"})
+    final["_final"] = final["_final"].astype("Int64")
+    merged = rows.merge(final, on=KEY, how="left")
+    keep = merged.attempt.isna() | merged._final.isna() | (merged.attempt == merged._final)
+    return rows[keep.to_numpy()]
 
 
 def thread_kind(name: str, named: bool = True) -> str:
