@@ -38,7 +38,7 @@ from .load import KEY, OS_NAMES, WIDE_METRICS, Runs, load_runs, queue_table, rep
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ANALYSIS_DIR = REPO / "analysis"
-NOTEBOOKS = ("compare_kernels.ipynb", "tx_races.ipynb", "race_reproducers.ipynb", "lock_contention.ipynb",
+NOTEBOOKS = ("findings.ipynb", "compare_kernels.ipynb", "tx_races.ipynb", "race_reproducers.ipynb", "lock_contention.ipynb",
              "nightly.ipynb")
 CELL_COLS = ["workload", "os", "kernel", "replay", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn",
              "traced"]
@@ -284,6 +284,15 @@ def _needs_ok_cells(empty):
 
 _NONE = lambda: None  # noqa: E731
 _EMPTY = pd.DataFrame
+
+# ---------------------------------------------------------------------------------------
+# Findings (harness/analysis/findings.py): the page at the top of the report
+# ---------------------------------------------------------------------------------------
+def findings(runs: Runs, report_dir: str | os.PathLike | None = None) -> None:
+    """The findings grid: per kernel (columns, Linux then FreeBSD) x NIC x TX queues (rows)."""
+    from .findings import findings_html
+    _html(findings_html(runs, report_dir))
+
 
 # ---------------------------------------------------------------------------------------
 # Summaries
@@ -1045,11 +1054,13 @@ table.xb-table th { background: #f3f3f3; }
 """
 
 
-def inject_parameters(nb, run_dirs: Sequence[str]):
+def inject_parameters(nb, run_dirs: Sequence[str], report_dir: str | os.PathLike | None = None):
     """Papermill convention: after the cell tagged ``parameters`` insert one tagged
-    ``injected-parameters`` that sets RUN_DIRS (added at the top when there is none)."""
+    ``injected-parameters`` that sets RUN_DIRS and REPORT_DIR, the directory report.html goes to
+    (added at the top when there is none)."""
     import nbformat
-    src = f"# Parameters\nRUN_DIRS = {list(map(str, run_dirs))!r}\n"
+    src = (f"# Parameters\nRUN_DIRS = {list(map(str, run_dirs))!r}\n"
+           f"REPORT_DIR = {str(report_dir) if report_dir else None!r}\n")
     new = nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]})
     cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     idx = next((i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])), -1)
@@ -1058,7 +1069,7 @@ def inject_parameters(nb, run_dirs: Sequence[str]):
     return nb
 
 
-def _combined(run_dirs: Sequence[str], notebooks: Sequence[Path], title: str):
+def _combined(run_dirs: Sequence[str], notebooks: Sequence[Path], title: str, report_dir: str | None = None):
     import nbformat
     nb = nbformat.v4.new_notebook()
     nb.metadata["title"] = title
@@ -1071,7 +1082,7 @@ def _combined(run_dirs: Sequence[str], notebooks: Sequence[Path], title: str):
         f"# {title}\n\nGenerated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by `xmitbench report` from "
         f"{len(run_dirs)} run dir(s):\n\n{dirs_md}\n\nSections:\n\n{toc}"))
     for p in notebooks:
-        sub = inject_parameters(nbformat.read(p, as_version=4), run_dirs)
+        sub = inject_parameters(nbformat.read(p, as_version=4), run_dirs, report_dir)
         for c in sub.cells:
             c.metadata["xb_notebook"] = p.name
             nb.cells.append(c)
@@ -1151,7 +1162,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     out_path = Path(out) if out else Path(dirs[0]) / "report.html"
     kernels = sorted({str(k) for k in runs.cells.kernel.dropna()}) if "kernel" in runs.cells else []
     title = f"xmitbench report: {len(dirs)} run(s), kernel {', '.join(kernels) or '?'}"
-    nb = _combined(dirs, nbs, title)
+    nb = _combined(dirs, nbs, title, str(out_path.resolve().parent))
     execute_notebook(nb, timeout=timeout)
     if save_notebook:
         import nbformat
