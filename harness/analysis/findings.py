@@ -480,3 +480,20 @@ def findings_html(runs: Runs, report_dir: str | os.PathLike | None = None) -> st
         '<details open style="margin:8px 0"><summary>Thresholds used on this page</summary>'
         '<table class="xb-table"><tr><th>name</th><th>value</th><th>unit</th><th>meaning</th></tr>'
         + thr + "</table></details></section>")
+
+
+def kernel_coverage(runs: Runs) -> pd.DataFrame:
+    """One row per OS (Linux, FreeBSD, others present) and kernel: measured cell runs, or why
+    there are none (a skipped cell's reason, replay only, not in the matrix)."""
+    w_all = runs.wide(only_ok=False)
+    w_all = w_all[w_all.status.isin(["ok", "failed", "skipped"])]
+    rows = []
+    for c in _columns(runs, w_all):
+        sel = w_all[(w_all.os.astype(str) == c.os) & (w_all.status == "ok")]
+        if c.kernel is not None:
+            sel = sel[(sel.kernel.astype(str) == c.kernel) & (sel.replay.astype(bool) == c.replay)]
+        rows.append({"os": OS_NAMES.get(c.os, c.os), "kernel": c.kernel or "-",
+                     "measured cell runs": 0 if c.why_empty else len(sel),
+                     "cells": 0 if c.why_empty else sel.cell.nunique(),
+                     "state": ("missing: " + c.why_empty) if c.why_empty else (c.note or "live")})
+    return pd.DataFrame(rows, columns=["os", "kernel", "measured cell runs", "cells", "state"])
