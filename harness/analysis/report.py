@@ -214,6 +214,12 @@ def _label_boxes(fig) -> list[tuple[str, object]]:
         for t in ax.texts:
             if t.get_gid() == GROUP_GID and t.get_visible():
                 out.append((f"group:{t.get_text()!r}", t.get_window_extent(r)))
+        for loc, t in (("center", ax.title), ("left", ax._left_title), ("right", ax._right_title)):
+            if t.get_visible() and t.get_text().strip():
+                out.append((f"title:{t.get_text()!r}", t.get_window_extent(r)))
+        leg = ax.get_legend()
+        if leg is not None and leg.get_visible():
+            out.append(("legend", leg.get_window_extent(r)))
     return out
 
 
@@ -449,7 +455,8 @@ def _errbars(s: pd.DataFrame) -> np.ndarray:
 
 GROUP_COLS = ("workload", "os", "kernel", "replay", "nic", "queues")   # per-cell bars are grouped by these
 GROUP_GAP = 0.8                  # extra x space between two groups [bar widths]
-BAR_WIDTH_IN = 0.34              # figure width per bar [inches], so labels get room before any rotation
+BAR_WIDTH_IN = 0.24              # figure width per bar [inches]: a one-line label turned upright fits
+UPRIGHT_AFTER = 12               # more bars than this: tick labels upright from the start
 
 
 def _group_label(row, gcols: Sequence[str]) -> str:
@@ -487,7 +494,10 @@ def cell_axis(ax, x, spans, ticks, fontsize: float = 8) -> None:
     """Tick labels under each bar, a header per NIC/queue group above the axes, dotted lines
     between groups; the title is lifted above the headers."""
     from matplotlib.transforms import blended_transform_factory
-    ax.set_xticks(x, ticks, fontsize=fontsize)
+    upright = len(x) > UPRIGHT_AFTER and any(t.strip() for t in ticks)
+    if upright:                 # one line each: an upright label is as wide as its line height
+        ticks = [" ".join(t.split("\n")) for t in ticks]
+    ax.set_xticks(x, ticks, fontsize=fontsize, rotation=90 if upright else 0)
     tr = blended_transform_factory(ax.transData, ax.transAxes)
     lines = 1
     for i, (lb, a, b) in enumerate(spans):
@@ -501,6 +511,20 @@ def cell_axis(ax, x, spans, ticks, fontsize: float = 8) -> None:
         if ax.get_title(loc):
             ax.set_title(ax.get_title(loc), loc=loc, pad=6 + 1.25 * fontsize * lines,
                          fontsize=ax.title.get_fontsize() if loc == "center" else ax._left_title.get_fontsize())
+
+
+LEGEND_INSIDE_MAX = 6            # more legend entries than this: the legend goes right of the axes
+
+
+def series_legend(ax, fontsize: float = 8, **kw) -> None:
+    """A legend that never covers the data or the title: inside for a few series, right of the
+    axes (in columns of at most 20 entries) for many."""
+    n = len(ax.get_legend_handles_labels()[0])
+    if n > LEGEND_INSIDE_MAX:
+        ax.legend(fontsize=min(fontsize, 7), loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+                  ncol=1 + (n - 1) // 20, **kw)
+    else:
+        ax.legend(fontsize=fontsize, **kw)
 
 
 def _cells_fig_width(n: int, base: float = 9.5) -> float:
@@ -567,7 +591,7 @@ def fig_throughput_vs_senders(runs: Runs):
     ax.set_ylabel("throughput, median over reps [Gbit/s]")
     ax.set_xticks(sorted(w.procs.dropna().astype(int).unique()))
     _ylim0(ax)
-    ax.legend(fontsize=8, title="nic, TX queues", title_fontsize=8)
+    series_legend(ax, title="nic, TX queues", title_fontsize=8)
     return fig
 
 
@@ -648,7 +672,7 @@ def fig_usl(runs: Runs, table: pd.DataFrame | None = None):
     ax.set_xlabel("sender processes N [count]")
     ax.set_ylabel("throughput X(N) [Gbit/s]")
     _ylim0(ax)
-    ax.legend(fontsize=8)
+    series_legend(ax)
     return fig
 
 
@@ -809,8 +833,10 @@ def fig_race_rates(runs: Runs):
         ax.bar(x + (i - (len(rates) - 1) / 2) * width, s["median"], width, yerr=_errbars(s),
                capsize=3, label=lb, color=f"C{i}")
     ax.set_title("Transmit-path back-pressure events, normalised")
-    cell_axis(ax, x, spans, [f"{t}\n(n={n})" for t, n in zip(ticks, s0.n)])
-    ax.set_xlabel("sender processes p, per NIC and TX-queue count (above); whiskers: 95% bootstrap CI")
+    same_n = s0.n.nunique() == 1
+    cell_axis(ax, x, spans, ticks if same_n else [f"{t}\n(n={n})" for t, n in zip(ticks, s0.n)])
+    ax.set_xlabel("sender processes p, per NIC and TX-queue count (above); whiskers: 95% bootstrap CI"
+                  + (f"; n={s0.n.iloc[0]} repetitions each" if same_n else ""))
     ax.set_ylabel("events per million TX packets [1/Mpkt]")
     ax.legend(fontsize=8)
     _all_zero_note(ax, allv)
@@ -1008,7 +1034,7 @@ def fig_contentions_vs_senders(runs: Runs):
     ax.set_ylabel("contentions per cell run, median [count]")
     ax.set_xticks(sorted(w.procs.dropna().astype(int).unique()))
     _ylim0(ax)
-    ax.legend(fontsize=8)
+    series_legend(ax)
     _all_zero_note(ax, w.lock_contentions)
     return fig
 
@@ -1152,7 +1178,7 @@ def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float =
                   + (f"; shaded: median +- {k:g} sigma (MAD) per segment; dashed: level shift" if steps else ""))
     ax.set_ylabel(ylabel)
     _ylim0(ax)
-    ax.legend(fontsize=7, ncol=2)
+    series_legend(ax, fontsize=7)
     _all_zero_note(ax, h["median"], h["ci_hi"])
     return fig
 
