@@ -754,11 +754,14 @@ def fig_kernel_vs_kernel(runs: Runs):
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_xlabel("sender processes p, per NIC and TX-queue count; whiskers: 95% CI" if ai == len(axes) - 1 else
                       "(cells as below)")
+        # the axes share x (one tick formatter): headers on the top axes, tick labels on the bottom one
         if ai == 0:
             cell_axis(ax, x0, spans, ticks)
+        elif ai == len(axes) - 1:
+            cell_axis(ax, x0, [], ticks)
         ax.tick_params(axis="x", labelbottom=ai == len(axes) - 1)
-    axes[-1].set_xticks(x0, ticks, fontsize=8)
-    axes[0].legend(fontsize=7, loc="upper right")
+    fig.subplots_adjust(hspace=0.45)
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle("Kernel against kernel" + (" (hatched: REPLAY of recorded outputs, not a kernel result)"
                                             if any(g[2] for g in groups) else ""))
     return fig
