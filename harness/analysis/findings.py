@@ -333,10 +333,14 @@ def _verdicts(runs: Runs, box: pd.DataFrame, box_all: pd.DataFrame) -> Finding:
     reasons = _skip_reasons(box_all[box_all.status == "failed"])
     share = valid / n if n else 0.0
     lvl = "good" if share >= VALID_SHARE_OK and not failed else "warn"
-    if len(vc):
-        head = f"{valid} of {n} valid; bottleneck {vc.index[0]}" + (f" in {vc.iloc[0]} of {n}" if vc.iloc[0] < n else "")
+    if "valid" not in box or box.valid.isna().all():
+        vtxt, lvl = f"validity not recorded for {n} cell runs", "none"
     else:
-        head = f"{valid} of {n} valid; no bottleneck verdict recorded (run dir from before verdicts)"
+        vtxt = f"{valid} of {n} valid"
+    if len(vc):
+        head = f"{vtxt}; bottleneck {vc.index[0]}" + (f" in {vc.iloc[0]} of {n}" if vc.iloc[0] < n else "")
+    else:
+        head = f"{vtxt}; no bottleneck verdict recorded (run dir from before verdicts)"
     detail = (f"verdicts: {mix}" + (f"; {failed} failed ({'; '.join(reasons[:2])})" if failed else "")
               + (f"; {skipped} skipped" if skipped else "")
               + "".join(f"; e.g. {r}" for r in sorted(set(box.bottleneck_reason.dropna().astype(str)))[:1]))
