@@ -1284,8 +1284,12 @@ def execute_notebook(nb, timeout: int = 600):
         # --log-level=ERROR drops the kernel's "unencrypted TCP" warning (it listens on 127.0.0.1 only)
         client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
                                 extra_arguments=["--log-level=ERROR"], resources={"metadata": {"path": str(tmp)}})
+        # the kernel imports the same harness package as this process (not another checkout's
+        # editable install found on the kernel's own path)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in
+                                                               os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         try:
-            client.execute()
+            client.execute(env=env)
         except CellExecutionError as e:
             where = "?"
             for c in nb.cells:
