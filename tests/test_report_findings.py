@@ -124,6 +124,11 @@ def test_lock_role_fallback():
     assert F.lock_role("vtnet0-tx0", "vtnet_txq_tq_deferred") == ("tx queue lock", True)
     assert F.lock_role("socket lock (bh_lock_sock)", "tcp_v4_rcv") == ("socket lock", False)
     assert F.lock_role("lock in do_wait", "do_wait") == ("other", False)
+    # lock_stat class names (6.1 lockdep)
+    assert F.lock_role("&sch->root_lock_key#3") == ("qdisc lock", True)
+    assert F.lock_role("&qdisc_tx_busylock") == ("qdisc lock", True)
+    assert F.lock_role("_xmit_ETHER#2") == ("tx queue lock", True)
+    assert F.lock_role("slock-AF_INET") == ("socket lock", False)
 
 
 # --- readable figures -----------------------------------------------------------------------

@@ -69,10 +69,15 @@ RING_COUNTERS = [
 # names the parsers record (Linux: harness.parsers.linux names by call site; FreeBSD lockstat:
 # lo_name such as "vtnet0-tx0"). Replace ``lock_role`` with the counters' function when it exists.
 _ROLE_RULES = [
-    (re.compile(r"qdisc|busylock|__dev_queue_xmit|sch_direct_xmit.*q\.lock", re.I), "qdisc lock", True),
-    (re.compile(r"HARD_TX_LOCK|_xmit_lock|netif_tx_lock|-tx\d+$|txq|tx_lock", re.I), "tx queue lock", True),
-    (re.compile(r"buf_ring|mp_ring|drbr|ifq|if_snd|ring", re.I), "ring", True),
-    (re.compile(r"socket|sk_lock|bh_lock_sock|so_snd|so_rcv|sockbuf", re.I), "socket lock", False),
+    # tracepoint names ("qdisc root lock/busylock (...)") and lock_stat classes ("&sch->root_lock_key#3",
+    # "&qdisc_tx_busylock")
+    (re.compile(r"qdisc root|busylock|root_lock_key|qdisc_tx_busylock", re.I), "qdisc lock", True),
+    # "HARD_TX_LOCK (netdev_queue._xmit_lock)", lock_stat "_xmit_ETHER#2" / "&qdisc_xmit_lock_key",
+    # FreeBSD vtnet's per-queue mutex "vtnet0-tx0"
+    (re.compile(r"HARD_TX_LOCK|_xmit_lock|^_xmit_[A-Z0-9_]+|qdisc_xmit_lock_key|tx_global_lock|netif_tx_lock|"
+                r"-tx\d+$|txq", re.I), "tx queue lock", True),
+    (re.compile(r"buf_ring|mp_ring|drbr|ifq|if_snd", re.I), "ring", True),
+    (re.compile(r"socket|sk_lock|bh_lock_sock|slock-AF_|so_snd|so_rcv|sockbuf", re.I), "socket lock", False),
 ]
 
 
