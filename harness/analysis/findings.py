@@ -454,7 +454,8 @@ def findings_html(runs: Runs, report_dir: str | os.PathLike | None = None) -> st
                 tds.append('<td style="vertical-align:top;padding:6px;text-align:left">'
                            + "".join(_finding_html(f, base) for f in box) + "</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
-    thr = "".join(f"<tr><td><code>{e(n)}</code></td><td>{v:g}</td><td>{e(u)}</td><td>{e(why)}</td></tr>"
+    left = ' style="text-align:left"'
+    thr = "".join(f"<tr><td{left}><code>{e(n)}</code></td><td>{v:g}</td><td{left}>{e(u)}</td><td{left}>{e(why)}</td></tr>"
                   for n, v, u, why in THRESHOLDS)
     glance = []
     for (ci, (nic, q)), box in F.boxes.items():
