@@ -1,6 +1,6 @@
 """report.html as a reader's browser shows it: headless Chromium (Debian's ``chromium``).
 
-The report of a real run dir (tests/fixtures/runs/default-2rep) and of a synthetic run 3x the
+The report of a real run of the default matrix (tests/fixtures/runs/default-3procs) and of a synthetic run 3x the
 default matrix (tests/bigmatrix.py) are built with ``xmitbench report --screenshot``; Chromium
 loads each page, a probe script records every image's natural size and the findings section's
 box after the load event (harness.analysis.browser.probe), and a PNG of the findings section is
@@ -22,7 +22,8 @@ from harness.analysis import browser
 from harness.analysis.commands import register
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
-DEFAULT = RUNS / "default-2rep"
+DEFAULT = RUNS / "default-2rep"        # the big matrix's source rows
+REAL_DEFAULT = RUNS / "default-3procs"  # workloads/default.toml as it is: procs 1, 2, 4
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +61,7 @@ def _check_page(html: Path) -> dict:
 
 
 def test_default_report_in_chromium(tmp_path, capsys):
-    run = shutil.copytree(DEFAULT, tmp_path / "default-2rep")
+    run = shutil.copytree(REAL_DEFAULT, tmp_path / "default-3procs")
     assert cli("report", str(run), "--screenshot") == 0
     out = capsys.readouterr().out
     assert f"screenshot of the findings: {run / 'findings.png'}" in out
@@ -68,6 +69,8 @@ def test_default_report_in_chromium(tmp_path, capsys):
     f = info["findings"]
     assert f["boxes"] >= 10 and f["empty_columns"] == 1          # FreeBSD: not in this run's matrix
     assert "not in this run's matrix" in f["text"] and "at most 1 TX queue" in f["text"]
+    src = (run / "report.html").read_text(encoding="utf-8")
+    assert 'data-fig="usl_fit"' in src and "not drawn: every configuration has fewer than 3" not in src
     from PIL import Image
     with Image.open(run / "findings.png") as im:
         assert im.width == browser.WIDTH and abs(im.height - f["height"]) <= 30

@@ -182,3 +182,18 @@ def test_usl_drawn_on_the_default_matrix_shape(default_shape):
     fig = R.fig_usl(load_runs(default_shape))
     assert fig is not None
     plt.close(fig)
+
+
+def test_findings_and_usl_on_a_real_default_run():
+    """A real `xmitbench run workloads/default.toml` (procs 1, 2, 4; tests/fixtures/runs/default-3procs)."""
+    runs = load_runs(RUNS / "default-3procs")
+    ut = R.usl_table(runs)
+    assert len(ut) and ut.fit.all() and (ut.levels == 3).all()     # never "not drawn" on the default matrix
+    fig = R.fig_usl(runs, ut)
+    assert fig is not None
+    plt.close(fig)
+    f = F.findings(runs)
+    n_valid = int(runs.wide().valid.fillna(False).astype(bool).sum())
+    verdicts = [b[-1] for b in f.boxes.values() if isinstance(b, list)]
+    assert sum(int(v.headline.split(" of ")[0]) for v in verdicts) == n_valid
+    assert all(v.topic == "verdicts" for v in verdicts)
