@@ -875,7 +875,7 @@ def fig_queue_share(runs: Runs):
     ax.set_xlabel("sender processes p, per NIC and TX-queue count (above), multi-queue cells")
     ax.set_ylabel("share of the cell's TX packets [%]")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)   # stacked to 100 %: inside it covers bars
     return fig
 
 
