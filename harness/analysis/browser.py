@@ -97,3 +97,16 @@ def screenshot_findings(html_path: str | Path, png_path: str | Path, margin: int
     with Image.open(png_path) as im:
         im.crop((0, max(0, int(f["top"]) - margin), im.width, min(im.height, bottom))).save(png_path)
     return Path(png_path)
+
+
+def findings_png_note(html_path: str | Path) -> str:
+    """Write findings.png next to report.html when chromium is installed; the line to print
+    either way (a missing browser is said, never silently skipped)."""
+    if not chromium():
+        return "findings.png not written: chromium not installed (Debian package chromium; `make setup` as root)"
+    png = Path(html_path).with_name("findings.png")
+    try:
+        screenshot_findings(html_path, png)
+    except BrowserError as e:
+        return f"findings.png not written: {e}"
+    return f"screenshot of the findings: {png}"
