@@ -8,7 +8,7 @@ WORKLOAD ?= workloads/default.toml
 # build the guest (apt-get download, dpkg-deb, ldconfig); xorriso + isolinux build the guest's
 # disk-image variant, the local stand-in for a cloud image that the tests boot.
 SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-venv dpkg apt libc-bin \
-                   xorriso isolinux syslinux-common
+                   xorriso isolinux syslinux-common chromium
 SYSTEM_TOOLS := qemu-system-x86_64 qemu-img qemu-io iperf3 ip ss dpkg-deb apt-get xorriso
 
 .PHONY: bench test setup system-deps venv smoke clean-stale report nightly notebook bench-history
@@ -26,9 +26,12 @@ test: setup
 setup: system-deps venv
 
 # Installs system packages when root; otherwise prints the exact command and stops.
+# chromium renders report.html for the browser test and `report --screenshot`: installed when
+# root; without root its absence only skips that test (with the reason), so it is not required.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || [ -x /sbin/$$t ] || missing="$$missing $$t"; done; \
 	[ -f /usr/lib/ISOLINUX/isolinux.bin ] || missing="$$missing isolinux"; \
+	if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1; then missing="$$missing chromium"; fi; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

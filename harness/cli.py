@@ -98,6 +98,8 @@ def run_workload(args) -> tuple[int, Path | None]:
         from .analysis.report import build_report
         out = build_report([rd.path])
         console.print(f"report: {out}")
+        from .analysis.browser import findings_png_note
+        console.print(findings_png_note(out))
     cells = __import__("pandas").read_parquet(rd.path / "cells.parquet")
     from .analysis.load import last_attempts
     final = last_attempts(cells)

@@ -22,6 +22,15 @@ def cmd_report(args) -> int:
         print(f"xmitbench: report: {e}", file=sys.stderr)
         return 1
     print(f"report: {out} ({time.monotonic() - t0:.1f} s)")
+    if args.screenshot is not None:
+        from .browser import BrowserError, screenshot_findings
+        png = Path(args.screenshot) if args.screenshot else Path(out).with_name("findings.png")
+        try:
+            screenshot_findings(out, png)
+        except BrowserError as e:
+            print(f"xmitbench: report: screenshot: {e}", file=sys.stderr)
+            return 1
+        print(f"screenshot of the findings: {png}")
     return 0
 
 
@@ -83,6 +92,9 @@ def register(subparsers) -> None:
     r.add_argument("--out", help="output file (default: RUN_DIR/report.html of the first run dir)")
     r.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds (default 600)")
     r.add_argument("--save-notebook", metavar="PATH", help="also write the executed notebook here")
+    r.add_argument("--screenshot", nargs="?", const="", metavar="PNG",
+                   help="also write a PNG of the findings section, rendered by headless Chromium "
+                        "(default: findings.png next to report.html)")
     r.set_defaults(fn=cmd_report)
 
     c = subparsers.add_parser("compare", help="A/B compare two run dirs cell by cell; exit 1 on regression",

@@ -304,9 +304,14 @@ def fit_usl(n: Sequence[float], x: Sequence[float]) -> USLFit:
     one = x_a[n_a == levels.min()]
     lam0 = float(np.median(one) / levels.min()) if one.size else float(np.median(x_a / n_a))
     lam0 = max(lam0, 1e-12)
+    import warnings
+    from scipy.optimize import OptimizeWarning
     try:
-        popt, _ = curve_fit(usl, n_a, x_a, p0=[lam0, 0.01, 0.0001],
-                            bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, np.inf]), maxfev=20000)
+        # only the covariance is unknown with 3 sender counts and 3 parameters; the fit is judged by R2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            popt, _ = curve_fit(usl, n_a, x_a, p0=[lam0, 0.01, 0.0001],
+                                bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, np.inf]), maxfev=20000)
     except (RuntimeError, ValueError) as e:
         return USLFit(**{**nan_fit.as_dict(), "residuals": (), "message": f"fit failed: {e}"})
     lam, sigma, kappa = (float(v) for v in popt)
