@@ -178,7 +178,18 @@ def cmd_images(args) -> int:
         if args.name not in LOCAL_IMAGES:
             raise InputError("images build", "name", f"unknown image {args.name!r}; allowed: "
                              + ", ".join(LOCAL_IMAGES))
-        if args.name != "linux-deb":
+        release = args.release
+        if args.name.startswith("linux-deb-"):        # linux-deb-12, linux-deb-13: the release named
+            named = args.name[len("linux-deb-"):]
+            if release is not None and _release_or_input_error(release) != named:
+                raise InputError("images build", "--release",
+                                 f"{args.name} is Debian {named}; --release {release} contradicts it")
+            release = named
+        elif release is not None and args.name != "linux-deb":
+            raise InputError("images build", "--release", "only linux-deb and linux-deb-<release> take --release")
+        if release is not None:
+            _release_or_input_error(release)
+        if not args.name.startswith("linux-deb"):
             if args.kernel or args.modules:
                 raise InputError("images build", "--kernel", f"only linux-deb takes --kernel/--modules")
             try:
@@ -193,13 +204,25 @@ def cmd_images(args) -> int:
                 raise InputError(str(p), "path", "file or directory does not exist")
         try:
             img = build_linux_deb(Path(args.kernel) if args.kernel else None,
-                                  Path(args.modules) if args.modules else None, force=args.force)
+                                  Path(args.modules) if args.modules else None, force=args.force,
+                                  release=release)
         except ImageBuildError as e:
             print(f"xmitbench: image build failed: {e}", file=sys.stderr)
             return 1
-        print(f"{img.name} {img.key}: kernel {img.kernel} initrd {img.initrd} ({img.kernel_release})")
+        print(f"{img.name} {img.key}: kernel {img.kernel} initrd {img.initrd} "
+              f"(Debian {img.manifest.get('debian_release', '?')}, {img.kernel_release})")
         return 0
     return 2
+
+
+def _release_or_input_error(release: str) -> str:
+    """'13'/'trixie' -> '13'; an unknown release is bad input (exit 2, nothing started)."""
+    from harness.images.aptstate import RELEASES, normalize_release
+    try:
+        return normalize_release(release)
+    except ValueError:
+        raise InputError("images build", "--release", f"unknown Debian release {release!r}; allowed: "
+                         + ", ".join(f"{v}, {c}" for v, c in RELEASES.items())) from None
 
 
 def cmd_summary(args) -> int:
@@ -309,6 +332,8 @@ def main(argv=None) -> int:
     b.add_argument("--kernel", help="a bzImage to use instead of Debian's (e.g. a LOCK_STAT build)")
     b.add_argument("--modules", help="its /lib/modules/<release> directory")
     b.add_argument("--force", action="store_true")
+    b.add_argument("--release", help="Debian release of the packages: 12, 13, bookworm, trixie "
+                                     "(default: the host's; linux-deb-12/-13 name it themselves)")
     im.set_defaults(fn=cmd_images)
     from harness.images.cli import register as register_image_commands
     register_image_commands(isub)   # images list | fetch NAME | verify NAME
