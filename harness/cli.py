@@ -121,7 +121,7 @@ def cmd_plan(args) -> int:
     print("placeholders: <cache> the guest image dir (`xmitbench images list`), <state> a per-boot dir, "
           "<run> the run dir, <per-run-key> the run's SSH public key; fd=/fds= are the tap queues the "
           "harness opens in its namespace and hands to QEMU")
-    same: dict[str, dict[str, tuple]] = {}    # nic -> os -> the data NIC and CPU options
+    same: dict[str, dict[str, tuple]] = {}    # nic -> image -> the data NIC and CPU options
     for gi, g in enumerate(p.groups):
         bk = g.boot_key
         cloud = not boots_kernel_directly(bk.image)
@@ -133,11 +133,11 @@ def cmd_plan(args) -> int:
                             serial_log=Path("<run>/serial/boot.log"), qmp_socket=Path("<state>/qmp.sock"),
                             ssh_port=0, ssh_pubkey_b64="<per-run-key>",
                             tap_fds=list(range(3, 3 + tap_queue_count(bk))), guest_egress=cloud)
-        guest = driver_class(bk.os).for_plan(bk.nic, BootState())
+        guest = driver_class(bk.os).for_plan(bk.nic, BootState(), image=bk.image)
         print(f"\n== boot group {gi}: {bk.label} ({bk.os}; accel {bk.accel}: auto probes KVM, else TCG)")
         argv = build_argv(spec)
         print("   qemu: " + shlex.join(argv))
-        same.setdefault(bk.nic, {}).setdefault(bk.os, set()).add(data_plane_options(argv))
+        same.setdefault(bk.nic, {}).setdefault(bk.image, set()).add(data_plane_options(argv))
         print(f"   lock method: {guest.lock_method(accel)}")
         print("   " + render(boot_steps(guest, bk)).rstrip().replace("\n", "\n   "))
         warmup = [warmup_run(g.runs[0].cell)] if wl.warmup_after_boot and g.runs else []   # as the runner does

@@ -60,6 +60,10 @@ _SKIP_PKG = {"libc-bin", "libcap2-bin", "libpam-runtime", "libpam-modules", "lib
 # these); every build finds the actual paths in the unpacked packages and records them.
 DEFAULT_TOOLS = {"ip": "/bin/ip", "tc": "/sbin/tc", "ethtool": "/sbin/ethtool",
                  "iperf3": "/usr/bin/iperf3", "dropbear": "/usr/sbin/dropbear"}
+# Debian 13 (merged /usr), as a trixie build found them: `plan` shows these before one is built.
+PLAN_TOOLS = {"12": DEFAULT_TOOLS,
+              "13": {"ip": "/usr/bin/ip", "tc": "/usr/sbin/tc", "ethtool": "/usr/sbin/ethtool",
+                     "iperf3": "/usr/bin/iperf3", "dropbear": "/usr/sbin/dropbear"}}
 GUEST_TOOLS = ("ip", "tc", "ethtool", "iperf3", "dropbear")
 # Directories of a merged-/usr system that are links into /usr (Debian 13: every package
 # ships under /usr; base-files, not unpacked here, would provide the links).
@@ -74,7 +78,7 @@ def known_tools(release: str | None = None) -> dict[str, str]:
         m = json.loads(path.read_text())
         if release is None or m.get("debian_release") == release:
             return m.get("tools", DEFAULT_TOOLS)
-    return dict(DEFAULT_TOOLS)
+    return dict(PLAN_TOOLS.get(release or "", DEFAULT_TOOLS))
 
 
 class ImageBuildError(RuntimeError):
@@ -413,6 +417,17 @@ def find_tools(root: Path, names=GUEST_TOOLS) -> dict[str, str]:
             raise ImageBuildError(f"guest userland lacks {tool}")
         tools[tool] = hit
     return tools
+
+
+def release_of_image(image: str | None) -> str | None:
+    """The Debian release a harness-built image runs ("13" for linux-deb-13, the host's for
+    linux-deb), None for any other image."""
+    from harness.images.aptstate import RELEASES, host_release
+    if image == "linux-deb":
+        return host_release() or None
+    if image and image.startswith("linux-deb-") and image[len("linux-deb-"):] in RELEASES:
+        return image[len("linux-deb-"):]
+    return None
 
 
 def image_name(release: str | None) -> str:
