@@ -233,3 +233,45 @@ def test_kernel_order_is_by_version():
     from harness.analysis.compare import kernel_order
     assert kernel_order(["6.12.118+deb13-amd64", "6.1.0-57-amd64", "6.12.118+deb13-amd64"]) == \
         ["6.1.0-57-amd64", "6.12.118+deb13-amd64"]
+
+
+class _Runs:
+    """The one thing compare_kernels reads of a Runs: its wide table."""
+    def __init__(self, w):
+        self._w = w
+
+    def wide(self):
+        return self._w
+
+
+def _wide(kernel, requeues, gbit, driver="virtio_net", nic="virtio-net"):
+    image = "linux-deb-13" if kernel.startswith("6.12") else "linux-deb-12"
+    return pd.DataFrame([{"run_id": "r", "cell": f"{image}.{nic}.q2.p4.s1.tcp.m0", "rep": i, "os": "linux",
+                          "kernel": kernel, "nic": nic, "driver": driver, "queues": 2, "procs": 4, "streams": 1,
+                          "proto": "tcp", "msg_size": 0, "stack": "direct", "churn": "none", "traced": True,
+                          "accel": "tcg", "replay": False, "valid": True, "failed_checks": [],
+                          "throughput_bps": g * 1e9, "requeues_per_mpkt": r, "lock_wait_ns_per_pkt": 10.0 + i,
+                          "cpu_pct_per_gbit": 100.0 + i}
+                         for i, (r, g) in enumerate(zip(requeues, gbit))])
+
+
+def test_compare_kernels_matches_configs_across_images_and_names_the_mechanism():
+    from harness.analysis.compare import compare_kernels
+    from harness.analysis.report import mechanisms_table
+    w = pd.concat([_wide("6.12.118+deb13-amd64", [390.0, 420.0, 455.0], [1.0, 1.05, 0.98]),
+                   _wide("6.1.0-57-amd64", [0.0, 0.0, 0.0], [1.02, 0.99, 1.01])], ignore_index=True)
+    [kc] = compare_kernels(_Runs(w))
+    assert (kc.base_kernel, kc.cand_kernel) == ("6.1.0-57-amd64", "6.12.118+deb13-amd64")
+    t = kc.comparison.table.set_index("metric")
+    assert t.loc["requeues_per_mpkt", "cell"] == "virtio-net.q2.p4.s1.tcp.m0.direct.none.True"
+    assert t.loc["requeues_per_mpkt", "test"] == "welch" and t.loc["requeues_per_mpkt", "base_median"] == 0
+    assert not any(x.startswith("kernel differs") for x in kc.comparison.warnings)
+    assert [(m, mech.since) for _, m, mech in kc.mechanisms] == [("requeues_per_mpkt", (6, 11))]
+    mt = mechanisms_table(_Runs(w))
+    assert list(mt.metric) == ["requeues_per_mpkt"] and "BQL" in mt.mechanism.iloc[0]
+    assert mt.cells.iloc[0] == "virtio-net.q2.p4.s1.tcp.m0"
+
+
+def test_compare_kernels_needs_two_kernels():
+    from harness.analysis.compare import compare_kernels
+    assert compare_kernels(_Runs(_wide("6.1.0-57-amd64", [0.0] * 3, [1.0] * 3))) == []

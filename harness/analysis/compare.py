@@ -179,7 +179,8 @@ def with_config_id(w: pd.DataFrame) -> pd.DataFrame:
     """A ``config`` column: the cell without its image, so one configuration on two kernels
     matches ("virtio-net.q2.p4.s1.tcp.m0.direct.none.True")."""
     w = w.copy()
-    w["config"] = [".".join(f"{c[0]}{r[c]}" if c in ("queues", "procs") else str(r[c]) for c in CONFIG_COLS if c in w)
+    prefix = {"queues": "q", "procs": "p", "streams": "s", "msg_size": "m"}     # as in cell ids
+    w["config"] = [".".join(f"{prefix.get(c, '')}{r[c]}" for c in CONFIG_COLS if c in w)
                    for _, r in w.iterrows()] if len(w) else []
     return w
 
