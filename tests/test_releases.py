@@ -275,3 +275,17 @@ def test_compare_kernels_matches_configs_across_images_and_names_the_mechanism()
 def test_compare_kernels_needs_two_kernels():
     from harness.analysis.compare import compare_kernels
     assert compare_kernels(_Runs(_wide("6.1.0-57-amd64", [0.0] * 3, [1.0] * 3))) == []
+
+
+def test_unreachable_archive_is_one_line_and_exit_1(tmp_path):
+    """apt-get update only warns (exit 0) when the mirror is down: the build must still fail,
+    on one line, and must not mark the empty lists as fresh."""
+    env = {**__import__("os").environ, "XMITBENCH_CACHE": str(tmp_path),
+           "XMITBENCH_OS_RELEASE": str(FIX / "os-release" / "debian-12"),
+           "XMITBENCH_DEBIAN_MIRROR": "http://127.0.0.1:9/debian",
+           "XMITBENCH_DEBIAN_SECURITY_MIRROR": "http://127.0.0.1:9/debian-security"}
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "images", "build", "linux-deb-13"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "Debian 13 (trixie)" in p.stderr and "127.0.0.1:9" in p.stderr
+    assert not (tmp_path / "apt" / "trixie" / "state" / "updated").exists()
