@@ -50,6 +50,9 @@ MECHANISMS: tuple[Mechanism, ...] = (
             "__dev_requeue_skb (q->qstats.requeues++), try_bulk_dequeue_skb (qdisc_avail_bulklimit)",
             "include/linux/netdevice.h: netdev_tx_sent_queue (dql_avail < 0 -> set "
             "__QUEUE_STATE_STACK_XOFF), qdisc_avail_bulklimit",
+            "The guests' own modules (nm -u): Debian 13's 6.12.118 virtio_net.ko imports dql_completed and "
+            "dql_reset (BQL), Debian 12's 6.1.0-57 virtio_net.ko neither; both kernels CONFIG_BQL=y and "
+            "default qdisc fq_codel (one fq_codel child per TX queue on both), so the qdisc is not the difference",
         ),
     ),
     Mechanism(
