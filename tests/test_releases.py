@@ -289,3 +289,31 @@ def test_unreachable_archive_is_one_line_and_exit_1(tmp_path):
     assert p.returncode == 1, p.stdout + p.stderr
     assert p.stderr.strip().count("\n") == 0 and "Debian 13 (trixie)" in p.stderr and "127.0.0.1:9" in p.stderr
     assert not (tmp_path / "apt" / "trixie" / "state" / "updated").exists()
+
+
+def test_real_cross_release_run_compares_two_kernels():
+    """A real run of linux-6.1-vs-6.12 (TCG, 3 reps, 4 s; tests/fixtures/linux-6.12/README.md)."""
+    from harness.analysis.compare import compare_kernels
+    from harness.analysis.load import load_runs
+    runs = load_runs([F612 / "run-linux-6.1-vs-6.12"])
+    w = runs.wide()
+    assert sorted(set(w.kernel)) == ["6.1.0-57-amd64", "6.12.118+deb13-amd64"]
+    assert runs.runs_table().kernel.iloc[0] == "6.1.0-57-amd64,6.12.118+deb13-amd64"
+    [kc] = compare_kernels(runs)
+    t = kc.comparison.table
+    # every configuration measured on both kernels is matched (e1000e q2 is skipped on Linux)
+    assert set(t.cell.str.split(".direct").str[0]) == {
+        "e1000e.q1.p1.s1.tcp.m0", "e1000e.q1.p4.s1.tcp.m0", "virtio-net.q1.p1.s1.tcp.m0",
+        "virtio-net.q1.p4.s1.tcp.m0", "virtio-net.q2.p1.s1.tcp.m0", "virtio-net.q2.p4.s1.tcp.m0"}
+    assert (t.n_base == 3).all() and (t.n_cand == 3).all()
+    # 6.1 virtio_net never requeued; 6.12 did, and the BQL entry is named for it (virtio_net only)
+    rq = w[(w.driver == "virtio_net")].groupby("kernel").tx_requeues.sum()
+    assert rq["6.1.0-57-amd64"] == 0 and rq["6.12.118+deb13-amd64"] > 0
+    assert {m.since for _, metric, m in kc.mechanisms if metric == "requeues_per_mpkt"} == {(6, 11)}
+    assert all(cell.startswith("virtio-net") for cell, _, _ in kc.mechanisms)
+    # per-queue TX: the driver's counters on 6.1, the mq children on 6.12; both queues used at p4
+    q = C.queue_table(runs.metrics).merge(w[["run_id", "cell", "rep", "kernel", "queues", "procs"]])
+    q2 = q[(q.queues == 2) & (q.procs == 4)]
+    assert set(q2[q2.kernel.str.startswith("6.1.")].source) == {"ethtool -S"}
+    assert set(q2[q2.kernel.str.startswith("6.12.")].source) == {"tc -s -j qdisc"}
+    assert (q2.tx_packets > 0).all()

@@ -77,7 +77,8 @@ def _compare_by_kernel(args, metrics) -> int:
     configuration by configuration, with queue shares and the known mechanisms. Informational:
     exit 0 (a kernel difference is a finding, not a regression of this tool's candidate)."""
     import pandas as pd
-    from .compare import KERNEL_METRICS, compare_kernels, format_table, holds_across_reps, with_config_id
+    from .compare import (KERNEL_METRICS, compare_kernels, format_table, holds_across_reps, nonzero_reps,
+                          with_config_id)
     from .load import load_runs, queue_table
     runs = load_runs([p for p in (args.base, args.cand) if p])
     res = compare_kernels(runs, metrics or KERNEL_METRICS, threshold=args.threshold, alpha=args.alpha,
@@ -94,8 +95,17 @@ def _compare_by_kernel(args, metrics) -> int:
         for e in cmp.excluded:
             print(f"excluded {e}")
         print(format_table(cmp))
-        holds = [f"  {r.cell} {r.metric}: {holds_across_reps(r)}" for _, r in cmp.table.iterrows()
-                 if r.verdict != "no significant change" or (r.base_median == 0) != (r.cand_median == 0)]
+        wc = with_config_id(runs.wide())
+
+        def reps(kernel, config, metric):
+            return wc[(wc.kernel.astype(str) == kernel) & (wc.config == config)][metric].tolist()
+        holds = [f"  {r.cell} {r.metric}: {holds_across_reps(r)}"
+                 + (f"; base {nonzero_reps(reps(kc.base_kernel, r.cell, r.metric))}, candidate "
+                    f"{nonzero_reps(reps(kc.cand_kernel, r.cell, r.metric))}"
+                    if (r.base_median == 0) != (r.cand_median == 0) else "")
+                 for _, r in cmp.table.iterrows()
+                 if r.n_base and r.n_cand and (r.verdict != "no significant change"
+                                                or (r.base_median == 0) != (r.cand_median == 0))]
         if holds:
             print("difference holds across repetitions?")
             print("\n".join(holds))

@@ -228,10 +228,20 @@ def compare_kernels(runs: Runs, metrics=KERNEL_METRICS, threshold: float = 0.05,
     return out
 
 
+def nonzero_reps(values) -> str:
+    """'2/3 reps non-zero': for event counters that are 0 on one kernel (a test at n=3 has
+    little power, but 0 in every repetition against non-zero in most is itself a finding)."""
+    v = [x for x in values if x == x]
+    return f"{sum(1 for x in v if x != 0)}/{len(v)} reps non-zero"
+
+
 def holds_across_reps(r) -> str:
     """Does a difference hold across repetitions? 'yes' when the test over the repetitions is
     significant (p < alpha), noting when the two medians' 95 % CIs still overlap; 'no' when it
     is not; 'untested' below the repetitions a test needs."""
+    if not r.n_base or not r.n_cand:
+        return "no counter on " + ("either kernel" if not r.n_base and not r.n_cand else
+                                   "the base kernel" if not r.n_base else "the candidate kernel")
     if r.test == "none":
         return "untested (n<3 a side)"
     apart = (not math.isnan(r.base_ci_hi) and not math.isnan(r.cand_ci_lo)
