@@ -44,6 +44,10 @@ def cmd_compare(args) -> int:
         raise InputError("--threshold", "", f"expected a fraction such as 0.05 (5%), got {args.threshold}")
     if not 0 < args.alpha < 1:
         raise InputError("--alpha", "", f"expected a probability in (0, 1), got {args.alpha}")
+    if getattr(args, "by_kernel", False):
+        return _compare_by_kernel(args, args.metric or None)
+    if args.cand is None:
+        raise InputError("xmitbench compare", "CAND", "give a candidate run dir (or --by-kernel)")
     base, cand = load_runs([args.base]), load_runs([args.cand])
     include_invalid = getattr(args, "include_invalid", False)
     cmp = compare_runs(base, cand, metrics, threshold=args.threshold, alpha=args.alpha, seed=args.seed,
@@ -82,6 +86,66 @@ def cmd_bench_history(args) -> int:
     return run(args)
 
 
+def _compare_by_kernel(args, metrics) -> int:
+    """`compare RUN_DIR [RUN_DIR] --by-kernel`: every guest kernel against the oldest, cell
+    configuration by configuration, with queue shares and the known mechanisms. Informational:
+    exit 0 (a kernel difference is a finding, not a regression of this tool's candidate)."""
+    import pandas as pd
+    from .compare import (KERNEL_METRICS, compare_kernels, format_table, holds_across_reps, nonzero_reps,
+                          with_config_id)
+    from .load import load_runs, queue_table
+    runs = load_runs([p for p in (args.base, args.cand) if p])
+    res = compare_kernels(runs, metrics or KERNEL_METRICS, threshold=args.threshold, alpha=args.alpha,
+                          seed=args.seed, include_invalid=getattr(args, "include_invalid", False))
+    if not res:
+        kernels = sorted(set(runs.wide().kernel.dropna().astype(str)))
+        raise InputError(args.base, "kernel", f"--by-kernel needs cells of two kernels; found: {', '.join(kernels) or 'none'}")
+    for kc in res:
+        cmp = kc.comparison
+        print(f"kernel {kc.base_kernel} (base) vs {kc.cand_kernel} (candidate), matched on the cell's "
+              f"configuration; p from stats.ab_test (Welch t at 3-4 reps a side, Mann-Whitney from 5)")
+        for w in cmp.warnings:
+            print(f"warning: {w}")
+        for e in cmp.excluded:
+            print(f"excluded {e}")
+        print(format_table(cmp))
+        wc = with_config_id(runs.wide())
+
+        def reps(kernel, config, metric):
+            return wc[(wc.kernel.astype(str) == kernel) & (wc.config == config)][metric].tolist()
+        holds = [f"  {r.cell} {r.metric}: {holds_across_reps(r)}"
+                 + (f"; base {nonzero_reps(reps(kc.base_kernel, r.cell, r.metric))}, candidate "
+                    f"{nonzero_reps(reps(kc.cand_kernel, r.cell, r.metric))}"
+                    if (r.base_median == 0) != (r.cand_median == 0) else "")
+                 for _, r in cmp.table.iterrows()
+                 if r.n_base and r.n_cand and (r.verdict != "no significant change"
+                                                or (r.base_median == 0) != (r.cand_median == 0))]
+        if holds:
+            print("difference holds across repetitions?")
+            print("\n".join(holds))
+        seen = set()
+        for cell, metric, m in kc.mechanisms:
+            if m.title in seen:
+                continue
+            seen.add(m.title)
+            print(f"mechanism ({metric}, first seen in {cell}): {m.title}\n  {m.explanation}")
+            for src in m.sources:
+                print(f"  source: {src}")
+    q = queue_table(runs.metrics)
+    if len(q):
+        w = with_config_id(runs.wide())[["run_id", "cell", "rep", "kernel", "config", "queues"]]
+        q = q.merge(w, on=["run_id", "cell", "rep"])
+        q = q[q.queues > 1]
+        if len(q):
+            med = q.groupby(["config", "kernel", "queue", "source"])["share"].median().reset_index()
+            print("TX queue shares (median over reps; source of the per-queue counters):")
+            for (config, kernel, source), g in med.groupby(["config", "kernel", "source"]):
+                shares = " / ".join(f"q{int(r.queue)} {r.share * 100:.0f}%" for _, r in g.iterrows()
+                                    if not pd.isna(r.share))
+                print(f"  {config}  {kernel}: {shares}  [{source}]")
+    return 0
+
+
 def register(subparsers) -> None:
     """Add `report`, `compare` and `bench-history` to the CLI's subparsers."""
     r = subparsers.add_parser("report", help="execute the analysis notebooks and write report.html",
@@ -102,7 +166,10 @@ def register(subparsers) -> None:
                                           "metric is worse by more than the threshold AND significantly so.",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     c.add_argument("base", metavar="BASE", help="baseline run dir")
-    c.add_argument("cand", metavar="CAND", help="candidate run dir")
+    c.add_argument("cand", metavar="CAND", nargs="?", help="candidate run dir (optional with --by-kernel)")
+    c.add_argument("--by-kernel", action="store_true",
+                   help="compare the guest kernels inside the run dir(s), each against the oldest, matched on "
+                        "the cell's configuration (e.g. workloads/linux-6.1-vs-6.12.toml); names known mechanisms")
     c.add_argument("--metric", action="append",
                    help="metric of the wide table, repeatable (default throughput_bps); e.g. "
                         "drops_per_mpkt, requeues_per_mpkt, lock_wait_ns_per_pkt, cpu_pct_per_gbit")

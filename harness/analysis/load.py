@@ -229,7 +229,10 @@ class Runs:
                 "started": (pd.to_datetime(started, unit="s").floor("s") if not pd.isna(started)
                             else _time_from_id(rid)),
                 "workload": (m.get("workload") or {}).get("name"),
-                "kernel": (m.get("guest_image") or {}).get("kernel_release"),
+                # the kernels its cells ran (a run of linux-deb-12 and -13 has two), else the default guest's
+                "kernel": (",".join(sorted(set(c["kernel"].dropna().astype(str))))
+                           if len(c) and "kernel" in c and c["kernel"].notna().any()
+                           else (m.get("guest_image") or {}).get("kernel_release")),
                 "os": ",".join(sorted(set(c["os"].dropna().astype(str)))) if len(c) else "",
                 "accel": m.get("accel"),
                 "replay": is_replay(m),

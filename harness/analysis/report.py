@@ -726,6 +726,21 @@ def kernel_ab(runs: Runs, metric: str = "throughput_bps", threshold: float = 0.0
     return pd.concat(out, ignore_index=True)
 
 
+def mechanisms_table(runs: Runs) -> pd.DataFrame:
+    """Known kernel mechanisms (analysis/mechanisms.py) behind the differences between the
+    kernels of these runs (compare.compare_kernels), one row per mechanism and metric, with
+    the configurations it was seen in and its sources."""
+    from .compare import compare_kernels
+    rows: dict[tuple, dict] = {}
+    for kc in compare_kernels(runs):
+        for config, metric, m in kc.mechanisms:
+            r = rows.setdefault((kc.base_kernel, kc.cand_kernel, metric, m.title), {
+                "baseline": kc.base_kernel, "candidate": kc.cand_kernel, "metric": metric, "mechanism": m.title,
+                "cells": [], "explanation": m.explanation, "sources": " | ".join(m.sources)})
+            r["cells"].append(config.split(".direct")[0])
+    return pd.DataFrame([{**r, "cells": ", ".join(r["cells"])} for r in rows.values()])
+
+
 KVK_METRICS = [("gbit_s", "throughput [Gbit/s]"), ("cpu_pct_per_gbit", "CPU cost [% of one CPU per Gbit/s]"),
                ("cpu_busy_pct", "guest CPU busy [% of one CPU]")]
 
