@@ -136,10 +136,13 @@ def apt_state(release: str | None, cache: Path, update: bool = True, log=print) 
     stamp = root / "state" / "updated"
     if update and (not stamp.exists() or time.time() - stamp.stat().st_mtime > LISTS_MAX_AGE_S):
         log(f"apt: refreshing package lists for {state.describe()}")
-        proc = state.run(["apt-get", "update", "-q"])
+        # --error-on=any: an unreachable mirror is an error, not a warning with exit status 0
+        # (which would leave no lists and a fresh stamp)
+        proc = state.run(["apt-get", "update", "-q", "--error-on=any"])
         if proc.returncode != 0 or "W: " in proc.stderr and "not signed" in proc.stderr:
-            raise AptStateError(f"apt-get update for Debian {release} ({RELEASES[release]}) failed: "
-                                + (proc.stderr.strip().splitlines() or ["no output"])[-1][:300])
+            lines = proc.stderr.strip().splitlines() or ["no output"]
+            why = next((ln for ln in lines if "Failed to fetch" in ln), lines[-1])
+            raise AptStateError(f"apt-get update for Debian {release} ({RELEASES[release]}) failed: {why[:300]}")
         stamp.touch()
     return state
 
