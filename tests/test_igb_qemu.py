@@ -157,3 +157,33 @@ def test_unreachable_registry_skips_igb_with_one_line_reason(tmp_path, monkeypat
     assert proc.stderr.startswith("xmitbench: qemu fetch failed: apt-get update for Debian 13")
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "cache" / "qemu").exists() or not list((tmp_path / "cache" / "qemu").glob("*/fetch.json"))
+
+
+def test_igb_queue_cap_follows_vcpus_up_to_eight(tmp_path):
+    """1 and 2 queues on 2 vCPUs; on a larger guest up to igb's 8 (82576), never more than vCPUs."""
+    from harness.errors import InputError
+    from harness.run.plan import plan
+    from harness.run.workload import load_workload
+
+    def wl(vcpus: int, queues: list[int]):
+        p = tmp_path / f"igb{vcpus}.toml"
+        p.write_text(WORKLOAD.replace("vcpus = 2", f"vcpus = {vcpus}").replace("queues = [1, 2]", f"queues = {queues}"))
+        return load_workload(p)
+    p = plan(wl(8, [1, 2, 4, 8]), None)
+    assert [(g.boot_key.queues, sorted(r.cell.queues for r in g.runs)) for g in p.groups] == [(8, [1, 2, 4, 8])]
+    p = plan(wl(16, [8, 16]), None)
+    assert [s.reason for s in p.skipped] == ["igb has at most 8 TX queues on linux (igb driver)"]
+    with pytest.raises(InputError, match="matrix.queues"):
+        wl(2, [1, 4])       # more queues than vCPUs is bad input
+
+
+def test_plan_shows_freebsd_igb_loader_tunables(tmp_path):
+    """FreeBSD's igb (iflib, if_em.c) takes its queue counts as loader tunables, printed by plan."""
+    p = tmp_path / "fb-igb.toml"
+    p.write_text(WORKLOAD.replace('image = "linux-deb"', 'image = "freebsd-14.3"'))
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "plan", str(p)], capture_output=True, text=True,
+                         timeout=120, cwd=REPO, check=True).stdout
+    for q in (1, 2):
+        assert (f"dev.igb.0.iflib.override_ntxqs=\"{q}\"" in out and f"dev.igb.0.iflib.override_nrxqs=\"{q}\"" in out
+                and f"check {q} TX queues" in out), out[-2000:]
+    assert "dev.igb.0.iflib.override_qs_enable=\"1\"" in out and "\nskipped " not in out
