@@ -59,16 +59,16 @@ def describe(version: str) -> str:
 
 def fetched_qemu() -> QemuBinary | None:
     """The newest complete fetch in the cache (its record written after the check passed)."""
-    best = None
-    for rec in sorted(qemu_dir().glob(f"*/{RECORD}")):
+    found = []
+    for rec in qemu_dir().glob(f"*/{RECORD}"):
         try:
             info = json.loads(rec.read_text())
         except (OSError, ValueError):
             continue
         launcher = rec.parent / LAUNCHER
         if info.get("verified") and launcher.is_file():
-            best = (info.get("fetched_at", ""), QemuBinary(str(launcher), describe(info["version"])))
-    return best[1] if best else None
+            found.append((info.get("fetched_at", ""), str(launcher), describe(info["version"])))
+    return QemuBinary(*max(found)[1:]) if found else None
 
 
 # -- the rule --------------------------------------------------------------------------------

@@ -26,13 +26,14 @@ class QemuBinary:
         return shutil.which(self.path) or self.path
 
     def device_help(self) -> str:
-        if self.path not in _help_cache:
+        key = self.resolved
+        if key not in _help_cache:
             try:
-                _help_cache[self.path] = subprocess.run([self.path, "-device", "help"], capture_output=True,
-                                                        text=True, timeout=60).stdout
+                _help_cache[key] = subprocess.run([self.path, "-device", "help"], capture_output=True,
+                                                  text=True, timeout=60).stdout
             except OSError:
-                _help_cache[self.path] = ""     # no such binary: it has no devices
-        return _help_cache[self.path]
+                _help_cache[key] = ""     # no such binary: it has no devices
+        return _help_cache[key]
 
     def devices(self) -> set[str]:
         return qemu_supported_devices(self.device_help())
