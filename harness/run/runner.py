@@ -56,7 +56,9 @@ class Runner:
         wl = self.workload
         # one QEMU for the whole run (every cell of a comparison on the same binary); a newer one
         # is fetched when the system's lacks a NIC model the workload names (harness.images.hostqemu)
+        t0 = time.monotonic()
         self.qemu = self.host.select_qemu({NICS[n].qemu_device for n in wl.matrix.nic}, self.log)
+        self.timings["qemu_select"] = time.monotonic() - t0    # includes a fetch when this run made one
         supported = qemu_supported_devices(self.host.device_help())
         self.plan: Plan = make_plan(wl, supported, self.shard, qemu_unavailable=self.qemu.unavailable)
         if self.on_plan:
