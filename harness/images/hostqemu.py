@@ -103,7 +103,7 @@ def choose_qemu(needed: set[str], fetch: bool = True, log=print) -> QemuChoice:
         got = fetch_qemu(log=log)
     except (QemuFetchError, AptStateError) as e:
         reason = f"xmitbench qemu fetch failed: {e}"
-        log(f"xmitbench: {reason}")
+        log(f"{reason}; the cells that need {', '.join(lacking)} are skipped")
         return QemuChoice(system, unavailable=reason)
     if needed - got.devices():
         return QemuChoice(system, unavailable=f"the fetched QEMU lacks {', '.join(sorted(needed - got.devices()))}")
