@@ -117,11 +117,24 @@ def cmd_plan(args) -> int:
     from harness.run.procedure import boot_steps, cell_steps, machine_spec, render, state_after, tap_queue_count
     from harness.run.workload import load_workload, warmup_run
     from harness.images.local import boots_kernel_directly
+    from harness.images.hostqemu import choose_qemu
+    from harness.vm import qemu as qemu_binary
+    from harness.vm.nics import NICS
     wl = load_workload(args.workload)
     shard = parse_shard(args.shard) if args.shard else None
-    p = plan(wl, qemu_supported_devices(device_help()), shard)
+    needed = {NICS[n].qemu_device for n in wl.matrix.nic}
+    choice = choose_qemu(needed, fetch=False)       # the run's rule; plan downloads nothing
+    qemu_binary.use(choice.binary)
+    supported = qemu_supported_devices(device_help())
+    if choice.pending_fetch:    # the run fetches Debian 13's QEMU first, which has them
+        supported |= needed
+    p = plan(wl, supported, shard)
     print(f"workload {wl.path} ({wl.sha256[:12]}): {len(p.runs)} cell runs in {len(p.groups)} boot groups, "
           f"{len(p.skipped)} skipped; ETA {p.eta_s / 60:.1f} min (plus image downloads)")
+    print(f"QEMU binary {choice.binary.resolved} ({choice.binary.obtained})" + (
+        f"; the system QEMU lacks {', '.join(sorted(needed - qemu_binary.system_qemu().devices()))}: "
+        "`xmitbench run` first fetches Debian 13's QEMU (`xmitbench qemu fetch`) and runs every cell on it"
+        if choice.pending_fetch else ""))
     print(f"repetitions: {describe_repetitions(wl)}")
     print("placeholders: <cache> the guest image dir (`xmitbench images list`), <state> a per-boot dir, "
           "<run> the run dir, <per-run-key> the run's SSH public key; fd=/fds= are the tap queues the "
@@ -304,6 +317,32 @@ def cmd_clean(args) -> int:
     return 0
 
 
+def cmd_qemu(args) -> int:
+    """`qemu fetch`: assemble Debian 13's QEMU into the cache; `qemu show`: which QEMU a run of
+    the workload would start, and why."""
+    from harness.images.aptstate import AptStateError
+    from harness.images.hostqemu import QemuFetchError, choose_qemu, fetch_qemu, fetched_qemu
+    if args.qemu_cmd == "fetch":
+        try:
+            b = fetch_qemu(force=args.force)
+        except (QemuFetchError, AptStateError) as e:
+            print(f"xmitbench: qemu fetch failed: {e}", file=sys.stderr)
+            return 1
+        print(f"{b.path}: {b.obtained}")
+        return 0
+    from harness.run.workload import load_workload
+    from harness.vm.nics import NICS
+    wl = load_workload(args.workload) if args.workload else None
+    needed = {NICS[n].qemu_device for n in wl.matrix.nic} if wl else set()
+    choice = choose_qemu(needed, fetch=False)
+    have = fetched_qemu()
+    print(f"runs: {choice.binary.resolved} ({choice.binary.obtained}, version {choice.binary.version()})"
+          + ("; `xmitbench run` fetches Debian 13's QEMU first (the system QEMU lacks a needed device)"
+             if choice.pending_fetch else ""))
+    print(f"fetched: {have.path} ({have.obtained})" if have else "fetched: none")
+    return 0
+
+
 def cmd_probe(args) -> int:
     from harness.images.guestimage import build_linux_deb
     from harness.vm.machine import probe_accel
@@ -364,6 +403,13 @@ def main(argv=None) -> int:
     mg.set_defaults(fn=cmd_merge)
     c = sub.add_parser("clean", help="remove namespaces left by crashed runs")
     c.set_defaults(fn=cmd_clean)
+    q = sub.add_parser("qemu", help="the QEMU a run starts: fetch Debian 13's (igb needs QEMU >= 8.0), show the choice")
+    qsub = q.add_subparsers(dest="qemu_cmd", required=True)
+    qf = qsub.add_parser("fetch", help="assemble Debian 13's qemu-system-x86 into the cache (private apt state)")
+    qf.add_argument("--force", action="store_true", help="unpack and check again even if this version is cached")
+    qs = qsub.add_parser("show", help="which QEMU a run of WORKLOAD would start")
+    qs.add_argument("workload", nargs="?")
+    q.set_defaults(fn=cmd_qemu)
     pr = sub.add_parser("probe", help="probe KVM by a short boot")
     pr.add_argument("--timeout", type=float, default=20.0)
     pr.set_defaults(fn=cmd_probe)

@@ -327,6 +327,11 @@ class ReplayHost:
         live = [m for m in self.machines if m.alive()]
         return live[-1].vm if live else None
 
+    def select_qemu(self, needed_devices, log):
+        from harness.images.hostqemu import QemuChoice
+        from harness.vm.qemu import QemuBinary
+        return QemuChoice(QemuBinary("none", "replay: no QEMU started"))
+
     def device_help(self) -> str:
         return (FIX / "qemu" / "device_help_7.2.txt").read_text()
 

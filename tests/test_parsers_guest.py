@@ -1,6 +1,7 @@
 """Parsers on text captured from the real Debian 6.1 guest (tests/fixtures/linux/guest/):
 virtio_net with 2 queue pairs and e1000e, each after 4 pinned iperf3 senders for 4 s under
-TCG with the xmitbench lock hist triggers installed."""
+TCG with the xmitbench lock hist triggers installed; igb with 2 TX queues on QEMU 10.0.13 (how it
+was captured: igb_q2/README.md)."""
 from pathlib import Path
 
 from harness.guests.linux import split_sections, SECTION
@@ -89,3 +90,33 @@ def test_lock_hist_delta_between_two_readings():
     grown = [P.LockWait(waits[0].lock_addr, waits[0].contentions + 2, waits[0].wait_ns + 100)] + waits[1:]
     w, _ = P.lock_hist_delta(waits, grown, stacks, stacks)
     assert w == [P.LockWait(waits[0].lock_addr, 2, 100, None)]
+
+
+# igb (82576) with 2 TX queues on QEMU 10.0.13: captured from a real run (igb_q2/README.md)
+def test_igb_real_per_queue_tx_counters_and_restarts():
+    before = P.parse_ethtool_stats(read("igb_q2", "ethtool_-S.before.txt"), driver="igb")
+    after = P.parse_ethtool_stats(read("igb_q2", "ethtool_-S.txt"), driver="igb")
+    d = delta(before, after)
+    tx = {(x.metric, x.queue): x.value for x in d if x.queue is not None and x.metric.startswith("tx_")}
+    assert tx == {("tx_packets", 0): 222199, ("tx_bytes", 0): 334966437, ("tx_restarts", 0): 0,
+                  ("tx_packets", 1): 245914, ("tx_bytes", 1): 370689760, ("tx_restarts", 1): 0}
+    restart = [x for x in after if x.native_name == "tx_queue_1_restart"]
+    assert len(restart) == 1 and restart[0].metric == "tx_restarts" and restart[0].queue == 1
+    hw = {x.native_name: x for x in d if x.queue is None}
+    # the hardware totals beside them carry no queue, so per-queue sums never count them twice
+    assert hw["tx_packets"].metric == "tx_packets" and hw["tx_packets"].value == 19459 - 4753
+    assert {x.queue for x in after if x.native_name.startswith("rx_queue_")} == {0, 1}
+
+
+def test_igb_real_mq_requeues_and_queue_interrupts():
+    before = P.parse_tc_qdisc_json(read("igb_q2", "tc_-s_-j_qdisc_show.before.json"))
+    after = P.parse_tc_qdisc_json(read("igb_q2", "tc_-s_-j_qdisc_show.json"))
+    d = delta(before, after)
+    root = [x for x in d if x.queue is None and x.metric == "tx_requeues"]
+    assert len(root) == 1 and root[0].value > 0
+    assert {x.queue for x in d if x.metric == "tx_requeues" and x.queue is not None} == {0, 1}
+    assert P.qdisc_totals(d)["qdisc_packets"] == sum(x.value for x in d if x.metric == "qdisc_packets"
+                                                     and x.queue is not None)
+    irq = P.parse_proc_interrupts(read("igb_q2", "proc_interrupts.txt"), match="xb0")
+    tx = {(x.native_name, x.queue, x.cpu): x.value for x in irq if "-tx-" in x.native_name and x.value}
+    assert tx == {("xb0-tx-0", 0, 0): 5616, ("xb0-tx-1", 1, 1): 5749}

@@ -11,6 +11,8 @@ from pathlib import Path
 from harness.images.bootimage import BootImage, prepare_image, seed_for
 from harness.images.catalog import make_overlay
 from harness.images.guestimage import build_linux_deb
+from harness.images.hostqemu import QemuChoice, choose_qemu
+from harness.vm import qemu as qemu_binary
 from harness.vm.dataplane import DataPlane, clean_stale
 from harness.vm.machine import Machine, device_help, probe_accel, qemu_version
 from harness.vm.ssh import GuestShell, make_key
@@ -20,6 +22,12 @@ class Host:
     """The real host: QEMU guests, a harness-owned namespace, SSH to 127.0.0.1."""
     kind = "qemu"               # manifest["host_kind"]
     replay_of: str | None = None  # a replay names what it replays (manifest["replay"])
+
+    def select_qemu(self, needed_devices: set[str], log) -> QemuChoice:
+        """The QEMU this run starts (fetched first if need be): every machine uses it."""
+        choice = choose_qemu(needed_devices, fetch=True, log=log)
+        qemu_binary.use(choice.binary)
+        return choice
 
     def device_help(self) -> str:
         return device_help()

@@ -1,7 +1,6 @@
 """What a run's manifest says about where and how it ran, and the run's own benchmarks."""
 from __future__ import annotations
 
-import shutil
 import statistics
 import sys
 import time
@@ -10,14 +9,14 @@ from pathlib import Path
 from harness import __version__
 from harness.images.bootimage import BootImage
 from harness.results.rundir import git_revision, host_info
-from harness.vm.machine import QEMU, lock_visibility_method
+from harness.vm.machine import lock_visibility_method
 
 TCG_WARNING = ("accel=tcg: QEMU is emulating the CPU in software. Throughput and lock waits are "
                "NOT kernel results; use them only to check that the harness and counters work.")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_manifest(host, wl, shard, accel: str, accel_reason: str, image, images: dict, plan,
+def run_manifest(host, wl, shard, accel: str, accel_reason: str, qemu, image, images: dict, plan,
                  previous: dict | None) -> dict:
     """The manifest's run-level entries (a resumed run keeps its workload text and boots)."""
     m = {
@@ -37,7 +36,9 @@ def run_manifest(host, wl, shard, accel: str, accel_reason: str, image, images: 
                                   "alternating which runs first (ABBA across pairs), phase shuffle_seed % 2")
                   if wl.probe_effect and wl.lock_stats else None,
                   "repetitions": "rep-major rounds (every cell once, then again)"},
-        "qemu": {"binary": shutil.which(QEMU) or QEMU, "version": host.qemu_version()},
+        # qemu: harness.images.hostqemu.QemuChoice; "obtained": system, env XMITBENCH_QEMU or fetched
+        "qemu": {"binary": qemu.binary.resolved, "version": host.qemu_version(), "obtained": qemu.binary.obtained,
+                 "unavailable": qemu.unavailable},
         "accel": accel, "accel_reason": accel_reason, "emulated": accel == "tcg",
         "warning": TCG_WARNING if accel == "tcg" else None,
         "guest_image": {"name": image.name, "key": image.key,

@@ -54,10 +54,11 @@ class Plan:
 
 def plan(workload: Workload, supported_devices: set[str] | None = None,
          shard: tuple[int, int] | None = None, *,
-         boot_s: float = BOOT_S, overhead_s: float = OVERHEAD_S) -> Plan:
+         boot_s: float = BOOT_S, overhead_s: float = OVERHEAD_S, qemu_unavailable: str | None = None) -> Plan:
     """Group the workload's cell runs by boot, drop what this QEMU cannot do, and shard.
 
     ``supported_devices`` comes from ``nics.qemu_supported_devices`` (None: do not check).
+    ``qemu_unavailable``: why no QEMU with the missing devices runs (added to their skip reason).
     Skipped cells are reported by shard 1 only (or the unsharded plan), so the union of all
     shards' results records each skip exactly once.
     """
@@ -66,7 +67,7 @@ def plan(workload: Workload, supported_devices: set[str] | None = None,
     kept: list[CellRun] = []
     missing: set[str] = set()
     for run in runs:
-        reason = missing_device_reason(NICS[run.cell.nic], supported_devices)
+        reason = missing_device_reason(NICS[run.cell.nic], supported_devices, qemu_unavailable)
         if reason is None:
             kept.append(run)
         elif run.cell.cell_id not in missing:   # one skip per cell, not per repetition

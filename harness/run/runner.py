@@ -28,7 +28,7 @@ from harness.run.watch import AttemptWatch
 from harness.run.validity import RERUN_CHECKS, failed_checks, is_valid
 from harness.run.workload import warmup_run
 from harness.vm.faults import Injector
-from harness.vm.nics import qemu_supported_devices
+from harness.vm.nics import NICS, qemu_supported_devices
 
 
 class Runner:
@@ -54,8 +54,13 @@ class Runner:
     def run(self) -> RunDir:
         t_run = time.monotonic()
         wl = self.workload
+        # one QEMU for the whole run (every cell of a comparison on the same binary); a newer one
+        # is fetched when the system's lacks a NIC model the workload names (harness.images.hostqemu)
+        t0 = time.monotonic()
+        self.qemu = self.host.select_qemu({NICS[n].qemu_device for n in wl.matrix.nic}, self.log)
+        self.timings["qemu_select"] = time.monotonic() - t0    # includes a fetch when this run made one
         supported = qemu_supported_devices(self.host.device_help())
-        self.plan: Plan = make_plan(wl, supported, self.shard)
+        self.plan: Plan = make_plan(wl, supported, self.shard, qemu_unavailable=self.qemu.unavailable)
         if self.on_plan:
             self.on_plan(self.plan)
         t0 = time.monotonic()
@@ -84,7 +89,7 @@ class Runner:
             rd = self.rd = RunDir.create(self.results_root)
         self.key_dir = Path(os.environ.get("XMITBENCH_STATE", "/run/xmitbench")) / "keys" / rd.run_id
         previous = dict(rd.manifest) if self.resume else None
-        rd.manifest.update(run_manifest(self.host, wl, self.shard, self.accel, accel_reason, self.image,
+        rd.manifest.update(run_manifest(self.host, wl, self.shard, self.accel, accel_reason, self.qemu, self.image,
                                         self.images, self.plan, previous))
         self.reps = policy_for(wl, self.accel)       # "auto": the CI target resolved for this accel
         rd.manifest["repetitions"] = self.reps.manifest()

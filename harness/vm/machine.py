@@ -9,7 +9,6 @@ descriptors the data-plane layer opened inside the harness namespace.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,7 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-QEMU = os.environ.get("XMITBENCH_QEMU", "qemu-system-x86_64")
+from harness.vm import qemu as qemu_binary
+
 MGMT_MAC = "52:54:00:00:00:01"
 DATA_MAC = "52:54:00:12:34:56"
 PEER_DATA_MAC = "02:78:62:00:00:01"   # the tap in the peer namespace (locally administered)
@@ -72,7 +72,7 @@ def build_argv(spec: MachineSpec) -> list[str]:
     argv = [
         # debug-threads: vCPU and I/O threads carry names ("CPU 0/TCG"), so host CPU time per
         # thread (recorded per cell) tells a host-side bottleneck from guest lock contention
-        QEMU, "-name", "xmitbench,debug-threads=on", "-nodefaults", "-no-user-config", "-nographic",
+        qemu_binary.current().path, "-name", "xmitbench,debug-threads=on", "-nodefaults", "-no-user-config", "-nographic",
         "-accel", spec.accel if spec.accel == "kvm" else "tcg,thread=multi",
         "-cpu", cpu_model(spec.accel),
         "-smp", str(spec.vcpus), "-m", str(spec.memory_mib),
@@ -131,21 +131,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-_device_help_cache: str | None = None
-
-
 def device_help() -> str:
-    global _device_help_cache
-    if _device_help_cache is None:
-        _device_help_cache = subprocess.run([QEMU, "-device", "help"], capture_output=True,
-                                            text=True, timeout=30).stdout
-    return _device_help_cache
+    """`-device help` of the QEMU machines start (harness.vm.qemu.current)."""
+    return qemu_binary.current().device_help()
 
 
 def qemu_version() -> str:
-    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30).stdout
-    m = re.search(r"version (\S+)", out)
-    return m.group(1) if m else out.strip()
+    return qemu_binary.current().version()
 
 
 class MachineError(RuntimeError):

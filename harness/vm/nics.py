@@ -42,11 +42,13 @@ def qemu_supported_devices(help_text: str) -> set[str]:
     return names
 
 
-def missing_device_reason(nic: NicModel, supported_devices: set[str] | None) -> str | None:
-    """The skip reason when this QEMU lacks the device; None if present or unknown."""
+def missing_device_reason(nic: NicModel, supported_devices: set[str] | None,
+                          why_no_other: str | None = None) -> str | None:
+    """The skip reason when this QEMU lacks the device; None if present or unknown.
+    ``why_no_other``: why no QEMU that has it is used (e.g. the fetch of a newer QEMU failed)."""
     if supported_devices is None or nic.qemu_device in supported_devices:
         return None
     reason = f"QEMU has no device {nic.qemu_device}"
     if nic.min_qemu:
         reason += f" (needs QEMU >= {nic.min_qemu[0]}.{nic.min_qemu[1]})"
-    return reason
+    return reason + (f"; {why_no_other}" if why_no_other else "")
