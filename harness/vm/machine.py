@@ -100,9 +100,18 @@ def build_argv(spec: MachineSpec) -> list[str]:
         argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
     if spec.tap_fds:
         fds = ":".join(str(fd) for fd in spec.tap_fds)
-        argv += ["-netdev", f"tap,id=data,{'fds' if len(spec.tap_fds) > 1 else 'fd'}={fds},vhost=off"]
+        argv += ["-netdev", f"tap,id=data,{'fds' if len(spec.tap_fds) > 1 else 'fd'}={fds},"
+                            f"vhost={tap_vhost(spec.accel, spec.qemu_device)}"]
         argv += ["-device", data_device(spec.qemu_device, spec.queues)]
     return argv
+
+
+def tap_vhost(accel: str, qemu_device: str) -> str:
+    """vhost=on only for virtio-net under KVM: the host kernel's vhost-net worker
+    (``vhost-<qemu pid>``, a kernel thread before Linux 6.4, a thread of the QEMU process since)
+    moves the packets instead of QEMU's main loop, as a KVM deployment would. Under TCG the
+    main loop keeps them (vhost=off), and other NIC models have no vhost backend."""
+    return "on" if accel == "kvm" and qemu_device == "virtio-net-pci" else "off"
 
 
 def data_device(qemu_device: str, queues: int) -> str:
@@ -278,13 +287,20 @@ class Machine:
             self._qmp = None
 
 
+def forced_accel() -> str | None:
+    """XMITBENCH_ACCEL=kvm|tcg: what a workload's accel "auto" resolves to without probing
+    (the runner's probe_accel, and `plan`, which never boots anything)."""
+    v = os.environ.get("XMITBENCH_ACCEL")
+    return v if v in ("kvm", "tcg") else None
+
+
 def probe_accel(kernel: Path, initrd: Path, timeout: float = 20.0) -> tuple[str, str]:
     """Try KVM by booting the guest kernel until it prints on the console.
 
     /dev/kvm existing is not enough: under nested virtualisation a KVM guest can hang
     right after decompression. Returns (accel, reason)."""
-    if os.environ.get("XMITBENCH_ACCEL") in ("kvm", "tcg"):
-        return os.environ["XMITBENCH_ACCEL"], "forced by XMITBENCH_ACCEL"
+    if forced_accel():
+        return forced_accel(), "forced by XMITBENCH_ACCEL"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg", "/dev/kvm missing or not accessible"
     with tempfile.TemporaryDirectory(prefix="xb-kvmprobe-") as d:
