@@ -48,17 +48,42 @@ class MachineSpec:
     guest_egress: bool = False      # cloud images install packages on first boot
 
 
+# Which qspinlock path a Linux 6.1 guest takes decides whether a TX-lock wait reaches the
+# lock:contention_begin tracepoint (sources: Linux 6.1, as built into the Debian guest kernel,
+# CONFIG_PARAVIRT_SPINLOCKS=y, CONFIG_KVM_GUEST=y):
+# * kernel/locking/qspinlock.c:queued_spin_lock_slowpath: `if (pv_enabled()) goto pv_queue;`
+#   then `if (virt_spin_lock(lock)) return;` then the pending-bit spin (returns without a
+#   trace), and only at `queue:`/`pv_queue:` trace_contention_begin(lock, LCB_F_SPIN), ended
+#   at `release:` by trace_contention_end.
+# * arch/x86/include/asm/qspinlock.h:virt_spin_lock: while virt_spin_lock_key is on, a
+#   test-and-set loop that returns before any tracepoint: waits are INVISIBLE.
+# * arch/x86/kernel/paravirt.c:native_pv_lock_init: the key goes off only without
+#   X86_FEATURE_HYPERVISOR; arch/x86/kernel/kvm.c:kvm_spinlock_init turns it off too, and with
+#   KVM_FEATURE_PV_UNHALT (and no KVM_HINTS_REALTIME, >1 CPU, no "nopvspin") installs
+#   __pv_queued_spin_lock_slowpath (qspinlock.c rebuilt with pv_enabled() true, waits in
+#   qspinlock_paravirt.h:pv_wait_node/pv_wait_head_or_lock): EVERY slowpath waiter is traced,
+#   the would-be pending waiter included. Without PV_UNHALT it returns early, key still on:
+#   virt_spin_lock, invisible.
+# So: TCG hides the hypervisor bit (native qspinlock, queued waiters traced, the single
+# pending-bit waiter not); KVM offers kvm-pv-unhalt explicitly (PV qspinlock, all waiters).
+KVM_CPU = "host,kvm-pv-unhalt=on"
+TCG_CPU = "max,-hypervisor"
+
+
 def cpu_model(accel: str) -> str:
-    """Under TCG hide the hypervisor CPUID bit: a Linux guest that sees it but has no PV
-    spinlocks spins in virt_spin_lock, which never reaches lock:contention_begin, so TX
-    queue lock waits would be invisible (DESIGN.md, measured here)."""
-    return "host" if accel == "kvm" else "max,-hypervisor"
+    """The -cpu value that keeps TX-lock waits visible to lock:contention_begin (above). A
+    guest that sees the hypervisor bit with no PV spinlocks spins in virt_spin_lock and
+    never reaches the tracepoint (DESIGN.md, measured here under TCG)."""
+    return KVM_CPU if accel == "kvm" else TCG_CPU
 
 
 def lock_visibility_method(accel: str) -> str:
-    return ("tracepoint lock:contention_begin/end, KVM (pv spinlocks if host offers kvm-pv-unhalt)"
+    """The Linux lock method text recorded per boot (manifest boots[].lock_method) and on
+    every locks row (method)."""
+    return (f"tracepoint lock:contention_begin/end, KVM with -cpu {KVM_CPU} (PV qspinlock "
+            "__pv_queued_spin_lock_slowpath: every slowpath waiter)"
             if accel == "kvm" else
-            "tracepoint lock:contention_begin/end, TCG with -cpu max,-hypervisor (native qspinlock slowpath)")
+            f"tracepoint lock:contention_begin/end, TCG with -cpu {TCG_CPU} (native qspinlock slowpath)")
 
 
 def build_argv(spec: MachineSpec) -> list[str]:
