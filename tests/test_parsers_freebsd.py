@@ -356,6 +356,10 @@ def test_lockstat_man_example1_keeps_every_row_and_the_section_counts():
     assert rep.records[0] == F.LockstatRecord("Adaptive mutex spin", None, 13750, 72, 13750 * 72,
                                               "vm_page_queue_free_mtx", "vm_page_free_toq+0x12e", 0.0)
     assert all(r.quantity == "wait" for r in rep.records)
+    s = {x.native_name: (x.metric, x.value, x.unit, x.kind) for x in F.lockstat_section_samples(rep)}
+    assert s["Adaptive mutex spin: events"] == ("lockstat_section_events", 41411, "count", "gauge")
+    assert s["Adaptive mutex spin: printed rows' events / events"][:3] == ("lockstat_coverage", 37898 / 41411, "ratio")
+    assert s["Adaptive mutex block: printed rows' events / events"][1] == 1.0
     (cut,) = rep.problems()        # the block section is whole; the spin section is not
     assert cut.startswith("lockstat Adaptive mutex spin: printed rows hold 37898 of the section's 41411 events (92%)")
 

@@ -107,6 +107,11 @@ def test_lockstat_warning_marks_that_cells_lock_numbers_incomplete(replay):
     # one vocabulary: vtnet's TX queue mutexes and the socket buffer
     assert set(locks.lock_class) == {"tx queue lock", "socket"}
     assert (locks.holds == 0).all() and locks.hold_ns_total.isna().all()
+    # each section's stated event count is recorded, and every row was printed (no -D)
+    m = pd.read_parquet(path / "metrics.parquet")
+    cov = m[m.metric == "lockstat_coverage"]
+    assert len(cov) and (cov.value == 1.0).all()
+    assert (m[m.metric == "lockstat_section_events"].value > 0).all()
 
 
 def test_report_puts_both_oses_locks_in_one_vocabulary(both):

@@ -259,6 +259,10 @@ class FreeBSDGuest(GuestBase):
         return F.parse_lockstat(senders["lockstat"]).problems()
 
     def interval_samples(self, senders: dict[str, str]) -> tuple[list[Sample], str | None]:
-        """Samples measured over the interval itself (not before/after deltas): buf_ring drops."""
+        """Samples measured over the interval itself (not before/after deltas): buf_ring drops,
+        and each lockstat section's stated event count and how much of it the rows cover."""
         text = senders.get("dtrace_bufring", "")
-        return F.parse_dtrace_bufring_drops(text) if text.strip() else ([], None)
+        samples, note = F.parse_dtrace_bufring_drops(text) if text.strip() else ([], None)
+        if senders.get("lockstat", "").strip():
+            samples = samples + F.lockstat_section_samples(F.parse_lockstat(senders["lockstat"]))
+        return samples, note

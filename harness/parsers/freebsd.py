@@ -25,7 +25,7 @@ __all__ = [
     "parse_netstat_interface_json", "parse_netstat_stats_json", "parse_sysctl",
     "parse_ring_state", "parse_vmstat_i", "virtio_msix_roles", "parse_cp_times",
     "parse_lockstat", "LockstatRecord", "LockstatReport", "LockstatSection", "lockstat_to_lock_records",
-    "lockstat_samples", "lockstat_event_type",
+    "lockstat_samples", "lockstat_section_samples", "lockstat_event_type",
     "VTNET_BUFRING_DROPS_D", "vtnet_bufring_drops_d", "parse_dtrace_bufring_drops",
 ]
 
@@ -208,6 +208,8 @@ LOCKSTAT_EVENTS = {
 LOCKSTAT = {"contentions": "lock_contentions", "wait_ns_total": "lock_wait_ns"}
 # ... of a hold section (-H): how long the lock was HELD, not waited for
 LOCKSTAT_HOLD = {"holds": "lock_holds", "hold_ns_total": "lock_hold_ns"}
+# per section (lockstat_section_samples), FreeBSD-only names: "lockstat_section_events" (the
+# count its title states, count) and "lockstat_coverage" (printed rows' events / that, ratio)
 LOCKSTAT_METHOD = "lockstat(1): DTrace lockstat provider, contention events (-C)"
 
 # DTrace script below: tagged printa lines -> (native, metric, unit)
@@ -729,6 +731,20 @@ def lockstat_to_lock_records(records: list[LockstatRecord],
            LockRecord(lock, caller, kind, 0, 0, None, method, holds=c, hold_ns_total=w)
            for (lock, caller, kind), (q, c, w) in merged.items()]
     return sorted(out, key=lambda r: (-r.wait_ns_total, -r.contentions, -(r.hold_ns_total or 0), r.lock))
+
+
+def lockstat_section_samples(report: LockstatReport) -> list[Sample]:
+    """Per section of a lockstat report: the event count its title states (every record of
+    that event type, printed or not) and the share of it the printed rows hold, so the run
+    dir shows how much of each section the lock rows cover. Gauges over the interval."""
+    out = []
+    for sec in report.sections:
+        out.append(Sample("lockstat", f"{sec.title}: events", "lockstat_section_events", float(sec.events),
+                          "count", kind="gauge"))
+        if sec.coverage is not None:
+            out.append(Sample("lockstat", f"{sec.title}: printed rows' events / events", "lockstat_coverage",
+                              sec.coverage, "ratio", kind="gauge"))
+    return out
 
 
 def lockstat_samples(records: list[LockRecord]) -> list[Sample]:
