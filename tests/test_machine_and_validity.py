@@ -51,7 +51,7 @@ def test_kvm_argv_uses_vhost_and_pv_spinlocks():
     assert argv[argv.index("-accel") + 1] == "kvm"
     assert "tap,id=data,fds=3:4:5:6,vhost=on" in argv
     assert "virtio-net-pci,netdev=data,mac=52:54:00:12:34:56,romfile=,mq=on,vectors=10" in argv
-    assert argv[argv.index("-cpu") + 1] == "host,kvm-pv-unhalt=on"
+    assert argv[argv.index("-cpu") + 1] == "host,kvm-pv-unhalt=on,enforce"
     tcg = build_argv(spec())
     assert [a.replace("vhost=off", "vhost=on") for a in tcg if "netdev=data" in a or a.startswith("tap,")] == \
         [a for a in argv if "netdev=data" in a or a.startswith("tap,")]     # only vhost differs on the data NIC
@@ -143,7 +143,7 @@ def test_plan_prints_the_kvm_or_tcg_argv_and_lock_method(accel):
     assert virtio and e1000e
     assert all((",vhost=on" if kvm else ",vhost=off") in q for q in virtio)
     assert all(",vhost=off" in q for q in e1000e)
-    cpu = "-cpu host,kvm-pv-unhalt=on" if kvm else "-cpu max,-hypervisor"
+    cpu = "-cpu host,kvm-pv-unhalt=on,enforce" if kvm else "-cpu max,-hypervisor"
     assert all(cpu in q and ("-accel kvm" if kvm else "-accel tcg,thread=multi") in q for q in qemu)
     linux = "lock method: " + lock_visibility_method("kvm" if kvm else "tcg")
     assert linux in methods

@@ -214,7 +214,7 @@ def test_lock_method_text_per_accel_is_pinned():
     harness.vm.machine); FreeBSD's lockstat does not depend on them."""
     from harness.vm.machine import build_argv, cpu_model
     assert driver_class("linux").lock_method("kvm") == (
-        "tracepoint lock:contention_begin/end, KVM with -cpu host,kvm-pv-unhalt=on "
+        "tracepoint lock:contention_begin/end, KVM with -cpu host,kvm-pv-unhalt=on,enforce "
         "(PV qspinlock __pv_queued_spin_lock_slowpath: every slowpath waiter)")
     assert driver_class("linux").lock_method("tcg") == (
         "tracepoint lock:contention_begin/end, TCG with -cpu max,-hypervisor (native qspinlock slowpath)")
@@ -224,4 +224,4 @@ def test_lock_method_text_per_accel_is_pinned():
             "lockstat(1): DTrace lockstat provider, contention events (-C)"
     from test_machine_and_validity import spec
     argv = build_argv(spec(accel="kvm"))
-    assert argv[argv.index("-cpu") + 1] == "host,kvm-pv-unhalt=on" and "tap,id=data,fds=3:4:5:6,vhost=on" in argv
+    assert argv[argv.index("-cpu") + 1] == "host,kvm-pv-unhalt=on,enforce" and "tap,id=data,fds=3:4:5:6,vhost=on" in argv

@@ -65,8 +65,10 @@ class MachineSpec:
 #   the would-be pending waiter included. Without PV_UNHALT it returns early, key still on:
 #   virt_spin_lock, invisible.
 # So: TCG hides the hypervisor bit (native qspinlock, queued waiters traced, the single
-# pending-bit waiter not); KVM offers kvm-pv-unhalt explicitly (PV qspinlock, all waiters).
-KVM_CPU = "host,kvm-pv-unhalt=on"
+# pending-bit waiter not); KVM offers kvm-pv-unhalt explicitly (PV qspinlock, all waiters),
+# with `enforce`: a host whose KVM cannot offer it fails the boot (the KVM probe then falls
+# back to TCG and records why) instead of silently giving a guest whose waits are invisible.
+KVM_CPU = "host,kvm-pv-unhalt=on,enforce"
 TCG_CPU = "max,-hypervisor"
 
 
