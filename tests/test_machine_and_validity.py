@@ -151,7 +151,7 @@ def test_plan_prints_the_kvm_or_tcg_argv_and_lock_method(accel):
     assert "lock method: lockstat(1): DTrace lockstat provider, contention events (-C)" in methods  # FreeBSD
     assert ("accel kvm: XMITBENCH_ACCEL" in out) == kvm
     for nic in ("virtio-net", "e1000e"):      # Linux and FreeBSD boot the same data NIC and CPU
-        assert f"{nic}: data NIC, tap and CPU options across freebsd and linux: identical" in out
+        assert f"{nic}: data NIC, tap and CPU options across freebsd-14.3 and linux-deb: identical" in out
 
 
 def test_run_key_is_private(tmp_path):
