@@ -110,7 +110,7 @@ def cmd_plan(args) -> int:
     """Every cell in run order, grouped by boot, with the exact QEMU argv and guest commands.
     Nothing is built, downloaded or started; paths that exist only at run time are <...>."""
     from .guests import BootState, driver_class
-    from harness.vm.machine import build_argv, device_help
+    from harness.vm.machine import build_argv, device_help, forced_accel
     from harness.vm.nics import qemu_supported_devices
     from harness.run.plan import parse_shard, plan
     from harness.run.repetitions import describe as describe_repetitions
@@ -143,7 +143,8 @@ def cmd_plan(args) -> int:
     for gi, g in enumerate(p.groups):
         bk = g.boot_key
         cloud = not boots_kernel_directly(bk.image)
-        accel = bk.accel if bk.accel != "auto" else "tcg"
+        # as the runner resolves it, minus the KVM probe: XMITBENCH_ACCEL, else TCG
+        accel = bk.accel if bk.accel != "auto" else (forced_accel() or "tcg")
         spec = machine_spec(bk, accel, kernel=None if cloud else Path("<cache>/bzImage"),
                             initrd=None if cloud else Path("<cache>/initramfs.cpio.gz"),
                             disk=Path(f"<state>/{bk.image}-overlay.qcow2") if cloud else None,
@@ -152,7 +153,9 @@ def cmd_plan(args) -> int:
                             ssh_port=0, ssh_pubkey_b64="<per-run-key>",
                             tap_fds=list(range(3, 3 + tap_queue_count(bk))), guest_egress=cloud)
         guest = driver_class(bk.os).for_plan(bk.nic, BootState(), image=bk.image)
-        print(f"\n== boot group {gi}: {bk.label} ({bk.os}; accel {bk.accel}: auto probes KVM, else TCG)")
+        how = ("set in workload" if bk.accel != "auto" else "XMITBENCH_ACCEL" if forced_accel()
+               else "auto probes KVM, else TCG; shown as TCG, XMITBENCH_ACCEL=kvm shows KVM")
+        print(f"\n== boot group {gi}: {bk.label} ({bk.os}; accel {accel}: {how})")
         argv = build_argv(spec)
         print("   qemu: " + shlex.join(argv))
         same.setdefault(bk.nic, {}).setdefault(bk.image, set()).add(data_plane_options(argv))

@@ -385,6 +385,26 @@ class ReplayHost:
         return {"loadavg": None, "other_qemu_pids": [], "other_xmitbench_netns": [], "replay": True}
 
 
+def lockstat_warns_once(match, warning: str):
+    """An ``on_senders`` that makes lockstat print ``warning`` (without "lockstat: warning: ")
+    in the first episode where ``match(vm, procs)`` is true, as lockstat.c does on DTrace drops."""
+    state = {"done": False}
+
+    def hook(vm: ReplayVM, procs: list[dict]) -> None:
+        hit = not state["done"] and match(vm, procs)
+        state["done"] |= hit
+        vm.model.lockstat_warnings = (warning,) if hit else ()
+    return hook
+
+
+def all_of(*hooks):
+    """One ``on_senders`` that calls each hook in turn."""
+    def hook(vm: ReplayVM, procs: list[dict]) -> None:
+        for h in hooks:
+            h(vm, procs)
+    return hook
+
+
 def panic_once(match):
     """An ``on_senders`` that panics the guest the first time ``match(vm, procs)`` is true."""
     state = {"done": False}

@@ -239,3 +239,55 @@ def test_sender_saturation_is_no_longer_a_veto():
     v = {"conservation": {"ok": True}, "sender_saturation": {"saturated": True, "cpu_busy": {"0": 0.99}}}
     assert is_valid(v) and failed_checks(v) == []
     assert not is_valid({"conservation": {"ok": False}})
+
+
+def _fake_proc(root: Path, qemu_pid: int, threads: dict[int, tuple[str, int]], others: dict[int, tuple[str, int]]):
+    """A /proc tree: QEMU's own tasks (/proc/<pid>/task/<tid>/stat) and other processes
+    (/proc/<pid>/comm + stat), e.g. kthreadd's vhost-net workers. Values: (comm, utime ticks)."""
+    for tid, (name, ut) in threads.items():
+        d = root / str(qemu_pid) / "task" / str(tid)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "stat").write_text(_stat_line(tid, name, ut, 0))
+    (root / str(qemu_pid) / "comm").write_text("qemu-system-x86\n")
+    (root / str(qemu_pid) / "stat").write_text(_stat_line(qemu_pid, "qemu-system-x86", 0, 0))
+    for pid, (name, ut) in others.items():
+        d = root / str(pid)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "comm").write_text(name + "\n")
+        (d / "stat").write_text(_stat_line(pid, name, ut, 0))
+    (root / "self").mkdir(exist_ok=True)      # non-numeric entries are not processes
+
+
+@pytest.mark.parametrize("kthread", [True, False], ids=["vhost-kthread", "vhost-user-thread"])
+def test_busy_vhost_worker_is_host_io(tmp_path, kthread):
+    """Under KVM (vhost=on) the packets move in the vhost-net worker ``vhost-<qemu pid>``: a
+    kernel thread before Linux 6.4 (outside QEMU's task list), a QEMU thread since. Both are
+    read by host.qemu_thread_stats and judged as host I/O; another QEMU's worker is not ours."""
+    from harness.run.host import qemu_thread_stats
+    qemu = 4242
+    own = {qemu: ("qemu-system-x86", 100), 4243: ("CPU 0/KVM", 100), 4244: ("CPU 1/KVM", 100)}
+    worker = {5000: ("vhost-4242", 100)}
+    stranger = {5001: ("vhost-999", 100), 5002: ("kworker/0:1", 100)}
+
+    def read(extra_ticks: int) -> dict[str, str]:
+        root = tmp_path / f"proc{extra_ticks}"
+        cpu = {"CPU 0/KVM": 950, "CPU 1/KVM": 950, "vhost-4242": 980, "vhost-999": 990}
+        bump = lambda d: {k: (n, t + (cpu.get(n, 0) if extra_ticks else 0)) for k, (n, t) in d.items()}  # noqa: E731
+        _fake_proc(root, qemu, bump({**own, **(worker if not kthread else {})}),
+                   bump({**(worker if kthread else {}), **stranger}))
+        return qemu_thread_stats(qemu, proc=root)
+
+    b, a = host_thread_cpu(read(0)), host_thread_cpu(read(1))
+    assert "vhost-4242" in a and "vhost-999" not in a and "kworker/0:1" not in a
+    rows = [{"source": B.HOST_CPU_SOURCE, "native_name": n, "metric": "host_thread_cpu_s", "value": a[n] - b[n],
+             "queue": None} for n in a]
+    rows += list(guest_cpu({0: KERNEL_BUSY, 1: KERNEL_BUSY})) + qdisc() + tx_rows() + peer_rows()
+    v = B.decide(B.inputs_from_rows(rows_frame(rows), [0, 1], [IPERF3], MEASURED_S, RUN_S))
+    assert v["inputs"]["host_threads"]["vhost-4242"]["kind"] == "io"
+    assert v["verdict"] == "host_io" and v["inputs"]["derived"]["host_io_thread"] == "vhost-4242", v
+
+
+def test_thread_stats_of_no_or_a_gone_qemu_are_empty(tmp_path):
+    from harness.run.host import qemu_thread_stats
+    assert qemu_thread_stats(None, proc=tmp_path) == {}
+    assert qemu_thread_stats(31337, proc=tmp_path) == {}

@@ -112,8 +112,12 @@ def test_lock_contention_rows_name_a_method(smoke_run):
     locks = pd.read_parquet(rd / "locks.parquet")
     man = json.loads((rd / "manifest.json").read_text())
     if not locks.empty:
+        from harness.counters.lockclass import LOCK_CLASSES
         assert (locks.method == man["lock_method"]).all()
         assert (locks.wait_ns_total >= 0).all()
+        assert set(locks.lock_class) <= set(LOCK_CLASSES) and locks.incomplete.isna().all()
+    for c in pd.read_parquet(rd / "cells.parquet").query("status == 'ok' and traced").itertuples():
+        assert json.loads(c.validity)["lock_stats"] == {"ok": True, "reasons": []}    # Linux: nothing lost
     lw = pd.read_parquet(rd / "metrics.parquet").query("metric == 'lock_wait_ns'")
     assert len(lw) == len(pd.read_parquet(rd / "cells.parquet").query("status == 'ok'"))
 

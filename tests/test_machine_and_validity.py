@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.vm.machine import MachineSpec, build_argv, data_device, tap_queues
 from harness.run.validity import app_bytes_total, conservation, queue_spread, sender_saturation
 
@@ -37,7 +39,22 @@ def test_single_queue_devices():
     assert tap_queues("e1000e", 2) == 1 and tap_queues("virtio-net-pci", 2) == 2
     argv = build_argv(spec(qemu_device="e1000e", queues=1, tap_fds=[7]))
     assert "tap,id=data,fd=7,vhost=off" in argv
-    assert build_argv(spec(accel="kvm"))[build_argv(spec(accel="kvm")).index("-cpu") + 1] == "host"
+    # KVM: a NIC model without a vhost backend keeps vhost=off
+    assert "tap,id=data,fd=7,vhost=off" in build_argv(spec(accel="kvm", qemu_device="e1000e", queues=1, tap_fds=[7]))
+
+
+def test_kvm_argv_uses_vhost_and_pv_spinlocks():
+    """KVM: virtio-net taps go through vhost-net (queues and vectors as under TCG), and the CPU
+    offers kvm-pv-unhalt so a Linux guest uses PV qspinlock, whose every waiter reaches
+    lock:contention_begin (harness.vm.machine, the Linux 6.1 source notes)."""
+    argv = build_argv(spec(accel="kvm"))
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert "tap,id=data,fds=3:4:5:6,vhost=on" in argv
+    assert "virtio-net-pci,netdev=data,mac=52:54:00:12:34:56,romfile=,mq=on,vectors=10" in argv
+    assert argv[argv.index("-cpu") + 1] == "host,kvm-pv-unhalt=on,enforce"
+    tcg = build_argv(spec())
+    assert [a.replace("vhost=off", "vhost=on") for a in tcg if "netdev=data" in a or a.startswith("tap,")] == \
+        [a for a in argv if "netdev=data" in a or a.startswith("tap,")]     # only vhost differs on the data NIC
 
 
 def test_conservation_accounts_headers_per_packet():
@@ -101,6 +118,43 @@ def test_plan_linux_and_freebsd_share_the_data_nic_line():
     assert "freebsd-14.3.virtio-net.q1.dev2" in out
     # guest scripts are printed as they run: a heredoc's end marker at column 0, so it pastes
     assert "\nXB_D_EOF\n" in out
+
+
+def _plan(workload: str, accel: str | None) -> str:
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "XMITBENCH_ACCEL"}
+    if accel:
+        env["XMITBENCH_ACCEL"] = accel
+    p = subprocess.run([sys.executable, "-m", "harness.cli", "plan", str(REPO / "workloads" / workload)],
+                       capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+@pytest.mark.parametrize("accel", ["kvm", "tcg", None])
+def test_plan_prints_the_kvm_or_tcg_argv_and_lock_method(accel):
+    """`plan` resolves accel "auto" as the runner would without probing: XMITBENCH_ACCEL, else
+    TCG. Each variant's data tap, CPU and lock method text are pinned."""
+    from harness.vm.machine import lock_visibility_method
+    out = _plan("linux-vs-freebsd.toml", accel)
+    qemu = [line for line in out.splitlines() if line.strip().startswith("qemu: ")]
+    methods = [line.strip() for line in out.splitlines() if line.strip().startswith("lock method: ")]
+    assert qemu and len(methods) == len(qemu)
+    kvm = accel == "kvm"
+    virtio = [q for q in qemu if "virtio-net-pci,netdev=data" in q]
+    e1000e = [q for q in qemu if "e1000e,netdev=data" in q]
+    assert virtio and e1000e
+    assert all((",vhost=on" if kvm else ",vhost=off") in q for q in virtio)
+    assert all(",vhost=off" in q for q in e1000e)
+    cpu = "-cpu host,kvm-pv-unhalt=on,enforce" if kvm else "-cpu max,-hypervisor"
+    assert all(cpu in q and ("-accel kvm" if kvm else "-accel tcg,thread=multi") in q for q in qemu)
+    linux = "lock method: " + lock_visibility_method("kvm" if kvm else "tcg")
+    assert linux in methods
+    assert ("PV qspinlock" in linux) == kvm and ("native qspinlock" in linux) != kvm
+    assert "lock method: lockstat(1): DTrace lockstat provider, contention events (-C)" in methods  # FreeBSD
+    assert ("accel kvm: XMITBENCH_ACCEL" in out) == kvm
+    for nic in ("virtio-net", "e1000e"):      # Linux and FreeBSD boot the same data NIC and CPU
+        assert f"{nic}: data NIC, tap and CPU options across freebsd-14.3 and linux-deb: identical" in out
 
 
 def test_run_key_is_private(tmp_path):

@@ -40,6 +40,15 @@ em0 82574 with 2 iflib queues).
       "%5s %4s %4s %4s %8s %-22s %-24s", 79 dashes, rows "%5llu %3.0f%% %3.0f%% %4.2f %8s
       %-22s %-24s" (nsec = ls_time / ls_count), and -p rows "%u %u %s %s %f %llu"
       (ls_time total); lock = stringof(lo_name) on FreeBSD (dprog_addevent).
+  lockstat_-C_-s_8_sleep_3.drops.txt, lockstat_-C_sleep_10.head_lost.txt
+      the same with -s 8 (report_stats: dashes and header per row, "%10llu |%s%s %-9u "
+      histogram lines, "%15s %-36s %-24s" stack lines) and lockstat's stderr (drophandler
+      "lockstat: warning: %s" with libdtrace dt_handle.c dt_handle_cpudrop's "%llu %sdrop%s
+      on CPU %d", main's "ran out of data records (use -n for more)"); a report whose head
+      (first title and header) is lost.
+  lockstat_man/*.txt
+      real FreeBSD outputs: the EXAMPLES of cddl/contrib/opensolaris/cmd/lockstat/lockstat.1
+      (see lockstat_man/README.md).
   dtrace_vtnet_bufring.{ok,noprobe}.txt
       printa lines of harness.parsers.freebsd.VTNET_BUFRING_DROPS_D; libdtrace dt_cc.c
       "probe description %s:%s:%s:%s does not match any probes" as dtrace -s reports it.
@@ -63,7 +72,7 @@ GEN = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(GEN)
 
 
-def fixture(name: str) -> str:
+def fixture(name) -> str:
     """The tool's output, without the header naming the command and its FreeBSD source."""
     return GEN.strip_header((FIX / name).read_text())
 
@@ -272,8 +281,11 @@ def test_cp_times_per_cpu_and_total():
 
 # --------------------------------------------------------------------------- lockstat
 def test_lockstat_report_rows():
-    recs = F.parse_lockstat(fixture("lockstat_sleep_10.txt"))
-    assert len(recs) == 8
+    rep = F.parse_lockstat(fixture("lockstat_sleep_10.txt"))
+    recs = rep.records
+    assert len(recs) == 8 and rep.problems() == []
+    assert [(s.title, s.events, s.rows, s.coverage) for s in rep.sections] == [
+        ("Adaptive mutex spin", 1840, 5, 1.0), ("Adaptive mutex block", 78, 2, 1.0), ("Spin lock spin", 9, 1, 1.0)]
     first = recs[0]
     assert first == F.LockstatRecord("Adaptive mutex spin", None, 912, 3071, 912 * 3071,
                                      "vtnet0-tx0", "vtnet_txq_tq_deferred+0x2d", 0.0)
@@ -285,15 +297,16 @@ def test_lockstat_report_rows():
 
 
 def test_lockstat_parseable_has_exact_totals():
-    recs = F.parse_lockstat(fixture("lockstat_-p_sleep_10.txt"))
-    assert len(recs) == 8
+    rep = F.parse_lockstat(fixture("lockstat_-p_sleep_10.txt"))
+    recs = rep.records
+    assert len(recs) == 8 and rep.sections == [] and rep.problems() == []     # -p prints no titles
     r = recs[5]
     assert (r.section, r.event, r.count, r.total_ns, r.nsec, r.lock, r.caller) == (
         "Adaptive mutex block", 1, 57, 1460001, 25614, "vtnet0-tx0",
         "vtnet_txq_tq_deferred+0x2d")
     assert recs[4].lock == "sleep mtxpool"
     # the report's count x average is low by the truncation of the average
-    normal = F.parse_lockstat(fixture("lockstat_sleep_10.txt"))
+    normal = F.parse_lockstat(fixture("lockstat_sleep_10.txt")).records
     assert normal[5].total_ns == 57 * 25614 == 1459998 < recs[5].total_ns
 
 
@@ -303,13 +316,13 @@ def test_lockstat_wide_average_and_long_lock_name():
             + "-" * 79 + "\n"
             "    3 100% 100% 0.00 123456789 a very long lock name here tcp_output+0x10\n"
             + "-" * 79 + "\n")
-    (r,) = F.parse_lockstat(text)
+    (r,) = F.parse_lockstat(text).records
     assert (r.nsec, r.lock, r.caller) == (123456789, "a very long lock name here",
                                           "tcp_output+0x10")
 
 
 def test_lockstat_to_lock_records_shape():
-    recs = F.lockstat_to_lock_records(F.parse_lockstat(fixture("lockstat_-p_sleep_10.txt")))
+    recs = F.lockstat_to_lock_records(F.parse_lockstat(fixture("lockstat_-p_sleep_10.txt")).records)
     assert all(isinstance(r, LockRecord) for r in recs)
     top = recs[0]
     assert top == LockRecord("vtnet0-tx0", "vtnet_txq_tq_deferred", "Adaptive mutex spin",
@@ -325,6 +338,102 @@ def test_lockstat_to_lock_records_shape():
     s = F.lockstat_samples(recs)
     w = by(s, "vtnet0-tx0 | vtnet_txq_tq_deferred | Adaptive mutex spin: wait_ns_total")
     assert (w.metric, w.value, w.unit) == ("lock_wait_ns", 2800925, "ns")
+
+
+MAN = FIX / "lockstat_man"
+
+
+def test_lockstat_man_example1_keeps_every_row_and_the_section_counts():
+    """lockstat.1 Example 1 (real output; the page left rows out, marked "[...]"): every
+    printed row is kept, each section keeps the event count its title states, and the
+    coverage says how much of it the printed rows hold."""
+    rep = F.parse_lockstat(fixture(MAN / "lockstat.1_example1_sleep_5.txt"))
+    spin, block = rep.sections
+    assert (spin.title, spin.events, spin.seconds, spin.rows) == ("Adaptive mutex spin", 41411, 5.011, 17)
+    assert spin.printed == sum(r.count for r in rep.records if r.section == spin.title) == 37898
+    assert spin.coverage == pytest.approx(37898 / 41411)
+    assert (block.events, block.rows, block.printed, block.coverage) == (10, 6, 10, 1.0)
+    assert rep.records[0] == F.LockstatRecord("Adaptive mutex spin", None, 13750, 72, 13750 * 72,
+                                              "vm_page_queue_free_mtx", "vm_page_free_toq+0x12e", 0.0)
+    assert all(r.quantity == "wait" for r in rep.records)
+    s = {x.native_name: (x.metric, x.value, x.unit, x.kind) for x in F.lockstat_section_samples(rep)}
+    assert s["Adaptive mutex spin: events"] == ("lockstat_section_events", 41411, "count", "gauge")
+    assert s["Adaptive mutex spin: printed rows' events / events"][:3] == ("lockstat_coverage", 37898 / 41411, "ratio")
+    assert s["Adaptive mutex block: printed rows' events / events"][1] == 1.0
+    (cut,) = rep.problems()        # the block section is whole; the spin section is not
+    assert cut.startswith("lockstat Adaptive mutex spin: printed rows hold 37898 of the section's 41411 events (92%)")
+
+
+def test_lockstat_hold_sections_are_holds_not_waits():
+    """lockstat.1 Example 2 (`-H -D 10`): hold sections measure how long a lock was held.
+    They become holds/hold_ns_total, never contentions or lock_wait_ns; -D 10 printed 41 %
+    and 33 % of the stated events, which problems() names."""
+    rep = F.parse_lockstat(fixture(MAN / "lockstat.1_example2_-H_-D_10_sleep_1.txt"))
+    assert [(s.title, s.events, s.rows) for s in rep.sections] == [
+        ("Adaptive mutex hold", 109589, 10), ("R/W writer hold", 64314, 10)]
+    assert [round(s.coverage, 2) for s in rep.sections] == [0.41, 0.33]
+    assert {r.quantity for r in rep.records} == {"hold"}
+    locks = F.lockstat_to_lock_records(rep.records)
+    assert all(r.contentions == 0 and r.wait_ns_total == 0 for r in locks)
+    pvh = [r for r in locks if r.lock == "pvh_global_lock" and r.caller == "pmap_enter"]
+    assert [(r.kind, r.holds, r.hold_ns_total) for r in pvh] == [("R/W writer hold", 4668, 4668 * 3313)]
+    assert sum(r.holds for r in locks) == sum(s.printed for s in rep.sections)
+    s = F.lockstat_samples(locks)
+    assert {x.metric for x in s} == {"lock_holds", "lock_hold_ns"}
+    assert [p.split(":")[0] for p in rep.problems()] == ["lockstat Adaptive mutex hold", "lockstat R/W writer hold"]
+    # the same in -p form: the event number (32 = Adaptive mutex hold) says hold
+    (p,) = F.parse_lockstat("32 8998 0xfffff8000c7eb180 uma_dbg_getslab+0xd4 0.000000 5551766\n").records
+    assert (p.section, p.quantity, p.total_ns) == ("Adaptive mutex hold", "hold", 5551766)
+
+
+def test_lockstat_stack_layout_rows_and_histograms():
+    """lockstat.1 Example 3 (-s 50): a header per row, then a time histogram and the stack;
+    only the rows are lock numbers."""
+    rep = F.parse_lockstat(fixture(MAN / "lockstat.1_example3_-H_-f_tcp_input_-s_50_-D_10_sleep_1.txt"))
+    assert [(r.count, r.nsec, r.lock, r.caller) for r in rep.records] == [
+        (32, 1631, "0xfffff800686f50d8", "tcp_do_segment+0x284b"), (29, 4851, "0xfffff800686f50d8", "sowakeup+0xf8")]
+    (sec,) = rep.sections
+    assert (sec.events, sec.printed) == (68, 61) and rep.errors == [] and rep.warnings == []
+
+
+def test_lockstat_rows_before_any_title_are_an_error_not_no_contention():
+    rep = F.parse_lockstat(fixture("lockstat_-C_sleep_10.head_lost.txt"))
+    assert rep.records[0].section == "Adaptive mutex block"      # rows after the next title are kept
+    assert len(rep.records) == 3
+    assert rep.errors == ["lockstat: 5 row(s) before any section title, not counted (the report's start is missing)"]
+    assert rep.errors[0] in rep.problems()
+    # text that is not lockstat's report at all (the shell could not run it)
+    bad = F.parse_lockstat("sh: /usr/sbin/lockstat: not found\n")
+    assert bad.records == [] and len(bad.problems()) == 1 and "not found" in bad.problems()[0]
+    assert F.parse_lockstat("").problems() == []       # lockstat prints nothing when nothing was recorded
+
+
+def test_lockstat_stderr_warnings_mark_the_numbers_incomplete():
+    """lockstat.c drophandler ("lockstat: warning: " + libdtrace's drop message) and main
+    ("ran out of data records (use -n for more)"), captured with 2>&1 before the report."""
+    rep = F.parse_lockstat(fixture("lockstat_-C_-s_8_sleep_3.drops.txt"))
+    assert rep.warnings == ["lockstat: warning: 3417 aggregation drops on CPU 1",
+                            "lockstat: warning: ran out of data records (use -n for more)"]
+    assert rep.problems() == rep.warnings
+    assert len(rep.records) == 7 and all(s.coverage == 1.0 for s in rep.sections)
+    fatal = F.parse_lockstat("lockstat: failed to enable probes: DTrace requires additional privileges\n")
+    assert fatal.errors and fatal.problems() == fatal.errors
+
+
+def test_freebsd_driver_reports_lock_problems_by_name():
+    from harness.guests import BootState, driver_class
+    g = driver_class("freebsd").for_plan("virtio-net", BootState())
+    drops = fixture("lockstat_-C_-s_8_sleep_3.drops.txt")
+    assert g.lock_problems({}, {}, {"lockstat": drops})[1] == "lockstat: warning: ran out of data records (use -n for more)"
+    assert g.lock_problems({}, {}, {"lockstat": fixture("lockstat_sleep_10.txt")}) == []
+    assert g.lock_problems({}, {}, {}) == ["lockstat: no lockstat section in the sender output"]
+    recs = g.parse_locks({}, {}, "m", {"lockstat": drops})
+    assert recs and all(r.method == F.LOCKSTAT_METHOD for r in recs)
+    # the driver runs lockstat without -D (every row) and reads its stderr from the same file
+    g.state.lock_tracing = True
+    script = g.senders_script([5201], 2, "198.18.0.1", 2, 1, 1, "tcp", 0)
+    line = next(l for l in script.splitlines() if "lockstat" in l and "sleep" in l)
+    assert " -D " not in line and line.endswith("> /tmp/xb/lockstat.txt 2>&1 &")
 
 
 # --------------------------------------------------------------------------- dtrace

@@ -206,3 +206,22 @@ def test_analysis_reads_older_run_dirs_and_refuses_a_newer_schema(tmp_path):
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "manifest.json" in lines[0] and "schema_version" in lines[0] and "newer" in lines[0]
+
+
+def test_lock_method_text_per_accel_is_pinned():
+    """The text recorded per boot (manifest boots[].lock_method) and on every locks row
+    (method): Linux names the CPU flags that decide which qspinlock path traces (see
+    harness.vm.machine); FreeBSD's lockstat does not depend on them."""
+    from harness.vm.machine import build_argv, cpu_model
+    assert driver_class("linux").lock_method("kvm") == (
+        "tracepoint lock:contention_begin/end, KVM with -cpu host,kvm-pv-unhalt=on,enforce "
+        "(PV qspinlock __pv_queued_spin_lock_slowpath: every slowpath waiter)")
+    assert driver_class("linux").lock_method("tcg") == (
+        "tracepoint lock:contention_begin/end, TCG with -cpu max,-hypervisor (native qspinlock slowpath)")
+    for accel in ("kvm", "tcg"):
+        assert f"-cpu {cpu_model(accel)}" in driver_class("linux").lock_method(accel)   # the flags it names are the argv's
+        assert driver_class("freebsd").lock_method(accel) == \
+            "lockstat(1): DTrace lockstat provider, contention events (-C)"
+    from test_machine_and_validity import spec
+    argv = build_argv(spec(accel="kvm"))
+    assert argv[argv.index("-cpu") + 1] == "host,kvm-pv-unhalt=on,enforce" and "tap,id=data,fds=3:4:5:6,vhost=on" in argv

@@ -14,11 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from replay_freebsd import PANIC, REPLAY_OF, ReplayHost, panic_once
+from replay_freebsd import PANIC, REPLAY_OF, ReplayHost, all_of, lockstat_warns_once, panic_once
 
 REPO = Path(__file__).resolve().parents[1]
 WORKLOAD = REPO / "tests" / "fixtures" / "workloads" / "freebsd-replay.toml"
 LINUX = REPO / "tests" / "fixtures" / "runs" / "default-2rep"     # from real TCG boots of the Linux guest
+RAN_OUT = "ran out of data records (use -n for more)"      # lockstat.c main
 NOTE = "REPLAY of recorded FreeBSD outputs — a test of xmitbench's pipeline, not a FreeBSD result"
 # wide-table columns that describe a row rather than measure it
 NOT_METRICS = {"rep", "queues", "streams", "procs", "msg_size", "duration_s", "measured_s", "started", "valid",
@@ -27,13 +28,16 @@ NOT_METRICS = {"rep", "queues", "streams", "procs", "msg_size", "duration_s", "m
 
 @pytest.fixture(scope="module")
 def replay(tmp_path_factory):
-    """One replayed run of the FreeBSD cells; the first q2/p4 cell's guest panics."""
+    """One replayed run of the FreeBSD cells; the first q2/p4 cell's guest panics, and in the
+    first q1/p1 cell lockstat warns that it ran out of data records."""
     from harness.run.runner import Runner
     from harness.run.workload import load_workload
     tmp = tmp_path_factory.mktemp("replay")
     mp = pytest.MonkeyPatch()
     mp.setenv("XMITBENCH_STATE", str(tmp / "state"))
-    host = ReplayHost(on_senders=panic_once(lambda vm, procs: vm.queues == 2 and len(procs) == 4))
+    host = ReplayHost(on_senders=all_of(
+        lockstat_warns_once(lambda vm, procs: vm.queues == 1 and len(procs) == 1, RAN_OUT),
+        panic_once(lambda vm, procs: vm.queues == 2 and len(procs) == 4)))
     log = []
     try:
         rd = Runner(load_workload(WORKLOAD), tmp / "results", log=log.append, host=host).run()
@@ -81,6 +85,48 @@ def test_validity_checks_pass_for_real(replay):
     assert q2[q2.procs == 4].queue_spread_ok.all()
     # one TCP flow on two queues: vtnet picks the queue by flowid, the other stays idle (as on Linux)
     assert not q2[q2.procs == 1].queue_spread_ok.any()
+
+
+def test_lockstat_warning_marks_that_cells_lock_numbers_incomplete(replay):
+    """lockstat's stderr warning reaches the cell's locks rows (incomplete) and its validity
+    (lock_stats, a named failed check); every other traced cell's lock numbers are complete."""
+    from harness.run.validity import failed_checks
+    path = replay[0]
+    cells = pd.read_parquet(path / "cells.parquet")
+    ok = cells[cells.status == "ok"].assign(v=lambda d: d.validity.map(json.loads))
+    flagged = ok[ok.v.map(lambda v: v["lock_stats"]["ok"] is False)]
+    assert len(flagged) == 1 and ".q1.p1." in flagged.cell.iloc[0]
+    v = flagged.v.iloc[0]
+    assert v["lock_stats"]["reasons"] == [f"lockstat: warning: {RAN_OUT}"]
+    assert "lock_stats" in failed_checks(v) and not flagged.valid.iloc[0]
+    assert all(x["lock_stats"] == {"ok": True, "reasons": []} for x in ok.v.drop(flagged.index))
+    locks = pd.read_parquet(path / "locks.parquet")
+    mine = (locks.cell == flagged.cell.iloc[0]) & (locks.rep == flagged.rep.iloc[0])
+    assert mine.any() and (locks[mine].incomplete == f"lockstat: warning: {RAN_OUT}").all()
+    assert locks[~mine].incomplete.isna().all()
+    # one vocabulary: vtnet's TX queue mutexes and the socket buffer
+    assert set(locks.lock_class) == {"tx queue lock", "socket"}
+    assert (locks.holds == 0).all() and locks.hold_ns_total.isna().all()
+    # each section's stated event count is recorded, and every row was printed (no -D)
+    m = pd.read_parquet(path / "metrics.parquet")
+    cov = m[m.metric == "lockstat_coverage"]
+    assert len(cov) and (cov.value == 1.0).all()
+    assert (m[m.metric == "lockstat_section_events"].value > 0).all()
+
+
+def test_report_puts_both_oses_locks_in_one_vocabulary(both):
+    """The recorded Linux run (written before the lock_class column: derived on load) and the
+    FreeBSD replay, side by side by lock role."""
+    from harness.analysis import report as R
+    t = R.lock_class_table(both).set_index(["os", "lock_class"])
+    # from real TCG boots: qdisc root lock, socket locks, HARD_TX_LOCK, the rest
+    assert set(t.loc["linux"].index) == {"qdisc/ifq lock", "socket", "tx queue lock", "other"}
+    fb = t.loc["freebsd"]
+    assert set(fb.index) == {"tx queue lock", "socket"}
+    assert fb.loc["tx queue lock", "wait_ms"] > fb.loc["socket", "wait_ms"] > 0
+    assert fb.incomplete.sum() >= 1          # the cell whose lockstat ran out of records
+    from harness.counters.lockclass import LOCK_CLASSES
+    assert (t.contentions >= 0).all() and set(t.reset_index().lock_class) <= set(LOCK_CLASSES)
 
 
 def test_every_linux_metric_is_there_for_freebsd_or_has_a_no_such_counter_entry(both):

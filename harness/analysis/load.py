@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
+from harness.counters.lockclass import lock_class
 from harness.counters.counting import (BUSY_MODES, CPU_SOURCES, IDLE_MODES, INTERFACE_TX_SOURCES, _sum_by_key, cpu_table,  # noqa: F401
                               driver_total, queue_table, root_qdisc, tx_total)
 from harness.run.validity import failed_checks, is_valid
@@ -419,7 +420,17 @@ def _normalise_metric_values(m: pd.DataFrame) -> pd.DataFrame:
 
 
 def _normalise_locks(lk: pd.DataFrame) -> pd.DataFrame:
-    for col in ("contentions", "wait_ns_total", "wait_ns_max"):
+    # columns added within schema 2 (rundir.LOCK_COLUMNS): absent in older run dirs
+    for col in ("holds", "hold_ns_total", "incomplete"):
+        if col not in lk:
+            lk[col] = pd.Series(0 if col == "holds" else None, index=lk.index, dtype=object)
+    if len(lk):     # the role of each lock, derived for run dirs written before the column
+        derived = [lock_class(str(a), str(b)) for a, b in zip(lk["lock"], lk["caller"])]
+        lk["lock_class"] = (lk["lock_class"].astype(object).where(lk["lock_class"].notna(), pd.Series(derived, index=lk.index))
+                            if "lock_class" in lk else derived)
+    elif "lock_class" not in lk:
+        lk["lock_class"] = pd.Series(dtype=object)
+    for col in ("contentions", "wait_ns_total", "wait_ns_max", "holds", "hold_ns_total"):
         if col in lk:
             lk[col] = pd.to_numeric(lk[col], errors="coerce").astype("float64")
     for col in ("rep", "queues", "procs"):

@@ -1077,6 +1077,30 @@ def lock_cell_table(runs: Runs, top_per_cell: int = 3) -> pd.DataFrame:
     return g.reset_index(drop=True)
 
 
+@_needs_ok_cells(_EMPTY)
+def lock_class_table(runs: Runs) -> pd.DataFrame:
+    """Per (OS, lock class): contentions, wait and hold time summed over the ok cells, in the
+    one vocabulary of harness.counters.lockclass (tx queue lock, qdisc/ifq lock, ring, socket,
+    other), so Linux lock:contention rows and FreeBSD lockstat rows line up. ``incomplete``
+    counts the cell runs whose lock numbers are incomplete (lockstat warnings, cut reports)."""
+    lk = runs.locks
+    if lk.empty:
+        return pd.DataFrame()
+    lk = lk.merge(runs.wide()[KEY], on=KEY, how="inner")
+    if lk.empty:
+        return pd.DataFrame()
+    lk = lk.assign(_run=list(zip(lk.run_id, lk.cell, lk.rep)))
+    keys = ["os", "lock_class"]
+    g = lk.groupby(keys, dropna=False).agg(
+        contentions=("contentions", "sum"), wait_ms=("wait_ns_total", lambda s: s.sum() / 1e6),
+        holds=("holds", "sum"), hold_ms=("hold_ns_total", lambda s: s.sum() / 1e6),
+        cell_runs=("_run", "nunique")).reset_index()
+    inc = lk[lk["incomplete"].notna()].groupby(keys, dropna=False)["_run"].nunique().rename("incomplete")
+    g = g.join(inc, on=keys).fillna({"incomplete": 0})
+    g["incomplete"] = g["incomplete"].astype(int)
+    return g.sort_values(["os", "wait_ms"], ascending=[True, False]).reset_index(drop=True)
+
+
 def lock_methods(runs: Runs) -> list[str]:
     m = {str(v.get("lock_method")) for v in runs.manifests.values() if v.get("lock_method")}
     if not runs.locks.empty:

@@ -86,6 +86,7 @@ METRIC_UNITS = {
     "cpu_idle": "jiffies", "cpu_iowait": "jiffies", "cpu_irq": "jiffies",
     "cpu_softirq": "jiffies", "cpu_steal": "jiffies",
     "lock_contentions": "count", "lock_wait_ns": "ns", "lock_wait_ns_max": "ns",
+    "lock_holds": "count", "lock_hold_ns": "ns",     # hold time, not wait (lockstat -H)
 }
 
 # ---------------------------------------------------------------------------------------

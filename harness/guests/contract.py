@@ -180,6 +180,12 @@ class GuestDriver(ABC):
     @abstractmethod
     def interval_samples(self, senders: dict[str, str]) -> tuple[list, str | None]: ...
 
+    def lock_problems(self, before: dict[str, str], after: dict[str, str], senders=None) -> list[str]:
+        """Why this cell's lock numbers are incomplete, one named reason each (empty: they are
+        complete). The runner puts them on every locks row (``incomplete``) and in
+        cells.validity["lock_stats"]; a driver whose lock tool can lose data says so here."""
+        return []
+
 
 def check_driver(cls) -> None:
     """Refuse a driver class that does not fulfil the contract (TypeError naming what is missing)."""

@@ -157,7 +157,10 @@ class FreeBSDGuest(GuestBase):
         if self.state.measuring_locks:
             span = duration_s + warmup_s
             # lockstat and the buf_ring probe cover the senders' lifetime; both end by themselves
-            lines.append(f"{t['lockstat']} -C -s 8 -D 30 sleep {span} > /tmp/xb/lockstat.txt 2>&1 &")
+            # every row (no -D: the section totals count all events, a cut would hide some);
+            # stderr into the same file: lockstat prints its warnings (DTrace drops, "ran
+            # out of data records") before the report, and parse_lockstat reads them
+            lines.append(f"{t['lockstat']} -C -s 8 sleep {span} > /tmp/xb/lockstat.txt 2>&1 &")
             if self._drv_unit[0] == "vtnet":
                 # a whole D program (pragma, BEGIN/END) goes in a file for -s, not in -n
                 lines.append(f"cat > /tmp/xb/bufring.d <<'XB_D_EOF'\n{F.vtnet_bufring_drops_d(span)}XB_D_EOF")
@@ -245,9 +248,21 @@ class FreeBSDGuest(GuestBase):
 
     def parse_locks(self, before: dict[str, str], after: dict[str, str], method: str, senders: dict[str, str] | None = None):
         text = (senders or {}).get("lockstat", "")
-        return F.lockstat_to_lock_records(F.parse_lockstat(text)) if text.strip() else []
+        return F.lockstat_to_lock_records(F.parse_lockstat(text).records) if text.strip() else []
+
+    def lock_problems(self, before: dict[str, str], after: dict[str, str], senders=None) -> list[str]:
+        """lockstat's warnings, a report it could not read, or rows it did not print. An empty
+        capture is complete: lockstat prints nothing when it recorded no event (main exits 0
+        before report_stats)."""
+        if "lockstat" not in (senders or {}):
+            return ["lockstat: no lockstat section in the sender output"]
+        return F.parse_lockstat(senders["lockstat"]).problems()
 
     def interval_samples(self, senders: dict[str, str]) -> tuple[list[Sample], str | None]:
-        """Samples measured over the interval itself (not before/after deltas): buf_ring drops."""
+        """Samples measured over the interval itself (not before/after deltas): buf_ring drops,
+        and each lockstat section's stated event count and how much of it the rows cover."""
         text = senders.get("dtrace_bufring", "")
-        return F.parse_dtrace_bufring_drops(text) if text.strip() else ([], None)
+        samples, note = F.parse_dtrace_bufring_drops(text) if text.strip() else ([], None)
+        if senders.get("lockstat", "").strip():
+            samples = samples + F.lockstat_section_samples(F.parse_lockstat(senders["lockstat"]))
+        return samples, note

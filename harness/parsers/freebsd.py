@@ -24,7 +24,8 @@ from harness.counters.samples import Sample
 __all__ = [
     "parse_netstat_interface_json", "parse_netstat_stats_json", "parse_sysctl",
     "parse_ring_state", "parse_vmstat_i", "virtio_msix_roles", "parse_cp_times",
-    "parse_lockstat", "LockstatRecord", "lockstat_to_lock_records", "lockstat_samples",
+    "parse_lockstat", "LockstatRecord", "LockstatReport", "LockstatSection", "lockstat_to_lock_records",
+    "lockstat_samples", "lockstat_section_samples", "lockstat_event_type",
     "VTNET_BUFRING_DROPS_D", "vtnet_bufring_drops_d", "parse_dtrace_bufring_drops",
 ]
 
@@ -205,6 +206,10 @@ LOCKSTAT_EVENTS = {
 }
 # LockRecord fields -> metric (as samples.LOCK_HIST for Linux)
 LOCKSTAT = {"contentions": "lock_contentions", "wait_ns_total": "lock_wait_ns"}
+# ... of a hold section (-H): how long the lock was HELD, not waited for
+LOCKSTAT_HOLD = {"holds": "lock_holds", "hold_ns_total": "lock_hold_ns"}
+# per section (lockstat_section_samples), FreeBSD-only names: "lockstat_section_events" (the
+# count its title states, count) and "lockstat_coverage" (printed rows' events / that, ratio)
 LOCKSTAT_METHOD = "lockstat(1): DTrace lockstat provider, contention events (-C)"
 
 # DTrace script below: tagged printa lines -> (native, metric, unit)
@@ -505,6 +510,25 @@ def parse_cp_times(text: str, ncpu: int | None = None) -> list[Sample]:
 # =======================================================================================
 # lockstat
 # =======================================================================================
+def lockstat_event_type(event: int) -> str:
+    """g_event_info[event].ev_type: 'C' contention (0-31), 'H' hold (32-55), 'I' profiling
+    interrupt (56-59), 'E' error (60-63)."""
+    return "C" if event < 32 else "H" if event < 56 else "I" if event < 60 else "E"
+
+
+# what an event type's nsec column measures; only C is a lock wait and only H a hold
+LOCKSTAT_QUANTITY = {"C": "wait", "H": "hold", "I": "interrupt", "E": "error"}
+_EVENT_OF_TITLE = {desc: ev for ev, desc in LOCKSTAT_EVENTS.items()}
+_UNKNOWN_TITLE = re.compile(r"^Unknown event \(type (\d+)\)$")
+
+
+def _event_of_title(title: str) -> int | None:
+    if title in _EVENT_OF_TITLE:
+        return _EVENT_OF_TITLE[title]
+    m = _UNKNOWN_TITLE.match(title)
+    return int(m[1]) if m else None
+
+
 @dataclass(frozen=True)
 class LockstatRecord:
     """One lockstat row. ``nsec`` is what the report prints: the AVERAGE event duration,
@@ -521,9 +545,58 @@ class LockstatRecord:
     caller: str               # as printed: "vtnet_txq_tq_deferred+0x2d"
     rcnt: float
 
+    @property
+    def quantity(self) -> str:
+        """"wait" (contention events), "hold" (-H: time the lock was held, not waited for),
+        "interrupt", "error", or "unknown" for a title lockstat.c does not print."""
+        ev = self.event if self.event is not None else _event_of_title(self.section)
+        return LOCKSTAT_QUANTITY[lockstat_event_type(ev)] if ev is not None else "unknown"
+
+
+@dataclass
+class LockstatSection:
+    """One event type's report: the header's event count covers EVERY record of that type
+    (main: ev_count[] summed over all records before report_stats prints any), the rows
+    only those printed (-D n prints the top n)."""
+    title: str
+    events: int
+    seconds: float
+    rows: int = 0             # rows printed under the title
+    printed: int = 0          # their counts, summed
+
+    @property
+    def coverage(self) -> float | None:
+        """Printed rows' events / the section's events (1.0: nothing was cut)."""
+        return self.printed / self.events if self.events else None
+
+
+@dataclass
+class LockstatReport:
+    """What one lockstat capture says, and what makes its numbers incomplete."""
+    records: list[LockstatRecord]
+    sections: list[LockstatSection]
+    warnings: list[str]       # lockstat's own "lockstat: warning: ..." lines (stderr)
+    errors: list[str]         # what could not be read as a report (see parse_lockstat)
+
+    def problems(self) -> list[str]:
+        """Why the lock numbers of this capture are incomplete (empty: complete). Each reason
+        is one line that names its cause; they reach the locks rows and cells.validity."""
+        out = list(self.warnings) + list(self.errors)
+        for s in self.sections:
+            cov = s.coverage
+            if cov is not None and s.printed != s.events:
+                out.append(f"lockstat {s.title}: printed rows hold {s.printed} of the section's {s.events} "
+                           f"events ({cov:.0%}); the rest were not printed (-D)")
+        others = sorted({r.section for r in self.records if r.quantity not in ("wait", "hold")})
+        for title in others:
+            out.append(f"lockstat {title}: events that are neither lock waits nor holds, not counted")
+        return out
+
 
 _LS_SECTION = re.compile(
     r"^(?P<desc>.+): (?P<events>\d+) events in (?P<secs>[\d.]+) seconds \((?P<rate>\d+) events/sec\)$")
+# -D 0: "%20llu %s" = the section's count and title only, no rows
+_LS_TOTAL_ONLY = re.compile(r"^\s*(?P<events>\d+) (?P<desc>\S.*)$")
 # report_stats: "%5llu " count, "%3.0f%% " percent, "%3.0f%% " cumulative (or "---- " with
 # -g), "%4.2f %8s " rcnt and avg, "%-22s " lock, "%-24s\n" caller. Lock names (FreeBSD:
 # stringof(lo_name)) may contain spaces; callers (symbol+0xoff or 0xaddr) do not.
@@ -531,9 +604,12 @@ _LS_ROW = re.compile(
     r"^\s*(?P<count>\d+)\s+(?P<pct>\d+)%\s+(?:(?P<cuml>\d+)%|----)\s+(?P<rcnt>\d+\.\d+)"
     r" (?P<nsec>[ \d]{8,}?) (?P<rest>.*\S)\s*$")
 _LS_P_FLOAT = re.compile(r"^\d+\.\d{6}$")
+# report_stats' own layout lines: the 79 dashes and the column header ("Count"/"ops/s" -R,
+# "indv"/"genr" -g)
+_LS_LAYOUT = re.compile(r"^-{79}$|^\s*(Count|ops/s) (indv|genr) cuml rcnt ")
 
 
-def parse_lockstat(text: str) -> list[LockstatRecord]:
+def parse_lockstat(text: str) -> LockstatReport:
     """`lockstat [-p] <command>` reports (cddl/contrib/opensolaris/cmd/lockstat/lockstat.c
     report_stats), FreeBSD's version: the lock column is the lock's name
     (dprog_addevent aggregates on stringof(args[0]->lock_object.lo_name), e.g. "vtnet0-tx0"
@@ -541,34 +617,71 @@ def parse_lockstat(text: str) -> list[LockstatRecord]:
 
     Normal form: per event type "\\n<Event>: <n> events in <s> seconds (<r> events/sec)\\n\\n",
     a header "Count indv cuml rcnt     nsec Lock ... Caller", a line of 79 dashes, rows, and
-    79 dashes. -R (ops/s instead of counts), -b (no nsec), -h/-s histograms and stacks are
-    not parsed (their extra lines are skipped; rows of -b have no nsec).
+    79 dashes. With -h/-s every row gets its own dashes and header and is followed by a time
+    histogram and stack lines; those lines are skipped. -R (ops/s instead of counts) and -b
+    (no nsec) are read as rows (-b rows have no nsec).
 
     -p form: rows "%u %u %s %s %f %llu" = event number, count, lock, caller, rcnt, and
     ls_time, the TOTAL duration (not the average); more fields follow with -h/-s and are
-    ignored. The section is LOCKSTAT_EVENTS[event].
+    ignored. The section is LOCKSTAT_EVENTS[event]; -p prints no section header.
+
+    Every row is kept; each section keeps the header's event count, so a report cut by -D
+    shows its coverage (LockstatSection.coverage). The capture holds lockstat's stderr too
+    (2>&1): "lockstat: warning: ..." lines (main/drophandler: DTrace drops, "ran out of data
+    records (use -n for more)", the command's exit code or signal) are kept as warnings,
+    other "lockstat: ..." lines (fail/dfail: lockstat exited 2) as errors. Before the first
+    section title every line must be a -p row: a report row there (its title is missing) or
+    any other text (e.g. a shell error) is an error, never read as "no contention".
     """
-    records = []
-    section: str | None = None
+    records: list[LockstatRecord] = []
+    sections: list[LockstatSection] = []
+    warnings: list[str] = []
+    errors: list[str] = []
+    orphan_rows, stray = 0, []
+    section: LockstatSection | None = None
     for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line.startswith("lockstat: "):
+            (warnings if line.startswith("lockstat: warning: ") else errors).append(line.strip())
+            continue
         m = _LS_SECTION.match(line)
         if m:
-            section = m["desc"]
+            section = LockstatSection(m["desc"], int(m["events"]), float(m["secs"]))
+            sections.append(section)
             continue
         m = _LS_ROW.match(line)
-        if m and section is not None:
+        if m:
+            if section is None:
+                orphan_rows += 1
+                continue
             lock, caller = m["rest"].rsplit(None, 1) if " " in m["rest"] else ("", m["rest"])
             count = int(m["count"])
             nsec_s = m["nsec"].strip()
             nsec = int(nsec_s) if nsec_s else None
-            records.append(LockstatRecord(section, None, count, nsec,
+            records.append(LockstatRecord(section.title, None, count, nsec,
                                           count * nsec if nsec is not None else None,
                                           lock.rstrip(), caller, float(m["rcnt"])))
+            section.rows += 1
+            section.printed += count
             continue
         rec = _parse_lockstat_p(line)
         if rec is not None:
             records.append(rec)
-    return records
+            continue
+        m = _LS_TOTAL_ONLY.match(line)
+        if m and _event_of_title(m["desc"].strip()) is not None:
+            sections.append(LockstatSection(m["desc"].strip(), int(m["events"]), 0.0))
+            continue
+        if section is None and not _LS_LAYOUT.match(line):
+            stray.append(line.strip())
+    if orphan_rows:
+        errors.append(f"lockstat: {orphan_rows} row(s) before any section title, not counted "
+                      "(the report's start is missing)")
+    if stray:
+        errors.append(f"lockstat: {len(stray)} line(s) that are not lockstat's report before any "
+                      f"section title, first: {stray[0][:120]!r}")
+    return LockstatReport(records, sections, warnings, errors)
 
 
 def _parse_lockstat_p(line: str) -> LockstatRecord | None:
@@ -583,7 +696,7 @@ def _parse_lockstat_p(line: str) -> LockstatRecord | None:
     lock, caller = " ".join(f[2:idx - 1]), f[idx - 1]
     total = int(f[idx + 1]) if len(f) > idx + 1 and f[idx + 1].isdigit() else None
     nsec = total // count if total is not None and count else None
-    return LockstatRecord(LOCKSTAT_EVENTS.get(event, f"event {event}"), event, count, nsec,
+    return LockstatRecord(LOCKSTAT_EVENTS.get(event, f"Unknown event (type {event})"), event, count, nsec,
                           total, lock, caller, float(f[idx]))
 
 
@@ -596,31 +709,54 @@ def lockstat_to_lock_records(records: list[LockstatRecord],
                              method: str = LOCKSTAT_METHOD) -> list[LockRecord]:
     """LockstatRecords as the LockRecord shape Linux uses (harness.parsers.linux):
     lock = lock name, caller = function without offset, kind = lockstat event
-    ("Adaptive mutex spin", ...), contentions = count, wait_ns_total = total ns (exact
-    with -p, count x average otherwise), wait_ns_max None (lockstat has no maximum; -h
-    gives a histogram). Rows that only differ by caller offset are added up. Busiest first.
+    ("Adaptive mutex spin", ...). A contention section (a wait) gives contentions = count and
+    wait_ns_total = total ns (exact with -p, count x average otherwise); a hold section (-H)
+    gives holds = count and hold_ns_total, with no contention and no wait. wait_ns_max None
+    (lockstat has no maximum; -h gives a histogram). Interrupt and error sections are not
+    lock numbers (LockstatReport.problems names them). Rows that only differ by caller
+    offset (or by stack, with -s) are added up. Busiest first.
     Spin and block events of one lock stay separate kinds: an adaptive mutex waiter may
     spin and then block, so the two counts can overlap in time but are distinct events.
     """
-    merged: dict[tuple[str, str, str], list[int]] = {}
+    merged: dict[tuple[str, str, str], list] = {}
     for r in records:
+        q = r.quantity
+        if q not in ("wait", "hold"):
+            continue
         key = (r.lock, _caller_function(r.caller), r.section)
-        acc = merged.setdefault(key, [0, 0])
-        acc[0] += r.count
-        acc[1] += r.total_ns or 0
-    out = [LockRecord(lock, caller, kind, c, w, None, method)
-           for (lock, caller, kind), (c, w) in merged.items()]
-    return sorted(out, key=lambda r: (-r.wait_ns_total, -r.contentions, r.lock))
+        acc = merged.setdefault(key, [q, 0, 0])
+        acc[1] += r.count
+        acc[2] += r.total_ns or 0
+    out = [LockRecord(lock, caller, kind, c, w, None, method) if q == "wait" else
+           LockRecord(lock, caller, kind, 0, 0, None, method, holds=c, hold_ns_total=w)
+           for (lock, caller, kind), (q, c, w) in merged.items()]
+    return sorted(out, key=lambda r: (-r.wait_ns_total, -r.contentions, -(r.hold_ns_total or 0), r.lock))
+
+
+def lockstat_section_samples(report: LockstatReport) -> list[Sample]:
+    """Per section of a lockstat report: the event count its title states (every record of
+    that event type, printed or not) and the share of it the printed rows hold, so the run
+    dir shows how much of each section the lock rows cover. Gauges over the interval."""
+    out = []
+    for sec in report.sections:
+        out.append(Sample("lockstat", f"{sec.title}: events", "lockstat_section_events", float(sec.events),
+                          "count", kind="gauge"))
+        if sec.coverage is not None:
+            out.append(Sample("lockstat", f"{sec.title}: printed rows' events / events", "lockstat_coverage",
+                              sec.coverage, "ratio", kind="gauge"))
+    return out
 
 
 def lockstat_samples(records: list[LockRecord]) -> list[Sample]:
     """LockRecords as Samples, native name "<lock> | <caller> | <kind>: <field>". lockstat
-    reports one interval, so values are final (gauges), like iperf3 results."""
+    reports one interval, so values are final (gauges), like iperf3 results. Hold rows give
+    lock_holds / lock_hold_ns, never lock_wait_ns."""
     out = []
     for r in records:
-        for field, metric in LOCKSTAT.items():
+        fields = LOCKSTAT if r.holds == 0 and r.hold_ns_total is None else LOCKSTAT_HOLD
+        for field, metric in fields.items():
             out.append(Sample("lockstat", f"{r.lock} | {r.caller} | {r.kind}: {field}",
-                              metric, float(getattr(r, field)), S.METRIC_UNITS[metric],
+                              metric, float(getattr(r, field) or 0), S.METRIC_UNITS[metric],
                               kind="gauge"))
     return out
 

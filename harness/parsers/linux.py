@@ -404,6 +404,10 @@ class LockRecord:
     wait_ns_total: int
     wait_ns_max: int | None
     method: str
+    # hold time (FreeBSD lockstat -H sections): acquisitions measured and their summed hold
+    # time; a hold row has no contentions and no wait (Linux's tracepoints measure no holds)
+    holds: int = 0
+    hold_ns_total: int | None = None
 
 
 # One hist file holds one table per trigger (trace_events_hist.c hist_show): each is

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.counters.lockclass import lock_class
 from harness.errors import ResultsDiskFull, free_bytes, is_disk_full
 
 # The run dir's schema: bump when a column changes meaning or a table changes shape. Analysis
@@ -30,7 +31,11 @@ SCHEMA_VERSION = 2
 METRIC_COLUMNS = ["run_id", "cell", "rep", "attempt", "os", "kernel", "nic", "driver", "queues", "streams", "procs",
                   "proto", "msg_size", "stack", "churn", "traced", "accel", "queue", "cpu", "metric", "value", "unit", "source", "native_name"]
 LOCK_COLUMNS = ["run_id", "cell", "rep", "attempt", "os", "kernel", "nic", "queues", "procs", "accel", "lock", "caller",
-                "kind", "contentions", "wait_ns_total", "wait_ns_max", "method"]
+                "kind", "contentions", "wait_ns_total", "wait_ns_max", "method",
+                # added within version 2 (older run dirs lack them; analysis reads by name):
+                # holds/hold_ns_total for hold sections (FreeBSD lockstat -H), the lock's role
+                # (harness.counters.lockclass), and why the cell's lock numbers are incomplete
+                "holds", "hold_ns_total", "lock_class", "incomplete"]
 CELL_COLUMNS = ["run_id", "cell", "rep", "attempt", "status", "reason", "os", "kernel", "nic", "driver",
                 "queues", "streams", "procs", "proto", "msg_size", "stack", "churn", "traced", "duration_s",
                 "accel", "emulated", "valid", "image_verified",
@@ -72,12 +77,15 @@ def metric_row(ctx: dict, metric: str, value: float, unit: str, source: str, nat
             "source": source, "native_name": native_name}
 
 
-def lock_row(ctx: dict, rec) -> dict:
-    """A locks-table row from a parsed LockRecord."""
+def lock_row(ctx: dict, rec, incomplete: str | None = None) -> dict:
+    """A locks-table row from a parsed LockRecord; ``incomplete``: why the cell's lock numbers
+    are incomplete (None: complete)."""
     return {**{k: ctx[k] for k in ("cell", "rep", "os", "kernel", "nic", "queues", "procs", "accel")},
             "attempt": ctx.get("attempt", 1),
             "lock": rec.lock, "caller": rec.caller, "kind": rec.kind, "contentions": rec.contentions,
-            "wait_ns_total": rec.wait_ns_total, "wait_ns_max": rec.wait_ns_max, "method": rec.method}
+            "wait_ns_total": rec.wait_ns_total, "wait_ns_max": rec.wait_ns_max, "method": rec.method,
+            "holds": getattr(rec, "holds", 0), "hold_ns_total": getattr(rec, "hold_ns_total", None),
+            "lock_class": lock_class(rec.lock, rec.caller), "incomplete": incomplete}
 
 
 def cell_row(cell, rep: int, status: str, reason: str, *, group, accel: str | None, image_verified: bool | None,
@@ -259,6 +267,11 @@ class RunDir:
                 df["queue"] = df["queue"].astype("Int64")
                 df["cpu"] = df["cpu"].astype("Int64")
                 df["value"] = df["value"].astype("float64")
+            if name == "locks":     # typed even when all null, so run dirs union by name
+                for col in ("holds", "hold_ns_total"):
+                    df[col] = df[col].astype("Int64")
+                for col in ("lock_class", "incomplete"):
+                    df[col] = df[col].astype("string")
             if name == "cells":
                 df["validity"] = df["validity"].map(lambda v: json.dumps(v) if isinstance(v, dict) else v)
             atomic_write_table(self.path / name, df)

@@ -14,8 +14,8 @@ from harness.results.rundir import lock_row, metric_row, sample_row
 from harness.parsers.peer import peer_metrics
 from harness.run.bottleneck import decide, inputs_from_rows
 from harness.run.procedure import peer_ip_for, ports_for, render
-from harness.run.validity import (app_bytes_total, churn_recovery, conservation, host_thread_cpu, queue_spread,
-                                  sender_saturation)
+from harness.run.validity import (app_bytes_total, churn_recovery, conservation, host_thread_cpu,
+                                  lock_stats_check, queue_spread, sender_saturation)
 
 
 class CellFailure(RuntimeError):
@@ -90,8 +90,9 @@ def save_captures(rd, cell, rep: int, attempt: int, cap: Captures, steps) -> Non
 
 
 def measure(guest, cap: Captures, ctx: dict, cell, driver: str, lock_method: str | None):
-    """(metric rows, lock rows, samples, sender results, interval note) from the captures. `lock_method`
-    None: the cell is not traced (no lock rows)."""
+    """(metric rows, lock rows, samples, sender results, interval note, lock problems) from the
+    captures. `lock_method` None: the cell is not traced (no lock rows, lock problems None);
+    else lock problems lists why its lock numbers are incomplete (guest.lock_problems)."""
     results = guest.parse_senders(cap.senders)
     errors = [r.error for r in results if r.error]
     missing = cell.procs - len(results)
@@ -124,17 +125,21 @@ def measure(guest, cap: Captures, ctx: dict, cell, driver: str, lock_method: str
         add("host_thread_cpu_s", cpu_a[name] - cpu_b.get(name, 0.0), "s", "host /proc/<qemu>/task/*/stat", name)
     for peer_row in peer_metrics(peer_before, peer_after):     # peer server CPU, peer-side drops
         add(*peer_row)
-    lock_rows = []
+    lock_rows, lock_problems = [], None
     if lock_method is not None:
-        lock_rows = [lock_row(ctx, rec) for rec in guest.parse_locks(before, after, lock_method, cap.senders)]
+        lock_problems = guest.lock_problems(before, after, cap.senders)
+        incomplete = "; ".join(lock_problems) or None
+        lock_rows = [lock_row(ctx, rec, incomplete)
+                     for rec in guest.parse_locks(before, after, lock_method, cap.senders)]
         src, wait_native, count_native = guest.LOCK_TOTALS
         add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", src, wait_native)
         add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", src, count_native)
-    return rows, lock_rows, samples, results, interval_note
+    return rows, lock_rows, samples, results, interval_note, lock_problems
 
 
 def validity(cell, samples, senders: dict[str, str], rows, results, measured_s: float, *, accel: str, vcpus: int,
-             require_queue_spread: bool, interval_note: str | None, peer_detail: str) -> dict:
+             require_queue_spread: bool, interval_note: str | None, peer_detail: str,
+             lock_problems: list[str] | None = None) -> dict:
     """The cell's checks (harness.run.validity) on the counting rules' totals; informational
     entries (how the peer ended a stack, the interval probe) are kept beside them."""
     frame = rows_frame(samples)
@@ -152,6 +157,8 @@ def validity(cell, samples, senders: dict[str, str], rows, results, measured_s: 
         v["queue_spread"] = queue_spread(per_q_pkts, cell.queues, require_queue_spread, queue_source(frame))
     if cell.churn != "none":
         v["churn"] = churn_recovery(senders.get("churn", ""), sender_outputs(senders))
+    if lock_problems is not None:      # a traced cell: are its lock numbers whole?
+        v["lock_stats"] = lock_stats_check(lock_problems)
     if interval_note:
         v["interval_probe"] = interval_note
     if peer_detail:     # not a check: how the peer terminated the stack, kept beside them

@@ -288,11 +288,11 @@ class Runner:
         ctx = cell_context(cell, rep, kernel=boot["kernel"], driver=boot["driver"], accel=self.accel,
                            attempt=attempt)
         traced = self.workload.lock_stats and cell.traced
-        rows, lock_rows, samples, results, note = measure(vm.guest, cap, ctx, cell, boot["driver"],
-                                                          vm.guest.lock_method(self.accel) if traced else None)
+        rows, lock_rows, samples, results, note, lock_problems = measure(
+            vm.guest, cap, ctx, cell, boot["driver"], vm.guest.lock_method(self.accel) if traced else None)
         checks = validity(cell, samples, cap.senders, rows, results, cap.measured_s, accel=self.accel,
                           vcpus=self.workload.machine.vcpus, require_queue_spread=self.workload.require_queue_spread,
-                          interval_note=note, peer_detail=peer_stack.detail)
+                          interval_note=note, peer_detail=peer_stack.detail, lock_problems=lock_problems)
         prev = self._rerun_after.get((cell.cell_id, rep))
         note = f"re-run: attempt {prev[0]} failed {', '.join(prev[1])}" if prev else ""
         rd.add(metrics=rows, locks=lock_rows,

@@ -122,6 +122,14 @@ def host_thread_cpu(stat_texts: dict[str, str], clk_tck: int = 100) -> dict[str,
     return out
 
 
+def lock_stats_check(problems: list[str]) -> dict:
+    """A traced cell's lock numbers: complete, or the named reasons they are not (lockstat's
+    own warnings such as DTrace drops or "ran out of data records", a report that could not
+    be read, rows that were not printed). Incomplete lock numbers undercount contention, so
+    the cell fails the check ("lock_stats")."""
+    return {"ok": not problems, "reasons": list(problems)}
+
+
 # Checks a re-run can change (a transient loss, a recovery that came late). Queue spread and
 # the bottleneck are properties of the configuration: a re-run would only repeat them.
 RERUN_CHECKS = ("conservation", "churn")
@@ -133,7 +141,9 @@ OUTSIDE_PATH = ("peer", "host_io", "application")
 def failed_checks(v: dict) -> list[str]:
     """Names of the validity checks this cell run failed. Reported, not failed: emulation,
     sender saturation (older run dirs carry it), queue spread unless the workload required it,
-    and a bottleneck inside the path under test (tx_path, tx_lock, ring_link, undetermined)."""
+    and a bottleneck inside the path under test (tx_path, tx_lock, ring_link, undetermined).
+    Failed: conservation, a required queue spread, a bottleneck outside the path, churn not
+    recovered, incomplete lock statistics (lock_stats)."""
     out = []
     if v.get("conservation", {}).get("ok") is False:
         out.append("conservation")
@@ -146,6 +156,8 @@ def failed_checks(v: dict) -> list[str]:
         out.append("bottleneck")
     if v.get("churn", {}).get("all_recovered") is False:
         out.append("churn")
+    if v.get("lock_stats", {}).get("ok") is False:
+        out.append("lock_stats")
     return out
 
 

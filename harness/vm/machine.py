@@ -48,17 +48,44 @@ class MachineSpec:
     guest_egress: bool = False      # cloud images install packages on first boot
 
 
+# Which qspinlock path a Linux 6.1 guest takes decides whether a TX-lock wait reaches the
+# lock:contention_begin tracepoint (sources: Linux 6.1, as built into the Debian guest kernel,
+# CONFIG_PARAVIRT_SPINLOCKS=y, CONFIG_KVM_GUEST=y):
+# * kernel/locking/qspinlock.c:queued_spin_lock_slowpath: `if (pv_enabled()) goto pv_queue;`
+#   then `if (virt_spin_lock(lock)) return;` then the pending-bit spin (returns without a
+#   trace), and only at `queue:`/`pv_queue:` trace_contention_begin(lock, LCB_F_SPIN), ended
+#   at `release:` by trace_contention_end.
+# * arch/x86/include/asm/qspinlock.h:virt_spin_lock: while virt_spin_lock_key is on, a
+#   test-and-set loop that returns before any tracepoint: waits are INVISIBLE.
+# * arch/x86/kernel/paravirt.c:native_pv_lock_init: the key goes off only without
+#   X86_FEATURE_HYPERVISOR; arch/x86/kernel/kvm.c:kvm_spinlock_init turns it off too, and with
+#   KVM_FEATURE_PV_UNHALT (and no KVM_HINTS_REALTIME, >1 CPU, no "nopvspin") installs
+#   __pv_queued_spin_lock_slowpath (qspinlock.c rebuilt with pv_enabled() true, waits in
+#   qspinlock_paravirt.h:pv_wait_node/pv_wait_head_or_lock): EVERY slowpath waiter is traced,
+#   the would-be pending waiter included. Without PV_UNHALT it returns early, key still on:
+#   virt_spin_lock, invisible.
+# So: TCG hides the hypervisor bit (native qspinlock, queued waiters traced, the single
+# pending-bit waiter not); KVM offers kvm-pv-unhalt explicitly (PV qspinlock, all waiters),
+# with `enforce`: a host whose KVM cannot offer it fails the boot (the KVM probe then falls
+# back to TCG and records why) instead of silently giving a guest whose waits are invisible.
+KVM_CPU = "host,kvm-pv-unhalt=on,enforce"
+TCG_CPU = "max,-hypervisor"
+
+
 def cpu_model(accel: str) -> str:
-    """Under TCG hide the hypervisor CPUID bit: a Linux guest that sees it but has no PV
-    spinlocks spins in virt_spin_lock, which never reaches lock:contention_begin, so TX
-    queue lock waits would be invisible (DESIGN.md, measured here)."""
-    return "host" if accel == "kvm" else "max,-hypervisor"
+    """The -cpu value that keeps TX-lock waits visible to lock:contention_begin (above). A
+    guest that sees the hypervisor bit with no PV spinlocks spins in virt_spin_lock and
+    never reaches the tracepoint (DESIGN.md, measured here under TCG)."""
+    return KVM_CPU if accel == "kvm" else TCG_CPU
 
 
 def lock_visibility_method(accel: str) -> str:
-    return ("tracepoint lock:contention_begin/end, KVM (pv spinlocks if host offers kvm-pv-unhalt)"
+    """The Linux lock method text recorded per boot (manifest boots[].lock_method) and on
+    every locks row (method)."""
+    return (f"tracepoint lock:contention_begin/end, KVM with -cpu {KVM_CPU} (PV qspinlock "
+            "__pv_queued_spin_lock_slowpath: every slowpath waiter)"
             if accel == "kvm" else
-            "tracepoint lock:contention_begin/end, TCG with -cpu max,-hypervisor (native qspinlock slowpath)")
+            f"tracepoint lock:contention_begin/end, TCG with -cpu {TCG_CPU} (native qspinlock slowpath)")
 
 
 def build_argv(spec: MachineSpec) -> list[str]:
@@ -100,9 +127,18 @@ def build_argv(spec: MachineSpec) -> list[str]:
         argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
     if spec.tap_fds:
         fds = ":".join(str(fd) for fd in spec.tap_fds)
-        argv += ["-netdev", f"tap,id=data,{'fds' if len(spec.tap_fds) > 1 else 'fd'}={fds},vhost=off"]
+        argv += ["-netdev", f"tap,id=data,{'fds' if len(spec.tap_fds) > 1 else 'fd'}={fds},"
+                            f"vhost={tap_vhost(spec.accel, spec.qemu_device)}"]
         argv += ["-device", data_device(spec.qemu_device, spec.queues)]
     return argv
+
+
+def tap_vhost(accel: str, qemu_device: str) -> str:
+    """vhost=on only for virtio-net under KVM: the host kernel's vhost-net worker
+    (``vhost-<qemu pid>``, a kernel thread before Linux 6.4, a thread of the QEMU process since)
+    moves the packets instead of QEMU's main loop, as a KVM deployment would. Under TCG the
+    main loop keeps them (vhost=off), and other NIC models have no vhost backend."""
+    return "on" if accel == "kvm" and qemu_device == "virtio-net-pci" else "off"
 
 
 def data_device(qemu_device: str, queues: int) -> str:
@@ -270,13 +306,20 @@ class Machine:
             self._qmp = None
 
 
+def forced_accel() -> str | None:
+    """XMITBENCH_ACCEL=kvm|tcg: what a workload's accel "auto" resolves to without probing
+    (the runner's probe_accel, and `plan`, which never boots anything)."""
+    v = os.environ.get("XMITBENCH_ACCEL")
+    return v if v in ("kvm", "tcg") else None
+
+
 def probe_accel(kernel: Path, initrd: Path, timeout: float = 20.0) -> tuple[str, str]:
     """Try KVM by booting the guest kernel until it prints on the console.
 
     /dev/kvm existing is not enough: under nested virtualisation a KVM guest can hang
     right after decompression. Returns (accel, reason)."""
-    if os.environ.get("XMITBENCH_ACCEL") in ("kvm", "tcg"):
-        return os.environ["XMITBENCH_ACCEL"], "forced by XMITBENCH_ACCEL"
+    if forced_accel():
+        return forced_accel(), "forced by XMITBENCH_ACCEL"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return "tcg", "/dev/kvm missing or not accessible"
     with tempfile.TemporaryDirectory(prefix="xb-kvmprobe-") as d:
