@@ -54,7 +54,7 @@ def test_findings_default_run_answers_each_question():
     share = lk[lk["lock"].str.contains("qdisc")].wait_ns_total.sum() / lk.wait_ns_total.sum()
     ser, ring, verd = _box(f, "linux", "e1000e", 1)
     assert ser.topic == "serialisation" and ser.level == "warn"
-    assert ser.headline == f"serialises on the qdisc lock (mostly @ __dev_queue_xmit): {share:.0%} of contended wait"
+    assert ser.headline == f"serialises on the qdisc/ifq lock (mostly @ __dev_queue_xmit): {share:.0%} of contended wait"
     assert f"{lk.wait_ns_total.sum() / 1e6:.3g} ms contended wait over 4 traced cell runs" in ser.detail
     assert "tracepoint lock:contention_begin/end" in ser.counters
     # full ring: per-Mpkt rates of the counters, recomputed; below the threshold on this run
@@ -118,17 +118,17 @@ def test_findings_links_are_relative_and_exist(tmp_path):
         assert name in html               # thresholds shown on the page
 
 
-def test_lock_role_fallback():
-    assert F.lock_role("qdisc root lock/busylock (Qdisc.q.lock, Qdisc.busylock)", "__dev_queue_xmit") == ("qdisc lock", True)
+def test_lock_role_from_the_lock_vocabulary():
+    assert F.lock_role("qdisc root lock/busylock (Qdisc.q.lock, Qdisc.busylock)", "__dev_queue_xmit") == ("qdisc/ifq lock", True)
     assert F.lock_role("HARD_TX_LOCK (netdev_queue._xmit_lock)", "sch_direct_xmit") == ("tx queue lock", True)
     assert F.lock_role("vtnet0-tx0", "vtnet_txq_tq_deferred") == ("tx queue lock", True)
-    assert F.lock_role("socket lock (bh_lock_sock)", "tcp_v4_rcv") == ("socket lock", False)
+    assert F.lock_role("socket lock (bh_lock_sock)", "tcp_v4_rcv") == ("socket", False)
     assert F.lock_role("lock in do_wait", "do_wait") == ("other", False)
     # lock_stat class names (6.1 lockdep)
-    assert F.lock_role("&sch->root_lock_key#3") == ("qdisc lock", True)
-    assert F.lock_role("&qdisc_tx_busylock") == ("qdisc lock", True)
+    assert F.lock_role("&sch->root_lock_key#3") == ("qdisc/ifq lock", True)
+    assert F.lock_role("&qdisc_tx_busylock") == ("qdisc/ifq lock", True)
     assert F.lock_role("_xmit_ETHER#2") == ("tx queue lock", True)
-    assert F.lock_role("slock-AF_INET") == ("socket lock", False)
+    assert F.lock_role("slock-AF_INET") == ("socket", False)
 
 
 # --- readable figures -----------------------------------------------------------------------

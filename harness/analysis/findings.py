@@ -28,6 +28,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from harness.counters import lockclass
+
 from harness.run.bottleneck import RING_EVENTS_PER_MPKT
 
 from .load import KEY, OS_NAMES, Runs
@@ -64,30 +66,15 @@ RING_COUNTERS = [
 
 
 # --- lock vocabulary --------------------------------------------------------------------
-# SEAM: a lock-vocabulary function mapping native lock names to "tx queue lock" / "qdisc lock" /
-# "ring" is being written in harness/counters/. Until it lands, this local fallback classifies the
-# names the parsers record (Linux: harness.parsers.linux names by call site; FreeBSD lockstat:
-# lo_name such as "vtnet0-tx0"). Replace ``lock_role`` with the counters' function when it exists.
-_ROLE_RULES = [
-    # tracepoint names ("qdisc root lock/busylock (...)") and lock_stat classes ("&sch->root_lock_key#3",
-    # "&qdisc_tx_busylock")
-    (re.compile(r"qdisc root|busylock|root_lock_key|qdisc_tx_busylock", re.I), "qdisc lock", True),
-    # "HARD_TX_LOCK (netdev_queue._xmit_lock)", lock_stat "_xmit_ETHER#2" / "&qdisc_xmit_lock_key",
-    # FreeBSD vtnet's per-queue mutex "vtnet0-tx0"
-    (re.compile(r"HARD_TX_LOCK|_xmit_lock|^_xmit_[A-Z0-9_]+|qdisc_xmit_lock_key|tx_global_lock|netif_tx_lock|"
-                r"-tx\d+$|txq", re.I), "tx queue lock", True),
-    (re.compile(r"buf_ring|mp_ring|drbr|ifq|if_snd", re.I), "ring", True),
-    (re.compile(r"socket|sk_lock|bh_lock_sock|slock-AF_|so_snd|so_rcv|sockbuf", re.I), "socket lock", False),
-]
+# The TX-path roles come from the one lock vocabulary (harness.counters.lockclass), shared with
+# the FreeBSD lockstat rows: tx queue lock, qdisc/ifq lock and ring are on the TX path.
+_TX_PATH_CLASSES = (lockclass.TX_QUEUE, lockclass.QDISC, lockclass.RING)
 
 
 def lock_role(lock: str, caller: str = "") -> tuple[str, bool]:
-    """(role, on the TX path) of a recorded lock: "qdisc lock", "tx queue lock", "ring",
-    "socket lock" (not the TX path) or "other" (not the TX path). Local fallback (see SEAM)."""
-    for rx, role, tx in _ROLE_RULES:
-        if rx.search(str(lock)):
-            return role, tx
-    return "other", False
+    """(class, on the TX path) of a recorded lock (harness.counters.lockclass.lock_class)."""
+    cls = lockclass.lock_class(str(lock), str(caller or ""))
+    return cls, cls in _TX_PATH_CLASSES
 
 
 # --- data model -------------------------------------------------------------------------

@@ -41,10 +41,12 @@ _CALLERS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^(lock_sock(_nested)?|release_sock|tcp_v4_rcv|sk_\w+|sbappend\w*|sosend\w*|soreceive\w*)$"), SOCKET),
 ]
 _NAMES: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"qdisc|busylock|^if_snd$|\bifq\b|if send queue", re.I), QDISC),
+    # lock_stat names qdisc locks by their lockdep keys: "&sch->root_lock_key", "qdisc_tx_busylock"
+    (re.compile(r"qdisc|busylock|root_lock_key|^if_snd$|\bifq\b|if send queue", re.I), QDISC),
     (re.compile(r"_xmit_|HARD_TX_LOCK|tx_global_lock|netif_tx_lock|^\S+-tx\d+$"), TX_QUEUE),
     (re.compile(r"buf_ring|br_lock|mp_ring|drbr|vmxnet3_tx_queue\.tx_lock", re.I), RING),
-    (re.compile(r"sk_lock|bh_lock_sock|socket lock|^so_(snd|rcv)$|sockbuf|^(tcp|udp|raw)inp$"), SOCKET),
+    # lock_stat: "sk_lock-AF_INET", "slock-AF_INET" (sock_lock_init's per-family classes)
+    (re.compile(r"sk_lock|slock-AF_|bh_lock_sock|socket lock|^so_(snd|rcv)$|sockbuf|^(tcp|udp|raw)inp$"), SOCKET),
 ]
 
 
