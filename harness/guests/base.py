@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 from ..parsers.iperf3 import parse_iperf3_json
+from harness.counters.samples import METRIC_UNITS
 from .contract import BootState, GuestDriver
 
 SECTION = "@@xmitbench-section "
@@ -68,7 +69,7 @@ def counter_coverage(samples: list, expected: dict[str, str]) -> list[dict]:
     for s in samples:
         pat = counter_pattern(s.native_name)
         row = rows.setdefault(pat, {"native": pat, "metric": None, "status": "unmapped", "queues": set()})
-        if s.metric != s.native_name:
+        if s.metric != s.native_name or s.metric in METRIC_UNITS:     # e1000e tx_packets is both
             row["metric"], row["status"] = s.metric, "mapped"
         if s.queue is not None:
             row["queues"].add(s.queue)
