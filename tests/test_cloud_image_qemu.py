@@ -104,7 +104,7 @@ def test_images_inspect_cloud_image(cloud_image, tmp_path):
     p = _cli("images", "inspect", "debian-cloud", "--results", str(tmp_path / "r"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     rd = next((tmp_path / "r").iterdir())
-    index = _check_bundle(rd, "debian-cloud")
+    _check_bundle(rd, "debian-cloud")
     assert 'VERSION_ID="12"' in (rd / "inspect" / "os_release.txt").read_text()
     agent = (rd / "inspect" / "first_boot_agent.txt").read_text()
     assert "status: done" in agent, agent                              # `cloud-init status` over SSH

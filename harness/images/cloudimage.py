@@ -33,7 +33,7 @@ from pathlib import Path
 from harness.images.aptstate import KEYRING, MIRROR, SECURITY_MIRROR, apt_state
 from harness.images.guestimage import ImageBuildError, _sha256, cache_root
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 NAME = "debian-cloud"
 RELEASE = "12"
 SUITE = "bookworm"
@@ -64,8 +64,7 @@ DPKG_EXCLUDES = ["/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", 
 # systemd (machine-id) and cloud-init (SSH host keys), as in Debian's images.
 CUSTOMIZE = ["rm -f \"$1\"/etc/ssh/ssh_host_*_key \"$1\"/etc/ssh/ssh_host_*_key.pub",
              "truncate -s 0 \"$1\"/etc/machine-id", "rm -f \"$1\"/var/lib/dbus/machine-id",
-             "chroot \"$1\" systemctl enable ssh.service",
-             "chroot \"$1\" update-initramfs -u -k all"]
+             "chroot \"$1\" systemctl enable ssh.service"]
 SYSLINUX_CFG = f"DEFAULT linux\nTIMEOUT 0\nPROMPT 0\nLABEL linux\n  KERNEL /vmlinuz\n  INITRD /initrd.img\n  APPEND {KERNEL_CMDLINE}\n"
 MBR_BIN = Path("/usr/lib/syslinux/mbr/mbr.bin")
 HOST_TOOLS = ["mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy", "syslinux", "sfdisk", "qemu-img"]
@@ -106,12 +105,6 @@ def cache_key(versions: dict[str, str]) -> str:
 
 def image_dir(key: str) -> Path:
     return cache_root() / "images" / f"{NAME}-{key}"
-
-
-def cached(log=print) -> tuple[Path, dict] | None:
-    """The newest built image and its manifest, without asking apt (for `plan`/inspect)."""
-    found = sorted((cache_root() / "images").glob(f"{NAME}-*/image.json"), key=lambda p: p.stat().st_mtime)
-    return (found[-1].parent / "disk.qcow2", json.loads(found[-1].read_text())) if found else None
 
 
 def build_debian_cloud(log=print, force: bool = False) -> tuple[Path, dict]:
@@ -207,7 +200,9 @@ def _make_disk(root: Path, raw: Path, kernel_release: str) -> None:
     with open(raw, "r+b") as f:      # boot code only (440 bytes): the partition table stays
         f.write(MBR_BIN.read_bytes()[:440])
     boot_img = raw.with_name("boot.fat")
-    _run(["mkfs.vfat", "-n", "XBBOOT", "-C", str(boot_img), str(BOOT_MIB * 1024)])
+    # -h: the partition's start as "hidden sectors" in the boot sector, where syslinux's boot
+    # sector code finds its own partition (mkfs on a bare file would write 0)
+    _run(["mkfs.vfat", "-n", "XBBOOT", "-h", str(BOOT_START_SECTOR), "-C", str(boot_img), str(BOOT_MIB * 1024)])
     cfg = raw.with_name("syslinux.cfg")
     cfg.write_text(SYSLINUX_CFG)
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
