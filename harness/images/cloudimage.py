@@ -33,7 +33,7 @@ from pathlib import Path
 from harness.images.aptstate import KEYRING, MIRROR, SECURITY_MIRROR, apt_state
 from harness.images.guestimage import ImageBuildError, _sha256, cache_root
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 NAME = "debian-cloud"
 RELEASE = "12"
 SUITE = "bookworm"
@@ -65,7 +65,7 @@ DPKG_EXCLUDES = ["/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", 
 CUSTOMIZE = ["rm -f \"$1\"/etc/ssh/ssh_host_*_key \"$1\"/etc/ssh/ssh_host_*_key.pub",
              "truncate -s 0 \"$1\"/etc/machine-id", "rm -f \"$1\"/var/lib/dbus/machine-id",
              "chroot \"$1\" systemctl enable ssh.service"]
-SYSLINUX_CFG = f"DEFAULT linux\nTIMEOUT 0\nPROMPT 0\nLABEL linux\n  KERNEL /vmlinuz\n  INITRD /initrd.img\n  APPEND {KERNEL_CMDLINE}\n"
+SYSLINUX_CFG = f"SERIAL 0 115200\nDEFAULT linux\nTIMEOUT 0\nPROMPT 0\nLABEL linux\n  KERNEL /vmlinuz\n  INITRD /initrd.img\n  APPEND {KERNEL_CMDLINE}\n"
 MBR_BIN = Path("/usr/lib/syslinux/mbr/mbr.bin")
 HOST_TOOLS = ["mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy", "syslinux", "sfdisk", "qemu-img"]
 
