@@ -111,8 +111,10 @@ class FreeBSDGuest(GuestBase):
             "lock_lockstat": f"ls -l {t['lockstat']}; kldload -n dtraceall; kldstat | grep -i dtrace",
             "lock_dtrace_providers": f"kldload -n dtraceall; {dt} -l | awk 'NR > 1 {{print $2}}' | sort | uniq -c",
             "lock_dtrace_lockstat_probes": f"kldload -n dtraceall; {dt} -l -P lockstat",
-            "lock_dtrace_vtnet_tx": f"kldload -n dtraceall; {dt} -l -n 'fbt::vtnet_txq_mq_start:entry' "
-                                    f"-n 'fbt::vtnet_txq_mq_start:return' -n 'fbt::iflib_if_transmit:entry'",
+            # one dtrace -l per probe: a description that matches nothing fails the whole call
+            "lock_dtrace_vtnet_tx": "kldload -n dtraceall; " + "; ".join(
+                f"{dt} -l -n '{probe}'" for probe in ("fbt::vtnet_txq_mq_start:entry", "fbt::vtnet_txq_mq_start:return",
+                                                      "fbt::iflib_if_transmit:entry")),
             "boot_kenv": "kenv",
             "boot_hw_vtnet": f"{t['sysctl']} hw.vtnet",
             "boot_iflib_overrides": f"{t['sysctl']} dev.{drv}.{unit}.iflib | grep override",
