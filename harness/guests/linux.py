@@ -219,7 +219,7 @@ class LinuxGuest(GuestBase):
             "boot_cmdline": "cat /proc/cmdline",
             "boot_module_parameters": f"d=$({t['ethtool']} -i {i} | sed -n 's/^driver: //p'); "
                                       "for f in /sys/module/$d/parameters/*; do echo \"$f: $(cat $f)\"; done",
-            "first_boot_agent": "cloud-init status --long",
+            "first_boot_agent": "cloud-init status --wait --long",     # its final state, not "running"
         }
 
     def inspect_counters(self, raw: dict[str, str], driver: str) -> tuple[list, dict[str, str]]:
