@@ -33,7 +33,7 @@ from pathlib import Path
 from harness.images.aptstate import KEYRING, MIRROR, SECURITY_MIRROR, apt_state
 from harness.images.guestimage import ImageBuildError, _sha256, cache_root
 
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 NAME = "debian-cloud"
 RELEASE = "12"
 SUITE = "bookworm"
@@ -55,6 +55,9 @@ KERNEL_CMDLINE = f"root=LABEL={ROOT_LABEL} ro console=tty0 console=ttyS0,115200 
 FILES = {
     "/etc/fstab": f"LABEL={ROOT_LABEL} / ext4 rw,discard,errors=remount-ro 0 1\n",
     "/etc/cloud/cloud.cfg.d/01_xmitbench_datasource.cfg": "datasource_list: [ NoCloud, None ]\n",
+    # cc_locale would set LANG=en_US.UTF-8, which this image never generated (update-locale
+    # exits 255 and cloud-init ends in "status: error"); the guest runs with glibc's C.UTF-8.
+    "/etc/cloud/cloud.cfg.d/02_xmitbench_locale.cfg": "locale: false\n",
     "/etc/network/interfaces": "auto lo\niface lo inet loopback\n\nsource /etc/network/interfaces.d/*\n",
     "/etc/hostname": "localhost\n",
 }
