@@ -214,8 +214,9 @@ def cmd_images_inspect(args) -> int:
     from harness.images.local import LOCAL_IMAGES
     from harness.run.inspect import INSPECT_DIR, inspect_image
     from harness.vm.nics import NICS
-    if args.name not in LOCAL_IMAGES:
-        load_catalog().get(args.name, "images inspect")      # InputError naming the allowed names
+    names = [*LOCAL_IMAGES, *(img.name for img in load_catalog())]
+    if args.name not in names:
+        raise InputError("images inspect", "name", f"unknown image {args.name!r}; allowed: {', '.join(names)}")
     if args.nic not in NICS:
         raise InputError("images inspect", "--nic", f"unknown NIC {args.nic!r}; allowed: {', '.join(NICS)}")
     try:

@@ -138,3 +138,18 @@ def test_seed_of_the_built_cloud_image_asks_no_packages_and_dhcp_on_the_manageme
                               "subnets": [{"type": "dhcp"}]}]
     theirs = yaml.safe_load(_iso_files(seed_for(catalog, key, tmp_path / "cat.iso"))["user-data"])
     assert theirs["packages"] == ["iperf3", "ethtool", "iproute2"] and theirs["users"][0]["name"] == "debian"
+
+
+def test_a_captured_bundle_is_a_fixture_as_it_is():
+    """tests/fixtures/inspect/debian-cloud.virtio-net: `xmitbench images inspect debian-cloud`
+    captured under TCG (index.json names the run and date), copied in unchanged. The parsers
+    read its raw files and give back the coverage the capture recorded."""
+    bundle = FIX / "inspect" / "debian-cloud.virtio-net"
+    index = json.loads((bundle / "index.json").read_text())
+    raw = {name: (bundle / e["file"]).read_text() for name, e in index["commands"].items()}
+    guest = LinuxGuest(None, LINUX_TOOLS)
+    assert set(raw) == set(guest.inspect_commands())
+    samples, expected = guest.inspect_counters(raw, index["driver"])
+    assert counter_coverage(samples, expected) == index["coverage"]
+    assert (bundle / "coverage.txt").read_text() == coverage_text(index["coverage"], index["driver"])
+    assert "status: done" in raw["first_boot_agent"] and "contention_begin" in raw["lock_tracefs_events"]
