@@ -10,12 +10,12 @@ WORKLOAD ?= workloads/default.toml
 # syslinux + mtools + dosfstools, fdisk (sfdisk) and e2fsprogs (mke2fs -d) build the Debian 12
 # cloud image `debian-cloud` without loop devices or mounts.
 SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-venv dpkg apt libc-bin \
-                   xorriso isolinux syslinux-common mmdebstrap syslinux mtools dosfstools fdisk e2fsprogs \
-                   debian-archive-keyring
+                   xorriso isolinux syslinux-common chromium mmdebstrap syslinux mtools dosfstools fdisk \
+                   e2fsprogs debian-archive-keyring
 SYSTEM_TOOLS := qemu-system-x86_64 qemu-img qemu-io iperf3 ip ss dpkg-deb apt-get xorriso mmdebstrap syslinux \
                 mcopy mkfs.vfat sfdisk mke2fs
 
-.PHONY: bench test setup system-deps venv smoke clean-stale report nightly
+.PHONY: bench test setup system-deps venv smoke clean-stale report nightly notebook bench-history
 
 bench: setup
 	$(VENV)/bin/xmitbench images build linux-deb
@@ -25,14 +25,17 @@ smoke: setup
 	$(VENV)/bin/xmitbench run workloads/smoke.toml
 
 test: setup
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra --durations=30
 
 setup: system-deps venv
 
 # Installs system packages when root; otherwise prints the exact command and stops.
+# chromium renders report.html for the browser test and `report --screenshot`: installed when
+# root; without root its absence only skips that test (with the reason), so it is not required.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || [ -x /sbin/$$t ] || missing="$$missing $$t"; done; \
 	[ -f /usr/lib/ISOLINUX/isolinux.bin ] || missing="$$missing isolinux"; \
+	if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1; then missing="$$missing chromium"; fi; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -60,6 +63,24 @@ clean-stale: venv
 # Render the report of the newest run dir (or RUN=results/<id>).
 report: venv
 	$(VENV)/bin/xmitbench report $${RUN:-$$(ls -d results/*/ | tail -1)}
+
+# JupyterLab on analysis/*.ipynb, for interactive analysis of RUN (run dirs or a results root;
+# default: the newest run dir). The notebooks' empty RUN_DIRS falls back to $$XMITBENCH_RUN_DIRS.
+# Installs the optional [notebook] extra on first use; listens on 127.0.0.1 only.
+NOTEBOOK_PORT ?= 8888
+notebook: $(VENV)/.notebook-installed
+	XMITBENCH_RUN_DIRS="$(abspath $(RUN))" $(VENV)/bin/jupyter-lab --notebook-dir=analysis \
+	  --ServerApp.ip=127.0.0.1 --ServerApp.port=$(NOTEBOOK_PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root)
+
+$(VENV)/.notebook-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install -q -e '.[test,notebook]'
+	touch $@
+
+# Time loading a history of HISTORY_RUNS synthetic run dirs (load_runs + wide_table); prints
+# the timings and writes them as JSON (HISTORY_JSON, default next to the synthetic run dirs).
+HISTORY_RUNS ?= 1000
+bench-history: venv
+	$(VENV)/bin/xmitbench bench-history --runs $(HISTORY_RUNS) $(if $(HISTORY_JSON),--json $(HISTORY_JSON))
 
 # The nightly job on one runner: run, report, compare with the baseline, promote if green.
 # XMITBENCH_NIGHTLY_REDUCED=1 (or NIGHTLY_WORKLOAD=...) runs the small TCG matrix instead.

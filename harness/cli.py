@@ -69,6 +69,9 @@ def run_workload(args) -> tuple[int, Path | None]:
         task = prog.add_task(wl.name, total=None)
 
         def on_cell(cr):
+            t = prog.tasks[task]
+            if t.total is not None and t.completed + 1 > t.total:   # repetitions = "auto" added one
+                prog.update(task, total=t.completed + 1)
             prog.update(task, advance=1, description=f"{wl.name}: {cr.run_id}")
 
         runner = Runner(wl, Path(args.results), shard=shard, log=console.print, progress=on_cell,
@@ -95,6 +98,8 @@ def run_workload(args) -> tuple[int, Path | None]:
         from .analysis.report import build_report
         out = build_report([rd.path])
         console.print(f"report: {out}")
+        from .analysis.browser import findings_png_note
+        console.print(findings_png_note(out))
     cells = __import__("pandas").read_parquet(rd.path / "cells.parquet")
     from .analysis.load import last_attempts
     final = last_attempts(cells)
@@ -121,7 +126,7 @@ def cmd_plan(args) -> int:
     print("placeholders: <cache> the guest image dir (`xmitbench images list`), <state> a per-boot dir, "
           "<run> the run dir, <per-run-key> the run's SSH public key; fd=/fds= are the tap queues the "
           "harness opens in its namespace and hands to QEMU")
-    same: dict[str, dict[str, tuple]] = {}    # nic -> os -> the data NIC and CPU options
+    same: dict[str, dict[str, tuple]] = {}    # nic -> image -> the data NIC and CPU options
     for gi, g in enumerate(p.groups):
         bk = g.boot_key
         cloud = not boots_kernel_directly(bk.image)
@@ -134,11 +139,11 @@ def cmd_plan(args) -> int:
                             ssh_port=0, ssh_pubkey_b64="<per-run-key>",
                             tap_fds=list(range(3, 3 + tap_queue_count(bk))),
                             guest_egress=cloud and installs_packages_on_first_boot(bk.image))
-        guest = driver_class(bk.os).for_plan(bk.nic, BootState())
+        guest = driver_class(bk.os).for_plan(bk.nic, BootState(), image=bk.image)
         print(f"\n== boot group {gi}: {bk.label} ({bk.os}; accel {bk.accel}: auto probes KVM, else TCG)")
         argv = build_argv(spec)
         print("   qemu: " + shlex.join(argv))
-        same.setdefault(bk.nic, {}).setdefault(bk.os, set()).add(data_plane_options(argv))
+        same.setdefault(bk.nic, {}).setdefault(bk.image, set()).add(data_plane_options(argv))
         print(f"   lock method: {guest.lock_method(accel)}")
         print("   " + render(boot_steps(guest, bk)).rstrip().replace("\n", "\n   "))
         warmup = [warmup_run(g.runs[0].cell)] if wl.warmup_after_boot and g.runs else []   # as the runner does
@@ -179,7 +184,18 @@ def cmd_images(args) -> int:
         if args.name not in LOCAL_IMAGES:
             raise InputError("images build", "name", f"unknown image {args.name!r}; allowed: "
                              + ", ".join(LOCAL_IMAGES))
-        if args.name != "linux-deb":
+        release = args.release
+        if args.name.startswith("linux-deb-"):        # linux-deb-12, linux-deb-13: the release named
+            named = args.name[len("linux-deb-"):]
+            if release is not None and _release_or_input_error(release) != named:
+                raise InputError("images build", "--release",
+                                 f"{args.name} is Debian {named}; --release {release} contradicts it")
+            release = named
+        elif release is not None and args.name != "linux-deb":
+            raise InputError("images build", "--release", "only linux-deb and linux-deb-<release> take --release")
+        if release is not None:
+            _release_or_input_error(release)
+        if not args.name.startswith("linux-deb"):
             if args.kernel or args.modules:
                 raise InputError("images build", "--kernel", f"only linux-deb takes --kernel/--modules")
             from harness.images.bootimage import ImageUnavailable
@@ -196,15 +212,27 @@ def cmd_images(args) -> int:
                 raise InputError(str(p), "path", "file or directory does not exist")
         try:
             img = build_linux_deb(Path(args.kernel) if args.kernel else None,
-                                  Path(args.modules) if args.modules else None, force=args.force)
+                                  Path(args.modules) if args.modules else None, force=args.force,
+                                  release=release)
         except ImageBuildError as e:
             print(f"xmitbench: image build failed: {e}", file=sys.stderr)
             return 1
-        print(f"{img.name} {img.key}: kernel {img.kernel} initrd {img.initrd} ({img.kernel_release})")
+        print(f"{img.name} {img.key}: kernel {img.kernel} initrd {img.initrd} "
+              f"(Debian {img.manifest.get('debian_release', '?')}, {img.kernel_release})")
         return 0
     if args.image_cmd == "inspect":
         return cmd_images_inspect(args)
     return 2
+
+
+def _release_or_input_error(release: str) -> str:
+    """'13'/'trixie' -> '13'; an unknown release is bad input (exit 2, nothing started)."""
+    from harness.images.aptstate import RELEASES, normalize_release
+    try:
+        return normalize_release(release)
+    except ValueError:
+        raise InputError("images build", "--release", f"unknown Debian release {release!r}; allowed: "
+                         + ", ".join(f"{v}, {c}" for v, c in RELEASES.items())) from None
 
 
 def cmd_images_inspect(args) -> int:
@@ -336,6 +364,8 @@ def main(argv=None) -> int:
     b.add_argument("--kernel", help="a bzImage to use instead of Debian's (e.g. a LOCK_STAT build)")
     b.add_argument("--modules", help="its /lib/modules/<release> directory")
     b.add_argument("--force", action="store_true")
+    b.add_argument("--release", help="Debian release of the packages: 12, 13, bookworm, trixie "
+                                     "(default: the host's; linux-deb-12/-13 name it themselves)")
     ins = isub.add_parser("inspect", help="boot an image once and capture a first-contact bundle "
                                           "(versions, NIC counters and their coverage, lock probes, tunables)")
     ins.add_argument("name", help="a catalog image or one the harness builds")

@@ -39,7 +39,7 @@ def test_load_one_and_many():
     assert len(many.run_ids) == 3 and many.metrics.run_id.nunique() == 3
     assert len(many.wide()) == 30                            # 3 runs x 2 cells x 5 reps
     # a results root expands to the run dirs under it (README.md lists them)
-    assert len(load_runs(RUNS).run_ids) == 8
+    assert len(load_runs(RUNS).run_ids) == 9
 
 
 def test_old_schema_without_cpu_column_loads():

@@ -9,31 +9,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from qemu_helpers import workload_toml
+
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.qemu,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and taps")]
 
-WL = """[workload]
-name = "{name}"
-repetitions = 1
-duration_s = 3
-warmup_s = 0
-[machine]
-vcpus = 1
-memory_mib = 512
-accel = "tcg"
-[matrix]
-nic = ["virtio-net"]
-queues = [1]
-procs = [1]
-"""
+def WL(name: str) -> str:
+    return workload_toml(name, {"nic": ["virtio-net"], "queues": [1], "procs": [1]},
+                         {"duration_s": 3}, {"vcpus": 1})
 
 
 def test_two_runs_at_once_do_not_cross_talk(tmp_path):
     procs = []
     for name in ("left", "right"):
         wl = tmp_path / f"{name}.toml"
-        wl.write_text(WL.format(name=name))
+        wl.write_text(WL(name))
         procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(wl), "--results",
                                        str(tmp_path / name)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True, cwd=REPO))

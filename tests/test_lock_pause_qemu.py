@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from qemu_helpers import workload_toml
+
 from harness.parsers.linux import lock_hist_pause, parse_hist_tables
 from harness.run.boot import login, start_machine
 from harness.run.host import Host
@@ -22,20 +24,8 @@ pytestmark = [pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, rea
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and taps")]
 
 CYCLES = 50
-WL = b"""[workload]
-name = "pause"
-repetitions = 1
-duration_s = 2
-lock_stats = true
-[machine]
-vcpus = 2
-memory_mib = 512
-accel = "tcg"
-[matrix]
-nic = ["e1000e"]
-queues = [1]
-procs = [2]
-"""
+WL = workload_toml("pause", {"nic": ["e1000e"], "queues": [1], "procs": [2]},
+                   {"lock_stats": True, "warmup_s": None}).encode()
 
 
 def _hits(guest) -> dict[str, int]:

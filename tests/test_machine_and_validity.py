@@ -93,7 +93,7 @@ def test_plan_linux_and_freebsd_share_the_data_nic_line():
     assert out.count("qemu: ") == out.count("== boot group ") >= 4
     assert "hw.vtnet.mq_max_pairs" in out and "shutdown -r now" in out and "cpuset -l" in out
     for nic in ("virtio-net", "e1000e"):
-        assert f"{nic}: data NIC, tap and CPU options across freebsd and linux: identical" in out
+        assert f"{nic}: data NIC, tap and CPU options across freebsd-14.3 and linux-deb: identical" in out
     # a FreeBSD q1 cell boots the same 2-queue device as Linux; the tunable picks 1 queue
     assert "freebsd-14.3.virtio-net.q1.dev2" in out
     # guest scripts are printed as they run: a heredoc's end marker at column 0, so it pastes

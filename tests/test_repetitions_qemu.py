@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from qemu_helpers import workload_toml
+
 from harness.run import repetitions as R
 from harness.run.workload import AUTO_MIN_REPS
 
@@ -20,24 +22,9 @@ pytestmark = [pytest.mark.qemu,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and taps")]
 
 BUDGET_S, MAX_REPS = 40, 6
-WORKLOAD = f"""[workload]
-name = "auto-reps"
-repetitions = "auto"
-ci_target_pct = 0.1
-rep_budget_s = {BUDGET_S}
-max_repetitions = {MAX_REPS}
-duration_s = 2
-warmup_s = 0
-retries = 1
-[machine]
-vcpus = 2
-memory_mib = 512
-accel = "tcg"
-[matrix]
-nic = ["virtio-net"]
-queues = [1]
-procs = [1]
-"""
+WORKLOAD = workload_toml("auto-reps", {"nic": ["virtio-net"], "queues": [1], "procs": [1]},
+                         {"repetitions": "auto", "ci_target_pct": 0.1, "rep_budget_s": BUDGET_S,
+                          "max_repetitions": MAX_REPS, "retries": 1})
 
 
 def test_auto_repetitions_stop_on_budget_or_max(tmp_path):

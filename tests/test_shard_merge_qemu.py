@@ -9,24 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from qemu_helpers import workload_toml
+
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.qemu,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and taps")]
 
-WL = """[workload]
-name = "shards"
-repetitions = 1
-duration_s = 2
-warmup_s = 0
-[machine]
-vcpus = 2
-memory_mib = 512
-accel = "tcg"
-[matrix]
-nic = ["virtio-net", "e1000e", "vmxnet3"]
-queues = [1, 2]
-procs = [1]
-"""
+WL = workload_toml("shards", {"nic": ["virtio-net", "e1000e", "vmxnet3"], "queues": [1, 2], "procs": [1]})
 
 
 def xb(*args):

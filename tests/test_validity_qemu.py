@@ -16,35 +16,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from qemu_helpers import workload_toml
+
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.qemu,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and taps")]
 
-BASE = """[workload]
-name = "{name}"
-repetitions = 1
-duration_s = 3
-warmup_s = 0
-retries = 2
-udp_bitrate = "100M"
-[machine]
-vcpus = 2
-memory_mib = 512
-accel = "tcg"
-[matrix]
-nic = ["virtio-net"]
-queues = [2]
-procs = [2]
-proto = ["{proto}"]
-msg_size = [{size}]
-[setup]
-linux = [{setup}]
-"""
+def BASE(name: str, proto: str, size: int, setup: list[str]) -> str:
+    return workload_toml(name, {"nic": ["virtio-net"], "queues": [2], "procs": [2], "proto": [proto],
+                                "msg_size": [size]},
+                         {"duration_s": 3, "retries": 2, "udp_bitrate": "100M"}, setup={"linux": setup})
 
 
 def _run(tmp_path: Path, name: str, proto: str, size: int, setup: list[str]) -> dict:
     wl = tmp_path / f"{name}.toml"
-    wl.write_text(BASE.format(name=name, proto=proto, size=size, setup=", ".join(json.dumps(c) for c in setup)))
+    wl.write_text(BASE(name, proto, size, setup))
     results = tmp_path / "results"
     p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(wl), "--results", str(results)],
                        capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -91,23 +77,8 @@ def test_spread_flags_traffic_forced_onto_one_queue(tmp_path):
     assert (r["cells"].status == "ok").sum() == 1
 
 
-PEER = """[workload]
-name = "peerlimit"
-repetitions = 1
-duration_s = 3
-warmup_s = 0
-retries = 0
-[machine]
-vcpus = 2
-memory_mib = 512
-accel = "tcg"
-[matrix]
-nic = ["virtio-net"]
-queues = [1]
-procs = [1, 2]
-proto = ["udp"]
-msg_size = [1400]
-"""
+PEER = workload_toml("peerlimit", {"nic": ["virtio-net"], "queues": [1], "procs": [1, 2], "proto": ["udp"],
+                                   "msg_size": [1400]}, {"duration_s": 3, "retries": 0})
 
 
 def test_bottleneck_names_a_throttled_peer(tmp_path):
@@ -148,22 +119,8 @@ def test_bottleneck_names_a_throttled_peer(tmp_path):
     assert not stopped, stopped
 
 
-ONE_QUEUE = """[workload]
-name = "onequeue"
-repetitions = 1
-duration_s = 4
-warmup_s = 0
-retries = 1
-lock_stats = true
-[machine]
-vcpus = 2
-memory_mib = 512
-accel = "tcg"
-[matrix]
-nic = ["e1000e"]
-queues = [1]
-procs = [4]
-"""
+ONE_QUEUE = workload_toml("onequeue", {"nic": ["e1000e"], "queues": [1], "procs": [4]},
+                          {"duration_s": 4, "retries": 1, "lock_stats": True})
 
 
 def test_many_senders_on_one_queue_are_bottlenecked_in_the_tx_path(tmp_path):

@@ -70,13 +70,14 @@ def test_smoke_workload():
 def test_default_workload():
     w = load_workload(ROOT / "workloads" / "default.toml")
     runs, skipped = expand(w)
-    # 3 (nic, queues) pairs x 2 procs x 3 reps (repetitions = "auto": its planned minimum), plus
-    # each cell once untraced (probe effect)
+    # 3 (nic, queues) pairs x 3 procs x 3 reps (repetitions = "auto": its planned minimum), plus
+    # each cell once untraced (probe effect); three sender counts so the USL fit is drawn
     assert w.repetitions_auto and w.repetitions == wmod.AUTO_MIN_REPS == 3
-    assert len(runs) == 18 + 6
-    assert len({r.cell.cell_id for r in runs}) == 12
+    assert len(runs) == 27 + 9
+    assert len({r.cell.cell_id for r in runs}) == 18
+    assert sorted({r.cell.procs for r in runs}) == [1, 2, 4]
     untraced = [r for r in runs if not r.cell.traced]
-    assert len(untraced) == 6 and all(r.cell.cell_id.endswith(".untraced") and r.rep == 0 for r in untraced)
+    assert len(untraced) == 9 and all(r.cell.cell_id.endswith(".untraced") and r.rep == 0 for r in untraced)
     # each twin runs next to its traced cell's first repetition, on the same VM, the order
     # alternating from pair to pair (ABBA): neither side always runs first
     for i, r in enumerate(runs):
@@ -86,18 +87,19 @@ def test_default_workload():
             assert base in neighbours and r.cell.boot_key == next(x.cell.boot_key for x in runs if x.cell.cell_id == base)
     firsts = [not runs[i].cell.traced for i in range(len(runs) - 1)
               if runs[i].cell.cell_id.split(".untraced")[0] == runs[i + 1].cell.cell_id.split(".untraced")[0]]
-    assert firsts.count(True) == firsts.count(False) == 3
+    assert sorted([firsts.count(True), firsts.count(False)]) == [4, 5]
     assert [(s.cell.cell_id, s.reason) for s in skipped] == [
         ("linux-deb.e1000e.q2.p1.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
+        ("linux-deb.e1000e.q2.p2.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
         ("linux-deb.e1000e.q2.p4.s1.tcp.m0", "e1000e has at most 1 TX queue on linux (e1000e driver)"),
     ]
     p = plan(w, QEMU_72_DEVICES)
     assert [(g.boot_key.nic, g.boot_key.queues, len(g.runs)) for g in p.groups] == [
-        ("virtio-net", 2, 4 + 12), ("e1000e", 1, 2 + 6)]
+        ("virtio-net", 2, 6 + 18), ("e1000e", 1, 3 + 9)]
     # the planned minimum and a warm-up per boot, plus the stated allowance of 2 extra
     # repetitions per traced cell within its budget (rep_budget_s = 60)
     rep_s = 10 + 1 + OVERHEAD_S
-    assert p.eta_s == 2 * BOOT_S + 2 * rep_s + 24 * rep_s + 6 * min(2 * rep_s, 60 - 3 * rep_s)
+    assert p.eta_s == 2 * BOOT_S + 2 * rep_s + 36 * rep_s + 9 * min(2 * rep_s, 60 - 3 * rep_s)
 
 
 def test_sha256_and_path(tmp_path):

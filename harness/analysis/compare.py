@@ -166,3 +166,86 @@ def format_table(cmp: Comparison) -> str:
            "  ".join("-" * w for w in widths)]
     out += ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in lines]
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# Kernel against kernel (one or more run dirs holding cells of two or more guest kernels)
+# ---------------------------------------------------------------------------------------
+KERNEL_METRICS = ("throughput_bps", "requeues_per_mpkt", "lock_wait_ns_per_pkt", "cpu_pct_per_gbit")
+CONFIG_COLS = ("nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn", "traced")
+
+
+def with_config_id(w: pd.DataFrame) -> pd.DataFrame:
+    """A ``config`` column: the cell without its image, so one configuration on two kernels
+    matches ("virtio-net.q2.p4.s1.tcp.m0.direct.none.True")."""
+    w = w.copy()
+    prefix = {"queues": "q", "procs": "p", "streams": "s", "msg_size": "m"}     # as in cell ids
+    w["config"] = [".".join(f"{prefix.get(c, '')}{r[c]}" for c in CONFIG_COLS if c in w)
+                   for _, r in w.iterrows()] if len(w) else []
+    return w
+
+
+def kernel_order(kernels) -> list[str]:
+    """Kernel release strings oldest first (6.1 before 6.12: by version, not by text)."""
+    from .mechanisms import kernel_version
+    return sorted(set(map(str, kernels)), key=lambda k: (kernel_version(k) or (999, 999), k))
+
+
+@dataclass
+class KernelComparison:
+    base_kernel: str
+    cand_kernel: str
+    comparison: Comparison
+    mechanisms: list[tuple[str, str, object]]     # (config, metric, mechanisms.Mechanism)
+
+
+def compare_kernels(runs: Runs, metrics=KERNEL_METRICS, threshold: float = 0.05, alpha: float = 0.05,
+                    seed: int = S.DEFAULT_SEED, include_invalid: bool = False) -> list[KernelComparison]:
+    """Every guest kernel of the runs against the oldest one, configuration by configuration
+    (same NIC, queues, senders ...): per cell and metric the medians with CIs, the delta with
+    its CI and the significance test of ``stats.ab_test``. Where a metric differs (significantly,
+    or zero on one kernel and not on the other) and ``mechanisms`` knows why, the mechanism."""
+    from .mechanisms import explain
+    w = with_config_id(runs.wide())
+    if "replay" in w:
+        w = w[~w["replay"].fillna(False).astype(bool)]
+    kernels = kernel_order(w.kernel.dropna()) if len(w) else []
+    out = []
+    for cand in kernels[1:]:
+        base = kernels[0]
+        cmp = compare_frames(w[w.kernel.astype(str) == base], w[w.kernel.astype(str) == cand], metrics,
+                             threshold, alpha, seed, match_on="config", include_invalid=include_invalid)
+        cmp.warnings = [x for x in cmp.warnings if not x.startswith("kernel differs")]
+        found = []
+        for _, r in cmp.table.iterrows():
+            zero_vs_not = (r.base_median == 0) != (r.cand_median == 0)
+            if not (r.significant or zero_vs_not):
+                continue
+            drivers = set(w.loc[w.config == r.cell, "driver"].dropna().astype(str))
+            for d in sorted(drivers):
+                found += [(r.cell, r.metric, m) for m in explain(r.metric, d, base, cand)]
+        out.append(KernelComparison(base, cand, cmp, found))
+    return out
+
+
+def nonzero_reps(values) -> str:
+    """'2/3 reps non-zero': for event counters that are 0 on one kernel (a test at n=3 has
+    little power, but 0 in every repetition against non-zero in most is itself a finding)."""
+    v = [x for x in values if x == x]
+    return f"{sum(1 for x in v if x != 0)}/{len(v)} reps non-zero"
+
+
+def holds_across_reps(r) -> str:
+    """Does a difference hold across repetitions? 'yes' when the test over the repetitions is
+    significant (p < alpha), noting when the two medians' 95 % CIs still overlap; 'no' when it
+    is not; 'untested' below the repetitions a test needs."""
+    if not r.n_base or not r.n_cand:
+        return "no counter on " + ("either kernel" if not r.n_base and not r.n_cand else
+                                   "the base kernel" if not r.n_base else "the candidate kernel")
+    if r.test == "none":
+        return "untested (n<3 a side)"
+    apart = (not math.isnan(r.base_ci_hi) and not math.isnan(r.cand_ci_lo)
+             and (r.cand_ci_lo > r.base_ci_hi or r.base_ci_lo > r.cand_ci_hi))
+    if r.significant:
+        return "yes" + ("" if apart else " (CIs overlap)")
+    return "no"

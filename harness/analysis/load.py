@@ -23,7 +23,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
-from harness.counters.counting import (BUSY_MODES, IDLE_MODES, INTERFACE_TX_SOURCES, _sum_by_key, cpu_table,  # noqa: F401
+from harness.counters.counting import (BUSY_MODES, CPU_SOURCES, IDLE_MODES, INTERFACE_TX_SOURCES, _sum_by_key, cpu_table,  # noqa: F401
                               driver_total, queue_table, root_qdisc, tx_total)
 from harness.run.validity import failed_checks, is_valid
 
+from . import history_cache
 from . import stats as S
 
 TABLES = ("metrics", "locks", "cells")
@@ -90,15 +91,97 @@ WIDE_METRICS: dict[str, tuple[str, bool, str]] = {
 }
 
 
-@dataclass
+# The metric rows the wide table's counting rules read (harness.counters.counting and the
+# sums below): every row of these sources, and these metrics from any source. A test checks
+# that the wide table of these rows equals the wide table of all rows.
+WIDE_INPUT_SOURCES = ("iperf3",) + CPU_SOURCES
+WIDE_INPUT_METRICS = ("app_bytes", "tcp_retransmits", "throughput_bps", "tx_packets", "tx_bytes", "tx_requeues",
+                      "qdisc_drops", "qdisc_packets", "tx_drops_ring", "tx_drops", "tx_restarts", "tx_ring_stalls",
+                      "lock_wait_ns", "lock_contentions", "peer_rx_packets", "peer_rx_bytes", "stack_tx_packets",
+                      "host_thread_cpu_s")
+WIDE_INPUT_COLUMNS = KEY + ["attempt", "queue", "metric", "value", "source", "native_name"]   # attempt: where present
+
+
 class Runs:
-    """The tables of one or many run dirs, concatenated (``run_id`` tells them apart)."""
-    paths: list[Path]
-    manifests: dict[str, dict]
-    metrics: pd.DataFrame
-    locks: pd.DataFrame
-    cells: pd.DataFrame
-    _wide: pd.DataFrame | None = field(default=None, repr=False)
+    """The tables of one or many run dirs, concatenated (``run_id`` tells them apart).
+
+    ``cells`` is read by ``load_runs``; ``metrics`` and ``locks`` on first use, each by one
+    DuckDB scan over the run dirs' Parquet files (a history of years of nightlies is millions
+    of metric rows, and the wide table needs only the few its counting rules read:
+    ``wide_inputs``)."""
+
+    def __init__(self, paths: list[Path], manifests: dict[str, dict], metrics: pd.DataFrame | None = None,
+                 locks: pd.DataFrame | None = None, cells: pd.DataFrame | None = None,
+                 sources: dict[str, tuple[list[Path], list[str]]] | None = None):
+        self.paths, self.manifests = paths, manifests
+        self._sources = sources or {}      # table -> (its Parquet files, the run_id of each)
+        self._metrics, self._locks = metrics, locks
+        self.cells = cells if cells is not None else _normalise_cells(_empty("cells"))
+        self._wide: pd.DataFrame | None = None
+
+    def __repr__(self) -> str:
+        return f"Runs({len(self.manifests)} run dirs, {len(self.cells)} cell rows)"
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        if self._metrics is None:
+            self._metrics = final_attempt_rows(_normalise_metrics(self._scan("metrics")), self.cells)
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, df: pd.DataFrame) -> None:
+        self._metrics = df
+
+    @property
+    def locks(self) -> pd.DataFrame:
+        if self._locks is None:
+            self._locks = final_attempt_rows(_normalise_locks(self._scan("locks")), self.cells)
+        return self._locks
+
+    @locks.setter
+    def locks(self, df: pd.DataFrame) -> None:
+        self._locks = df
+
+    def _scan(self, table: str, columns: Sequence[str] | None = None, where: str = "",
+              params: dict | None = None) -> pd.DataFrame:
+        files, keys = self._sources.get(table, ([], []))
+        if not files:
+            df = _empty(table)
+            return df[[c for c in df if c in columns]] if columns else df
+        cache = history_cache.cache_file(files, table)
+        if cache is not None:       # a long history: one cache file instead of thousands
+            try:
+                return history_cache.scan(files, keys, cache, columns, where, params)
+            except Exception as e:  # noqa: BLE001 - the plain scan below gives the same rows (or the error)
+                warnings.warn(f"history cache {cache} not used: {e}", stacklevel=2)
+        try:
+            return scan_tables(files, keys, columns, where, params)
+        except Exception as e:  # noqa: BLE001 - report which table, as an input error
+            raise InputError(files[0].parent, f"{table}.parquet", f"cannot read: {e}") from None
+
+    def check_tables(self) -> None:
+        """Read the key columns of the tables not yet read: a run dir whose metrics or locks
+        table is unreadable is an InputError now, not on first use."""
+        for table, loaded in (("metrics", self._metrics), ("locks", self._locks)):
+            if loaded is None:
+                self._scan(table, ["run_id", "cell"])
+
+    def wide_inputs(self) -> pd.DataFrame:
+        """The metric rows the wide table's counting rules read (``WIDE_INPUT``): a filter of
+        ``metrics`` when loaded, else a DuckDB scan that reads only those rows and columns."""
+        if self._metrics is not None:
+            m = self._metrics
+            m = m[m.source.isin(WIDE_INPUT_SOURCES) | m.metric.isin(WIDE_INPUT_METRICS)]
+            m = m[[c for c in WIDE_INPUT_COLUMNS if c in m]]
+        else:
+            m = self._scan("metrics", WIDE_INPUT_COLUMNS, "source IN (SELECT unnest($sources)) "
+                                                          "OR metric IN (SELECT unnest($metrics))",
+                           {"sources": list(WIDE_INPUT_SOURCES), "metrics": list(WIDE_INPUT_METRICS)})
+            m = final_attempt_rows(_normalise_metric_values(m), self.cells)
+            m = m[[c for c in WIDE_INPUT_COLUMNS if c in m]]
+        # a few dozen names over hundreds of thousands of rows: the rules' many filters compare
+        # and copy category codes, not strings
+        return m.astype({c: "category" for c in ("source", "metric", "native_name")})
 
     @property
     def run_ids(self) -> list[str]:
@@ -146,7 +229,10 @@ class Runs:
                 "started": (pd.to_datetime(started, unit="s").floor("s") if not pd.isna(started)
                             else _time_from_id(rid)),
                 "workload": (m.get("workload") or {}).get("name"),
-                "kernel": (m.get("guest_image") or {}).get("kernel_release"),
+                # the kernels its cells ran (a run of linux-deb-12 and -13 has two), else the default guest's
+                "kernel": (",".join(sorted(set(c["kernel"].dropna().astype(str))))
+                           if len(c) and "kernel" in c and c["kernel"].notna().any()
+                           else (m.get("guest_image") or {}).get("kernel_release")),
                 "os": ",".join(sorted(set(c["os"].dropna().astype(str)))) if len(c) else "",
                 "accel": m.get("accel"),
                 "replay": is_replay(m),
@@ -216,19 +302,48 @@ def _read_manifest(p: Path) -> dict:
     return m
 
 
-def _duckdb_concat(files: list[Path], keys: list[str]) -> pd.DataFrame:
+def _pandas_type(t):
+    """Arrow -> pandas column types: strings stay Arrow-backed (pandas' ``str`` dtype, missing =
+    NaN as elsewhere in pandas), no Python object per value; numbers as pandas makes them."""
+    import pyarrow as pa
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", bool)(t):
+        return ARROW_STR
+    return None
+
+
+try:
+    ARROW_STR = pd.StringDtype("pyarrow", na_value=np.nan)
+except TypeError:      # pandas < 2.3: no NaN-variant of the Arrow string dtype
+    ARROW_STR = pd.StringDtype("pyarrow")
+
+
+def scan_tables(files: Sequence[Path], keys: Sequence[str], columns: Sequence[str] | None = None, where: str = "",
+                params: dict | None = None) -> pd.DataFrame:
+    """ONE DuckDB scan over ``files`` (same table of many run dirs; columns matched by name,
+    missing ones null), optionally only ``columns`` (those present) and rows ``where`` (an SQL
+    condition); each
+    row's ``run_id`` is the key of its file (a copied run dir keeps its run_id inside)."""
     import duckdb
+    import pyarrow as pa
     con = duckdb.connect()
     try:
-        rel = con.sql("SELECT * FROM read_parquet($files, union_by_name=true, filename=true)",
-                      params={"files": [str(f) for f in files]})
-        df = rel.df()
+        # the named columns that exist (a regex: no lambda syntax differs between DuckDB versions)
+        select = "*" if columns is None else "COLUMNS($scan_columns)"
+        q = (f"SELECT {select}, file_index AS __file FROM read_parquet($scan_files, union_by_name=true)"
+             + (f" WHERE {where}" if where else ""))
+        p = {**(params or {}), "scan_files": [str(f) for f in files],
+             **({"scan_columns": "^(" + "|".join(re.escape(c) for c in columns) + ")$"} if columns is not None else {})}
+        res = con.sql(q, params=p).arrow()
+        tbl = res.read_all() if hasattr(res, "read_all") else res
     finally:
         con.close()
-    # run_id comes from the manifest's key (a copied run dir keeps its run_id inside)
-    by_file = {str(f): k for f, k in zip(files, keys)}
-    df["run_id"] = df.pop("filename").map(by_file)
-    return df
+    run_id = pa.array(list(keys), pa.string()).take(tbl.column("__file"))
+    tbl = tbl.drop_columns(["__file"])
+    if "run_id" in tbl.column_names:
+        tbl = tbl.set_column(tbl.column_names.index("run_id"), "run_id", run_id)
+    else:
+        tbl = tbl.append_column("run_id", run_id)
+    return tbl.combine_chunks().to_pandas(types_mapper=_pandas_type)   # one chunk: filters take() once per column
 
 
 def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
@@ -236,14 +351,17 @@ def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
 
     Raises InputError for a missing dir, a missing manifest or a missing metrics/cells
     table. Two dirs with the same run_id (a copy) are kept apart as ``<run_id>~2`` etc.
+    The cells table is read now; metrics and locks when first used (``Runs.metrics``).
     """
     dirs = expand_run_dirs(paths)
     manifests: dict[str, dict] = {}
     keys: list[str] = []
+    present: list[set[str]] = []
     for d in dirs:
         m = _read_manifest(d)
+        present.append(set(os.listdir(d)))         # one call per run dir, not one stat per table
         for t in REQUIRED:
-            if not (d / f"{t}.parquet").exists():
+            if f"{t}.parquet" not in present[-1]:
                 raise InputError(d, f"{t}.parquet", "missing: the run wrote no table (killed before its "
                                                     "first cell?)")
         key = str(m["run_id"])
@@ -253,18 +371,13 @@ def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
             key = f"{m['run_id']}~{i}"
         manifests[key] = {**m, "_path": str(d)}
         keys.append(key)
-    tables: dict[str, pd.DataFrame] = {}
+    sources = {}
     for t in TABLES:
-        pairs = [(d / f"{t}.parquet", k) for d, k in zip(dirs, keys) if (d / f"{t}.parquet").exists()]
-        if not pairs:
-            tables[t] = _empty(t)
-            continue
-        try:
-            tables[t] = _duckdb_concat([p for p, _ in pairs], [k for _, k in pairs])
-        except Exception as e:  # noqa: BLE001 - report which file, as an input error
-            raise InputError(pairs[0][0].parent, f"{t}.parquet", f"cannot read: {e}") from None
-    return Runs(dirs, manifests, _normalise_metrics(tables["metrics"]), _normalise_locks(tables["locks"]),
-                _normalise_cells(tables["cells"]))
+        pairs = [(d / f"{t}.parquet", k) for d, k, names in zip(dirs, keys, present) if f"{t}.parquet" in names]
+        sources[t] = ([p for p, _ in pairs], [k for _, k in pairs])
+    runs = Runs(dirs, manifests, sources=sources)
+    runs.cells = _normalise_cells(runs._scan("cells"))
+    return runs
 
 
 def _empty(t: str) -> pd.DataFrame:
@@ -275,8 +388,11 @@ def _empty(t: str) -> pd.DataFrame:
 def _axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
     """stack/churn/traced for tables written before those cell axes existed (or with nulls)."""
     for col, default in AXIS_DEFAULTS.items():
-        df[col] = (df[col].astype(object).where(df[col].notna(), default) if col in df
+        df[col] = (df[col].fillna(default) if col in df and len(df) and df[col].dtype == ARROW_STR
+                   else df[col].astype(object).where(df[col].notna(), default) if col in df
                    else pd.Series(default, index=df.index, dtype=object))
+    if "traced" in df and df["traced"].dtype == bool:      # every row recorded it: nothing to infer
+        return df
     cell = df["cell"].astype(str) if "cell" in df else pd.Series("", index=df.index)
     inferred = ~cell.str.endswith(UNTRACED_SUFFIX)
     if "traced" in df:
@@ -288,16 +404,17 @@ def _axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _normalise_metrics(m: pd.DataFrame) -> pd.DataFrame:
-    m = _axis_defaults(m)
+    return _normalise_metric_values(_axis_defaults(m))
+
+
+def _normalise_metric_values(m: pd.DataFrame) -> pd.DataFrame:
+    """The numeric columns of metric rows (all ``_normalise_metrics`` does but the cell axes)."""
     for col in ("queue", "cpu"):
         m[col] = (m[col] if col in m else pd.Series(pd.NA, index=m.index)).astype("Int64")
     m["value"] = pd.to_numeric(m["value"], errors="coerce").astype("float64")
     for col in ("rep", "queues", "streams", "procs", "msg_size"):
         if col in m:
             m[col] = pd.to_numeric(m[col], errors="coerce").astype("Int64")
-    for col in ("source", "metric", "native_name", "cell", "run_id"):
-        if col in m:
-            m[col] = m[col].astype(object)
     return m
 
 
@@ -321,11 +438,25 @@ def _normalise_cells(c: pd.DataFrame) -> pd.DataFrame:
             c[col] = pd.to_numeric(c[col], errors="coerce").astype("float64")
     c["valid"] = (c["valid"].astype("boolean") if "valid" in c
                   else pd.Series(pd.NA, index=c.index, dtype="boolean"))
-    c["validity"] = c["validity"].map(_parse_validity) if "validity" in c else [{}] * len(c)
+    c["validity"] = _parse_validities(c["validity"]) if "validity" in c else [{}] * len(c)
     # why the cell's repetitions stopped (harness.run.repetitions); run dirs from before: NA
     c["reps_stop"] = (c["reps_stop"].astype("string") if "reps_stop" in c
                       else pd.Series(pd.NA, index=c.index, dtype="string"))
     return c
+
+
+def _parse_validities(col: pd.Series) -> list[dict]:
+    """``_parse_validity`` of every row; the JSON texts parsed as one array (a history has tens
+    of thousands), each row on its own only if that fails."""
+    texts = [v if isinstance(v, str) and v.strip() else "{}" for v in col]
+    if not any(isinstance(v, dict) for v in col):
+        try:
+            out = json.loads("[" + ",".join(texts) + "]")
+            if len(out) == len(texts):
+                return [x if isinstance(x, dict) else {} for x in out]
+        except json.JSONDecodeError:
+            pass
+    return [_parse_validity(v) for v in col]
 
 
 def _parse_validity(v) -> dict:
@@ -352,7 +483,7 @@ def sender_table(m: pd.DataFrame) -> pd.DataFrame:
 
 def wide_table(runs: Runs) -> pd.DataFrame:
     """One row per (run, cell, rep) run attempt recorded in cells.parquet, key metrics as columns."""
-    m = runs.metrics
+    m = runs.wide_inputs()
     cells = runs.cells.copy()
     if cells.empty:
         return pd.DataFrame(columns=KEY + ["workload"] + CONFIG + ["status"] + list(WIDE_METRICS))
@@ -387,7 +518,7 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     snd = sender_table(m)
     if len(snd):
         g = snd.groupby(KEY)["bps"]
-        w = w.join(pd.DataFrame({"n_senders": g.size(), "jain": g.apply(S.jain_index)}), how="left")
+        w = w.join(pd.DataFrame({"n_senders": g.size(), "jain": S.jain_index_by(snd, KEY, "bps")}), how="left")
     else:
         w["n_senders"], w["jain"] = np.nan, np.nan
     w = w.reset_index()
@@ -455,6 +586,19 @@ def last_attempts(cells: pd.DataFrame) -> pd.DataFrame:
     return cells.drop_duplicates(KEY, keep="last")
 
 
+def final_attempt_rows(rows: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The metric or lock rows of each cell run's final attempt (``last_attempts``). A cell run
+    re-run after an invalid attempt keeps both attempts' rows in its run dir; summing them would
+    count the cell twice. Rows without an attempt number (run dirs from before it) are kept."""
+    if rows.empty or "attempt" not in rows or "attempt" not in cells or not (rows.attempt > 1).any():
+        return rows
+    final = last_attempts(cells)[KEY + ["attempt"]].rename(columns={"attempt": "_final"})
+    final["_final"] = final["_final"].astype("Int64")
+    merged = rows.merge(final, on=KEY, how="left")
+    keep = merged.attempt.isna() | merged._final.isna() | (merged.attempt == merged._final)
+    return rows[keep.to_numpy()]
+
+
 def thread_kind(name: str, named: bool = True) -> str:
     """QEMU thread name -> vCPU | I/O | main loop + other (see the module doc)."""
     if not named:
@@ -476,8 +620,8 @@ def host_cpu_table(m: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     d = d[KEY + ["native_name", "value"]].rename(columns={"native_name": "thread", "value": "cpu_s"})
     d["thread"] = d["thread"].astype(str)
-    named_runs = {rid for rid, g in d.groupby("run_id") if g.thread.map(lambda t: bool(_VCPU_THREAD.match(t))).any()}
-    d["named"] = d.run_id.isin(named_runs)
+    vcpu = d.thread.str.fullmatch(_VCPU_THREAD.pattern.strip("^$")).astype(bool)
+    d["named"] = d.run_id.isin(set(d.run_id[vcpu]))
     d["kind"] = [thread_kind(t, n) for t, n in zip(d.thread, d.named)]
     c = last_attempts(cells)
     iv = c.set_index(KEY)["measured_s"] if "measured_s" in c else pd.Series(dtype=float)

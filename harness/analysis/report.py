@@ -38,7 +38,7 @@ from .load import KEY, OS_NAMES, WIDE_METRICS, Runs, load_runs, queue_table, rep
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ANALYSIS_DIR = REPO / "analysis"
-NOTEBOOKS = ("compare_kernels.ipynb", "tx_races.ipynb", "race_reproducers.ipynb", "lock_contention.ipynb",
+NOTEBOOKS = ("findings.ipynb", "compare_kernels.ipynb", "tx_races.ipynb", "race_reproducers.ipynb", "lock_contention.ipynb",
              "nightly.ipynb")
 CELL_COLS = ["workload", "os", "kernel", "replay", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn",
              "traced"]
@@ -58,10 +58,15 @@ def default_results_root() -> Path:
     return Path(os.environ.get("XMITBENCH_RESULTS", REPO / "results"))
 
 
+RUN_DIRS_ENV = "XMITBENCH_RUN_DIRS"     # `make notebook RUN=...`: run dirs, whitespace-separated
+
+
 def resolve_run_dirs(run_dirs: Sequence[str | os.PathLike] | str | None) -> list[str]:
-    """RUN_DIRS as given, or (empty) the newest run dir under the results root."""
+    """RUN_DIRS as given, else $XMITBENCH_RUN_DIRS, else the newest run dir under the results root."""
     if isinstance(run_dirs, (str, os.PathLike)):
         run_dirs = [run_dirs]
+    if not run_dirs:
+        run_dirs = os.environ.get(RUN_DIRS_ENV, "").split()
     if run_dirs:
         return [str(p) for p in run_dirs]
     root = default_results_root()
@@ -192,6 +197,75 @@ def show_table(df: pd.DataFrame, title: str = "", max_rows: int = 60, drop_const
     _html(t + fmt + more)
 
 
+# ---------------------------------------------------------------------------------------
+# Readable tick labels: measured on the figure's own renderer, not guessed
+# ---------------------------------------------------------------------------------------
+GROUP_GID = "xb-group"          # gid of the NIC/queue group headers above per-cell bars
+LABEL_PAD_PX = 1.0              # labels closer than this (pixels at the saved dpi) count as touching
+
+
+def _label_boxes(fig) -> list[tuple[str, object]]:
+    """(text, window bbox) of every visible, non-empty tick label and group header of ``fig``."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    out = []
+    for ax in fig.get_axes():
+        if not ax.get_visible():
+            continue
+        for which, labels in (("x", ax.get_xticklabels()), ("y", ax.get_yticklabels())):
+            for t in labels:
+                if t.get_visible() and t.get_text().strip():
+                    out.append((f"{which}:{t.get_text()!r}", t.get_window_extent(r)))
+        for t in ax.texts:
+            if t.get_gid() == GROUP_GID and t.get_visible():
+                out.append((f"group:{t.get_text()!r}", t.get_window_extent(r)))
+        for loc, t in (("center", ax.title), ("left", ax._left_title), ("right", ax._right_title)):
+            if t.get_visible() and t.get_text().strip():
+                out.append((f"title:{t.get_text()!r}", t.get_window_extent(r)))
+        leg = ax.get_legend()
+        if leg is not None and leg.get_visible():
+            out.append(("legend", leg.get_window_extent(r)))
+    return out
+
+
+def label_overlaps(fig, pad: float = LABEL_PAD_PX) -> list[str]:
+    """Pairs of tick labels / group headers whose boxes overlap (after drawing ``fig``): a
+    label that covers another cannot be read. Empty: every label stands clear."""
+    boxes = _label_boxes(fig)
+    bad = []
+    for i in range(len(boxes)):
+        a_txt, a = boxes[i]
+        for b_txt, b in boxes[i + 1:]:
+            if (min(a.x1, b.x1) - max(a.x0, b.x0) > pad) and (min(a.y1, b.y1) - max(a.y0, b.y0) > pad):
+                bad.append(f"{a_txt} overlaps {b_txt}")
+    return bad
+
+
+def fit_labels(fig, max_widen: int = 4) -> None:
+    """Make overlapping x tick labels readable: rotate them 45 then 90 degrees, shrink the
+    font, then widen the figure, re-measuring after each step (``label_overlaps``)."""
+    steps = [("rot", 45), ("rot", 90), ("font", 7), ("font", 6)] + [("widen", 1.35)] * max_widen
+    for kind, v in steps:
+        if not label_overlaps(fig):
+            return
+        for ax in fig.get_axes():
+            labels = [t for t in ax.get_xticklabels() if t.get_text().strip()]
+            if kind == "rot":
+                for t in labels:
+                    t.set_rotation(v)
+                    t.set_ha("right" if v < 90 else "center")
+                    t.set_rotation_mode("anchor" if v < 90 else "default")
+            elif kind == "font":
+                for t in labels:
+                    t.set_fontsize(min(t.get_fontsize(), v))
+                for t in ax.texts:
+                    if t.get_gid() == GROUP_GID:
+                        t.set_fontsize(min(t.get_fontsize(), v))
+        if kind == "widen":
+            w, h = fig.get_size_inches()
+            fig.set_size_inches(w * v, h)
+
+
 _UNIT_RE = re.compile(r"\[[^\]]+\]|\([^)]*[/%][^)]*\)")
 
 
@@ -214,6 +288,9 @@ def check_figure(fig) -> list[str]:
             problems.append(f"axes {i}: neither axis label has a [unit]")
         if not (ax.lines or ax.patches or ax.collections or ax.images or ax.containers):
             problems.append(f"axes {i}: nothing plotted")
+    overlaps = label_overlaps(fig) if axes else []
+    if overlaps:
+        problems.append(f"{len(overlaps)} overlapping labels, e.g. {overlaps[0]}")
     return problems
 
 
@@ -224,6 +301,7 @@ def show(fig, caption: str, fig_id: str, missing: str = "no data for it in these
     if fig is None:
         note(f"Figure {fig_id} not drawn: {missing}.")
         return
+    fit_labels(fig)
     problems = check_figure(fig)
     if problems:
         plt.close(fig)
@@ -284,6 +362,21 @@ def _needs_ok_cells(empty):
 
 _NONE = lambda: None  # noqa: E731
 _EMPTY = pd.DataFrame
+
+# ---------------------------------------------------------------------------------------
+# Findings (harness/analysis/findings.py): the page at the top of the report
+# ---------------------------------------------------------------------------------------
+def kernel_coverage(runs: Runs) -> pd.DataFrame:
+    """Which OS/kernels have measured cells, and why the others have none (findings.kernel_coverage)."""
+    from .findings import kernel_coverage as cov
+    return cov(runs)
+
+
+def findings(runs: Runs, report_dir: str | os.PathLike | None = None) -> None:
+    """The findings grid: per kernel (columns, Linux then FreeBSD) x NIC x TX queues (rows)."""
+    from .findings import findings_html
+    _html(findings_html(runs, report_dir))
+
 
 # ---------------------------------------------------------------------------------------
 # Summaries
@@ -365,28 +458,107 @@ def _errbars(s: pd.DataFrame) -> np.ndarray:
     return np.vstack([lo, hi])
 
 
+GROUP_COLS = ("workload", "os", "kernel", "replay", "nic", "queues")   # per-cell bars are grouped by these
+GROUP_GAP = 0.8                  # extra x space between two groups [bar widths]
+BAR_WIDTH_IN = 0.24              # figure width per bar [inches]: a one-line label turned upright fits
+UPRIGHT_AFTER = 12               # more bars than this: tick labels upright from the start
+
+
+def _group_label(row, gcols: Sequence[str]) -> str:
+    """"virtio-net\n2 TX queues" (with workload/os/kernel on a line above when they vary)."""
+    head = _label(row, [c for c in gcols if c not in ("nic", "queues")]) if any(
+        c not in ("nic", "queues") for c in gcols) else ""
+    q = row["queues"] if "queues" in gcols else None
+    tail = [str(row["nic"])] if "nic" in gcols else []
+    if q is not None and not pd.isna(q):
+        tail.append(f"{int(q)} TX queue{'s' if int(q) > 1 else ''}")
+    return "\n".join([x for x in [head] if x] + tail)
+
+
+def cell_positions(frame: pd.DataFrame, cols: Sequence[str]):
+    """x positions of per-cell rows (already sorted by ``cols``), grouped by NIC and queues (and
+    os/kernel/workload when they vary): (x, [(group label, first x, last x)], tick labels of the
+    remaining columns)."""
+    gcols = [c for c in cols if c in GROUP_COLS]
+    rest = [c for c in cols if c not in GROUP_COLS]
+    x, spans, ticks, prev, pos = [], [], [], None, 0.0
+    for _, r in frame.iterrows():
+        key = tuple(str(r[c]) for c in gcols)
+        if prev is not None and key != prev:
+            pos += GROUP_GAP
+        if key != prev:
+            spans.append([_group_label(r, gcols), pos, pos])
+        spans[-1][2] = pos
+        x.append(pos)
+        ticks.append(_label(r, rest, multiline=True) if rest else "")
+        prev, pos = key, pos + 1
+    return np.asarray(x, dtype=float), [tuple(sp) for sp in spans], ticks
+
+
+def cell_axis(ax, x, spans, ticks, fontsize: float = 8) -> None:
+    """Tick labels under each bar, a header per NIC/queue group above the axes, dotted lines
+    between groups; the title is lifted above the headers."""
+    from matplotlib.transforms import blended_transform_factory
+    upright = len(x) > UPRIGHT_AFTER and any(t.strip() for t in ticks)
+    if upright:                 # one line each: an upright label is as wide as its line height
+        ticks = [" ".join(t.split("\n")) for t in ticks]
+    ax.set_xticks(x, ticks, fontsize=fontsize, rotation=90 if upright else 0)
+    tr = blended_transform_factory(ax.transData, ax.transAxes)
+    lines = 1
+    for i, (lb, a, b) in enumerate(spans):
+        ax.text((a + b) / 2, 1.01, lb, transform=tr, ha="center", va="bottom", fontsize=fontsize, gid=GROUP_GID)
+        lines = max(lines, lb.count("\n") + 1)
+        if i:
+            ax.axvline(a - (GROUP_GAP + 1) / 2, color="#888", lw=0.8, ls=":")
+    if len(x):
+        ax.set_xlim(float(x.min()) - 0.6, float(x.max()) + 0.6)
+    for loc in ("center", "left", "right"):       # lift every title above the group headers
+        if ax.get_title(loc):
+            ax.set_title(ax.get_title(loc), loc=loc, pad=6 + 1.25 * fontsize * lines,
+                         fontsize=ax.title.get_fontsize() if loc == "center" else ax._left_title.get_fontsize())
+
+
+LEGEND_INSIDE_MAX = 6            # more legend entries than this: the legend goes right of the axes
+
+
+def series_legend(ax, fontsize: float = 8, **kw) -> None:
+    """A legend that never covers the data or the title: inside for a few series, right of the
+    axes (in columns of at most 20 entries) for many."""
+    n = len(ax.get_legend_handles_labels()[0])
+    if n > LEGEND_INSIDE_MAX:
+        ax.legend(fontsize=min(fontsize, 7), loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+                  ncol=1 + (n - 1) // 20, **kw)
+    else:
+        ax.legend(fontsize=fontsize, **kw)
+
+
+def _cells_fig_width(n: int, base: float = 9.5) -> float:
+    return max(base, BAR_WIDTH_IN * n + 2.0)
+
+
 def bar_by_cell(w: pd.DataFrame, metric: str, title: str, ylabel: str, scale: float = 1.0,
                 ax=None, by: Sequence[str] | None = None, color: str = "C0", points: bool = False):
     """Bars (or ``points``, for an axis that should not start at 0) of the median per cell
     configuration with 95% bootstrap CI whiskers."""
     if w.empty or w[metric].isna().all():
         return None
+    s = summary(w, metric, by)
     fig = None
     if ax is None:
-        fig, ax = _new_fig()
-    s = summary(w, metric, by)
+        fig, ax = _new_fig(_cells_fig_width(len(s)))
     s[["median", "ci_lo", "ci_hi"]] = s[["median", "ci_lo", "ci_hi"]] * scale
-    x = np.arange(len(s))
+    x, spans, ticks = cell_positions(s, [c for c in s.columns if c in CELL_COLS])
     if points:
         ax.errorbar(x, s["median"], yerr=_errbars(s), fmt="o", ms=7, capsize=5, color=color)
-        ax.set_xlim(-0.6, len(s) - 0.4)
     else:
         ax.bar(x, s["median"].fillna(0), yerr=_errbars(s), capsize=4, color=color, alpha=0.85)
-    ticks = [f"{_label(r, [c for c in s.columns if c in CELL_COLS], multiline=True)}\n(n={r.n})"
-             for _, r in s.iterrows()]
-    ax.set_xticks(x, ticks, rotation=30 if len(s) > 6 else 0, ha="right" if len(s) > 6 else "center", fontsize=8)
+    same_n = s.n.nunique() == 1
+    if not same_n:
+        ticks = [f"{t}\n(n={n})" for t, n in zip(ticks, s.n)]
     ax.set_title(title)
-    ax.set_xlabel("cell (nic, TX queues q, sender processes p); whiskers: 95% bootstrap CI of the median")
+    cell_axis(ax, x, spans, ticks)
+    ax.set_xlabel("sender processes p, per NIC and TX-queue count (above); whiskers: 95% bootstrap CI of the "
+                  "median" + (f"; n={s.n.iloc[0]} repetitions each" if same_n else ""))
     ax.set_ylabel(ylabel)
     _all_zero_note(ax, s["median"], s["ci_hi"])
     return fig if fig is not None else ax.figure
@@ -424,7 +596,7 @@ def fig_throughput_vs_senders(runs: Runs):
     ax.set_ylabel("throughput, median over reps [Gbit/s]")
     ax.set_xticks(sorted(w.procs.dropna().astype(int).unique()))
     _ylim0(ax)
-    ax.legend(fontsize=8, title="nic, TX queues", title_fontsize=8)
+    series_legend(ax, title="nic, TX queues", title_fontsize=8)
     return fig
 
 
@@ -450,16 +622,17 @@ def fig_scaling(runs: Runs):
     t = t[t.efficiency.notna()] if len(t) else t
     if t.empty:
         return None
-    fig, ax = _new_fig()
     lc = [c for c in ["workload", "os", "kernel", "nic", "queues", "procs"] + AXES if c in ("nic", "queues", "procs")
           or (c in t and t[c].astype(str).nunique() > 1)]
-    x = np.arange(len(t))
+    t = t.sort_values(lc).reset_index(drop=True)
+    fig, ax = _new_fig(_cells_fig_width(len(t)))
+    x, spans, ticks = cell_positions(t, lc)
     ax.bar(x, t.efficiency, color="C2")
     ax.axhline(1.0, color="k", lw=1, ls="--")
     ax.axhline(1.0 / t.queues.max(), color="C3", lw=1, ls=":", label="no gain from extra queues (1/queues)")
-    ax.set_xticks(x, [_label(r, lc, multiline=True) for _, r in t.iterrows()], fontsize=8)
     ax.set_title("Multi-queue scaling efficiency")
-    ax.set_xlabel("cell (nic, TX queues q, sender processes p)")
+    cell_axis(ax, x, spans, ticks)
+    ax.set_xlabel("sender processes p, per NIC and TX-queue count (above)")
     ax.set_ylabel("efficiency = X(q) / (q * X(1)) [ratio]")
     ax.set_ylim(0, max(1.1, float(t.efficiency.max()) * 1.1))
     ax.legend(fontsize=8)
@@ -504,7 +677,7 @@ def fig_usl(runs: Runs, table: pd.DataFrame | None = None):
     ax.set_xlabel("sender processes N [count]")
     ax.set_ylabel("throughput X(N) [Gbit/s]")
     _ylim0(ax)
-    ax.legend(fontsize=8)
+    series_legend(ax)
     return fig
 
 
@@ -553,6 +726,21 @@ def kernel_ab(runs: Runs, metric: str = "throughput_bps", threshold: float = 0.0
     return pd.concat(out, ignore_index=True)
 
 
+def mechanisms_table(runs: Runs) -> pd.DataFrame:
+    """Known kernel mechanisms (analysis/mechanisms.py) behind the differences between the
+    kernels of these runs (compare.compare_kernels), one row per mechanism and metric, with
+    the configurations it was seen in and its sources."""
+    from .compare import compare_kernels
+    rows: dict[tuple, dict] = {}
+    for kc in compare_kernels(runs):
+        for config, metric, m in kc.mechanisms:
+            r = rows.setdefault((kc.base_kernel, kc.cand_kernel, metric, m.title), {
+                "baseline": kc.base_kernel, "candidate": kc.cand_kernel, "metric": metric, "mechanism": m.title,
+                "cells": [], "explanation": m.explanation, "sources": " | ".join(m.sources)})
+            r["cells"].append(config.split(".direct")[0])
+    return pd.DataFrame([{**r, "cells": ", ".join(r["cells"])} for r in rows.values()])
+
+
 KVK_METRICS = [("gbit_s", "throughput [Gbit/s]"), ("cpu_pct_per_gbit", "CPU cost [% of one CPU per Gbit/s]"),
                ("cpu_busy_pct", "guest CPU busy [% of one CPU]")]
 
@@ -565,22 +753,35 @@ def fig_kernel_vs_kernel(runs: Runs):
     groups = kernel_groups(w)
     if len(groups) < 2:
         return None
-    configs = sorted(set(w.config))
-    fig, axes = _new_fig(12, 4.6, ncols=len(KVK_METRICS))
+    cfg_cols = [c for c in CONFIG_COLS if c in w and (c in ("nic", "queues", "procs") or w[c].astype(str).nunique() > 1)]
+    cfg = w.drop_duplicates("config").sort_values(cfg_cols)[["config"] + cfg_cols].reset_index(drop=True)
+    configs = list(cfg.config)
+    x0, spans, ticks = cell_positions(cfg, cfg_cols)
+    import matplotlib.pyplot as plt
+    # one metric per row, the cells along a shared x axis grouped by NIC and queues
+    fig, axes = plt.subplots(len(KVK_METRICS), 1, figsize=(_cells_fig_width(len(configs), 10),
+                                                           2.9 * len(KVK_METRICS) + 0.6), sharex=True)
     width = 0.8 / len(groups)
-    for ax, (metric, ylabel) in zip(axes, KVK_METRICS):
+    for ai, (ax, (metric, ylabel)) in enumerate(zip(axes, KVK_METRICS)):
+        ax.grid(True, axis="y", alpha=0.3)
         for i, g in enumerate(groups):
             sel = w[(w.os.astype(str) == g[0]) & (w.kernel.astype(str) == g[1]) & (w.replay.astype(bool) == g[2])]
             s = summary(sel, metric, ["config"]).set_index("config").reindex(configs)
-            x = np.arange(len(configs)) + (i - (len(groups) - 1) / 2) * width
+            x = x0 + (i - (len(groups) - 1) / 2) * width
             ax.bar(x, s["median"].fillna(0), width, yerr=_errbars(s.reset_index()), capsize=3, color=f"C{i}",
                    hatch="//" if g[2] else None, alpha=0.85, label=kernel_label(*g))
-        ax.set_xticks(np.arange(len(configs)), [c.replace(".", " ", 4).split(".")[0] for c in configs],
-                      rotation=30, ha="right", fontsize=7)
-        ax.set_title(ylabel.split(" [")[0])
-        ax.set_xlabel("cell (nic q p s proto); whiskers: 95% CI")
-        ax.set_ylabel(ylabel)
-    axes[0].legend(fontsize=7)
+        ax.set_title(ylabel.split(" [")[0], loc="left", fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_xlabel("sender processes p, per NIC and TX-queue count; whiskers: 95% CI" if ai == len(axes) - 1 else
+                      "(cells as below)")
+        # the axes share x (one tick formatter): headers on the top axes, tick labels on the bottom one
+        if ai == 0:
+            cell_axis(ax, x0, spans, ticks)
+        elif ai == len(axes) - 1:
+            cell_axis(ax, x0, [], ticks)
+        ax.tick_params(axis="x", labelbottom=ai == len(axes) - 1)
+    fig.subplots_adjust(hspace=0.45)
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.suptitle("Kernel against kernel" + (" (hatched: REPLAY of recorded outputs, not a kernel result)"
                                             if any(g[2] for g in groups) else ""))
     return fig
@@ -644,19 +845,21 @@ def fig_race_rates(runs: Runs):
     if not rates:
         return None
     s0 = summary(w, rates[0][0])
-    fig, ax = _new_fig(10, 4.4)
+    fig, ax = _new_fig(_cells_fig_width(len(s0), 10), 4.4)
     width = 0.8 / len(rates)
-    x = np.arange(len(s0))
+    lc0 = [c for c in s0.columns if c in CELL_COLS]
+    x, spans, ticks = cell_positions(s0, lc0)
     allv = []
     for i, (m, lb) in enumerate(rates):
         s = summary(w, m)
         allv += s["median"].tolist() + s["ci_hi"].tolist()
         ax.bar(x + (i - (len(rates) - 1) / 2) * width, s["median"], width, yerr=_errbars(s),
                capsize=3, label=lb, color=f"C{i}")
-    lc0 = [c for c in s0.columns if c in CELL_COLS]
-    ax.set_xticks(x, [f"{_label(r, lc0, multiline=True)}\n(n={r.n})" for _, r in s0.iterrows()], fontsize=8)
     ax.set_title("Transmit-path back-pressure events, normalised")
-    ax.set_xlabel("cell (nic, TX queues q, sender processes p); whiskers: 95% bootstrap CI")
+    same_n = s0.n.nunique() == 1
+    cell_axis(ax, x, spans, ticks if same_n else [f"{t}\n(n={n})" for t, n in zip(ticks, s0.n)])
+    ax.set_xlabel("sender processes p, per NIC and TX-queue count (above); whiskers: 95% bootstrap CI"
+                  + (f"; n={s0.n.iloc[0]} repetitions each" if same_n else ""))
     ax.set_ylabel("events per million TX packets [1/Mpkt]")
     ax.legend(fontsize=8)
     _all_zero_note(ax, allv)
@@ -675,23 +878,24 @@ def fig_queue_share(runs: Runs):
         return None
     lc = label_cols(w)
     med = qt.groupby(lc + ["queue"], dropna=False)["share"].median().reset_index()
-    cfgs = med[lc].drop_duplicates().reset_index(drop=True)
-    fig, ax = _new_fig()
+    cfgs = med[lc].drop_duplicates().sort_values(lc).reset_index(drop=True)
+    fig, ax = _new_fig(_cells_fig_width(len(cfgs)))
+    x, spans, ticks = cell_positions(cfgs, lc)
     bottom = np.zeros(len(cfgs))
     for q in sorted(med.queue.dropna().unique()):
         vals = []
         for _, c in cfgs.iterrows():
             sel = med[(med[lc] == c.values).all(axis=1) & (med.queue == q)]
             vals.append(float(sel.share.iloc[0]) * 100 if len(sel) else 0.0)
-        ax.bar(np.arange(len(cfgs)), vals, bottom=bottom, label=f"TX queue {int(q)}", color=f"C{int(q) % 10}")
+        ax.bar(x, vals, bottom=bottom, label=f"TX queue {int(q)}", color=f"C{int(q) % 10}")
         bottom += np.array(vals)
     ax.axhline(50, color="k", lw=0.8, ls=":")
-    ax.set_xticks(np.arange(len(cfgs)), [_label(r, lc, multiline=True) for _, r in cfgs.iterrows()], fontsize=8)
     ax.set_title("Share of TX packets per queue (median over reps)")
-    ax.set_xlabel("multi-queue cell (nic, TX queues q, sender processes p)")
+    cell_axis(ax, x, spans, ticks)
+    ax.set_xlabel("sender processes p, per NIC and TX-queue count (above), multi-queue cells")
     ax.set_ylabel("share of the cell's TX packets [%]")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)   # stacked to 100 %: inside it covers bars
     return fig
 
 
@@ -716,17 +920,18 @@ def fig_conservation(runs: Runs):
     w = runs.wide()
     if w.conservation_ratio.isna().all():
         return None
-    fig, ax = _new_fig()
     lc = label_cols(w)
     cfg = w[lc].drop_duplicates().sort_values(lc).reset_index(drop=True)
+    fig, ax = _new_fig(_cells_fig_width(len(cfg)))
+    xs, spans, ticks = cell_positions(cfg, lc)
     for i, (_, c) in enumerate(cfg.iterrows()):
         sel = w[(w[lc] == c.values).all(axis=1)]
-        ax.scatter(np.full(len(sel), i) + np.linspace(-0.15, 0.15, len(sel)), sel.conservation_ratio,
+        ax.scatter(np.full(len(sel), xs[i]) + np.linspace(-0.15, 0.15, len(sel)), sel.conservation_ratio,
                    color="C0", s=24)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_xticks(np.arange(len(cfg)), [_label(r, lc, multiline=True) for _, r in cfg.iterrows()], fontsize=8)
     ax.set_title("Byte conservation: NIC TX bytes / application bytes (each dot one rep)")
-    ax.set_xlabel("cell (nic, TX queues q, sender processes p)")
+    cell_axis(ax, xs, spans, ticks)
+    ax.set_xlabel("sender processes p, per NIC and TX-queue count (above)")
     ax.set_ylabel("NIC bytes / app bytes, header-corrected [ratio]")
     v = w.conservation_ratio.dropna()
     pad = max(0.02, float((v - 1).abs().max()) * 1.3) if len(v) else 0.05
@@ -852,7 +1057,7 @@ def fig_contentions_vs_senders(runs: Runs):
     ax.set_ylabel("contentions per cell run, median [count]")
     ax.set_xticks(sorted(w.procs.dropna().astype(int).unique()))
     _ylim0(ax)
-    ax.legend(fontsize=8)
+    series_legend(ax)
     _all_zero_note(ax, w.lock_contentions)
     return fig
 
@@ -996,7 +1201,7 @@ def fig_history(runs: Runs, metric: str, title: str, ylabel: str, scale: float =
                   + (f"; shaded: median +- {k:g} sigma (MAD) per segment; dashed: level shift" if steps else ""))
     ax.set_ylabel(ylabel)
     _ylim0(ax)
-    ax.legend(fontsize=7, ncol=2)
+    series_legend(ax, fontsize=7)
     _all_zero_note(ax, h["median"], h["ci_hi"])
     return fig
 
@@ -1045,11 +1250,13 @@ table.xb-table th { background: #f3f3f3; }
 """
 
 
-def inject_parameters(nb, run_dirs: Sequence[str]):
+def inject_parameters(nb, run_dirs: Sequence[str], report_dir: str | os.PathLike | None = None):
     """Papermill convention: after the cell tagged ``parameters`` insert one tagged
-    ``injected-parameters`` that sets RUN_DIRS (added at the top when there is none)."""
+    ``injected-parameters`` that sets RUN_DIRS and REPORT_DIR, the directory report.html goes to
+    (added at the top when there is none)."""
     import nbformat
-    src = f"# Parameters\nRUN_DIRS = {list(map(str, run_dirs))!r}\n"
+    src = (f"# Parameters\nRUN_DIRS = {list(map(str, run_dirs))!r}\n"
+           f"REPORT_DIR = {str(report_dir) if report_dir else None!r}\n")
     new = nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]})
     cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
     idx = next((i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])), -1)
@@ -1058,7 +1265,7 @@ def inject_parameters(nb, run_dirs: Sequence[str]):
     return nb
 
 
-def _combined(run_dirs: Sequence[str], notebooks: Sequence[Path], title: str):
+def _combined(run_dirs: Sequence[str], notebooks: Sequence[Path], title: str, report_dir: str | None = None):
     import nbformat
     nb = nbformat.v4.new_notebook()
     nb.metadata["title"] = title
@@ -1071,7 +1278,7 @@ def _combined(run_dirs: Sequence[str], notebooks: Sequence[Path], title: str):
         f"# {title}\n\nGenerated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by `xmitbench report` from "
         f"{len(run_dirs)} run dir(s):\n\n{dirs_md}\n\nSections:\n\n{toc}"))
     for p in notebooks:
-        sub = inject_parameters(nbformat.read(p, as_version=4), run_dirs)
+        sub = inject_parameters(nbformat.read(p, as_version=4), run_dirs, report_dir)
         for c in sub.cells:
             c.metadata["xb_notebook"] = p.name
             nb.cells.append(c)
@@ -1097,8 +1304,12 @@ def execute_notebook(nb, timeout: int = 600):
         # --log-level=ERROR drops the kernel's "unencrypted TCP" warning (it listens on 127.0.0.1 only)
         client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
                                 extra_arguments=["--log-level=ERROR"], resources={"metadata": {"path": str(tmp)}})
+        # the kernel imports the same harness package as this process (not another checkout's
+        # editable install found on the kernel's own path)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in
+                                                               os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         try:
-            client.execute()
+            client.execute(env=env)
         except CellExecutionError as e:
             where = "?"
             for c in nb.cells:
@@ -1143,6 +1354,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     """Execute the notebooks over ``run_dirs`` and write report.html (default: into the
     first run dir). Bad run dirs raise InputError before any kernel starts."""
     runs = load_runs(run_dirs)                      # validates every dir up front
+    runs.check_tables()                             # metrics/locks too (load_runs reads them on use)
     dirs = [str(Path(p).resolve()) for p in runs.paths]   # the kernel runs in analysis/
     nbs = [Path(p) for p in notebooks] if notebooks else [ANALYSIS_DIR / n for n in NOTEBOOKS]
     for p in nbs:
@@ -1151,7 +1363,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike |
     out_path = Path(out) if out else Path(dirs[0]) / "report.html"
     kernels = sorted({str(k) for k in runs.cells.kernel.dropna()}) if "kernel" in runs.cells else []
     title = f"xmitbench report: {len(dirs)} run(s), kernel {', '.join(kernels) or '?'}"
-    nb = _combined(dirs, nbs, title)
+    nb = _combined(dirs, nbs, title, str(out_path.resolve().parent))
     execute_notebook(nb, timeout=timeout)
     if save_notebook:
         import nbformat

@@ -73,7 +73,9 @@ def _spread(v: dict) -> str:
     qs = v.get("queue_spread")
     if not qs:
         return ""
-    return "/".join(f"{float(s) * 100:.0f}%" for s in qs["shares"].values())
+    shares = "/".join(f"{float(s) * 100:.0f}%" for s in qs["shares"].values())
+    missing = qs.get("missing_queues")
+    return shares + (f" (q{','.join(map(str, missing))} no counters)" if missing else "")
 
 
 def _short_stop(stop) -> str:

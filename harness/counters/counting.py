@@ -9,6 +9,9 @@ measured (``rows_frame``), analysis on thousands of cells at once: same code, sa
 
 Rules
 -----
+* Per-queue TX packets / bytes (queue shares): the driver's per-queue counters, else the mq
+  root's per-queue child qdiscs (virtio_net >= 6.9 has no per-queue ethtool packets); one
+  source per cell run, named on each row (``queue_table``).
 * TX packets / bytes the NIC sent: the driver's per-queue counters summed (Linux
   ``ethtool -S`` tx_queue_N_*, FreeBSD ``sysctl dev.<drv>.N.txqM.*``/iflib); where a driver
   has none, its interface-level driver counter (e1000e ``ethtool -S tx_packets``); else the
@@ -109,12 +112,32 @@ def tx_total(m: pd.DataFrame, what: str = "tx_packets") -> pd.Series:
                             _sum_by_key(ifc))
 
 
+QUEUE_COLUMNS = KEY + ["queue", "tx_packets", "tx_bytes", "share", "source", "native_name"]
+
+
 def queue_table(m: pd.DataFrame) -> pd.DataFrame:
-    """Per TX queue: packets and bytes from the driver's per-queue counters, and each queue's
-    share of the packets (NaN without packets)."""
-    d = m[m.source.isin(DRIVER_TX_SOURCES) & m["queue"].notna() & m.metric.isin(["tx_packets", "tx_bytes"])]
+    """Per TX queue: packets and bytes, and each queue's share of the packets (NaN without
+    packets), from the best source the guest kernel has, ONE source per cell run:
+
+    1. the driver's per-queue counters (Linux ``ethtool -S tx_queue_N_packets``: virtio_net up
+       to 6.8, igb; FreeBSD ``sysctl ... txqM``);
+    2. else the per-TX-queue child qdiscs of an ``mq`` root (``tc -s -j qdisc``, parent
+       ``<mq>:<N+1>``; sch_mq gives every TX queue its own child). virtio_net from 6.9 moved its
+       per-queue packets/bytes out of ``ethtool -S`` into netdev qstats, so on 6.12 this is where
+       they are. A child counts GSO segments (bstats_update adds gso_segs), the driver skbs:
+       shares compare across sources, absolute per-queue packets do not.
+
+    ``source`` and ``native_name`` (of the packets counter) say which one each row came from.
+    A configured queue with neither has no row: validity.queue_spread names it."""
+    drv = m[m.source.isin(DRIVER_TX_SOURCES) & m["queue"].notna() & m.metric.isin(["tx_packets", "tx_bytes"])]
+    mq = m[(m.source == QDISC_SOURCE) & m["queue"].notna() & m.metric.isin(["qdisc_packets", "qdisc_bytes"])]
+    mq = mq.assign(metric=mq.metric.map({"qdisc_packets": "tx_packets", "qdisc_bytes": "tx_bytes"}))
+    has_drv = set(map(tuple, drv[KEY].drop_duplicates().itertuples(index=False)))
+    if has_drv and len(mq):
+        mq = mq[[tuple(k) not in has_drv for k in mq[KEY].itertuples(index=False)]]
+    d = pd.concat([x for x in (drv, mq) if len(x)]) if len(drv) or len(mq) else drv
     if d.empty:
-        return pd.DataFrame(columns=KEY + ["queue", "tx_packets", "tx_bytes", "share"])
+        return pd.DataFrame(columns=QUEUE_COLUMNS)
     q = d.pivot_table(index=KEY + ["queue"], columns="metric", values="value", aggfunc="sum").reset_index()
     for c in ("tx_packets", "tx_bytes"):
         if c not in q:
@@ -122,7 +145,9 @@ def queue_table(m: pd.DataFrame) -> pd.DataFrame:
     tot = q.groupby(KEY)["tx_packets"].transform("sum")
     q["share"] = q.tx_packets / tot.where(tot > 0)
     q.columns.name = None
-    return q
+    names = (d.sort_values("metric", ascending=False)       # the tx_packets row's names
+             .drop_duplicates(KEY + ["queue"])[KEY + ["queue", "source", "native_name"]])
+    return q.merge(names, on=KEY + ["queue"], how="left")[QUEUE_COLUMNS]
 
 
 def root_qdisc(m: pd.DataFrame, metric: str) -> pd.Series:
@@ -169,9 +194,8 @@ def cpu_table(m: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"busy_jiffies": busy, "total_jiffies": total}).join(ncpu, how="left")
     out["ncpus"] = out["ncpus"].fillna(1)
     out["cpu_busy_pct"] = cpu_busy_pct(out.busy_jiffies, out.total_jiffies, out.ncpus)
-    seen = d.groupby(KEY)["metric"].agg(set)    # modes this OS reports (FreeBSD: no softirq)
-    for mode in ("cpu_user", "cpu_system", "cpu_softirq", "cpu_irq"):
-        has = seen.reindex(out.index).map(lambda ms, mode=mode: isinstance(ms, set) and mode in ms)
+    for mode in ("cpu_user", "cpu_system", "cpu_softirq", "cpu_irq"):     # modes this OS reports (FreeBSD: no softirq)
+        has = out.index.isin(pd.MultiIndex.from_frame(d.loc[d.metric == mode, KEY].drop_duplicates()))
         out[mode + "_pct"] = np.where(has, cpu_busy_pct(modes[mode], total, out.ncpus), np.nan)
     return out
 
@@ -217,3 +241,10 @@ def tx_for_conservation(m: pd.DataFrame) -> tuple[dict[int, float], float, float
     q = queue_table(m)
     per_q = {int(r.queue): float(r.tx_packets) for r in q.itertuples()} if len(q) else {}
     return per_q, one(tx_total(m, "tx_packets"), 0.0), one(tx_total(m, "tx_bytes"), float("nan"))
+
+
+def queue_source(m: pd.DataFrame) -> str:
+    """One cell run: where its per-queue TX counters came from ("ethtool -S", "tc -s -j qdisc"
+    (the mq children), "sysctl"), "" when it has none."""
+    q = queue_table(m)
+    return ", ".join(sorted(set(q.source.dropna()))) if len(q) else ""

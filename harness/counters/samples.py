@@ -102,6 +102,9 @@ ETHTOOL_S: dict[str, dict[str, str]] = {
         "tx_queue_<N>_kicks": "tx_kicks",
         "rx_queue_<N>_packets": "rx_packets",
         "rx_queue_<N>_bytes": "rx_bytes",
+        # 6.9+ (virtnet_stats_sprintf, "tx%u_%s"): no per-queue packets/bytes any more (they
+        # moved to netdev qstats); counting.queue_table takes them from the mq child qdiscs.
+        "tx<N>_kicks": "tx_kicks",
     },
     # drivers/net/ethernet/intel/e1000e/ethtool.c: e1000_gstrings_stats (one TX queue)
     "e1000e": {

@@ -71,8 +71,9 @@ class GuestDriver(ABC):
     # -- construction ------------------------------------------------------------------
     @classmethod
     @abstractmethod
-    def for_plan(cls, nic: str, state: BootState) -> "GuestDriver":
-        """A driver without a shell, named as the guest will name the data NIC: for `plan`."""
+    def for_plan(cls, nic: str, state: BootState, image: str | None = None) -> "GuestDriver":
+        """A driver without a shell, named as the guest will name the data NIC (and with the
+        tool paths of `image` where they are known): for `plan`."""
 
     # -- capabilities (from the class attributes: workload and plan ask these) -----------
     @classmethod

@@ -75,7 +75,7 @@ class FreeBSDGuest(GuestBase):
         self.state = state or BootState()
 
     @classmethod
-    def for_plan(cls, nic: str, state: BootState) -> "FreeBSDGuest":
+    def for_plan(cls, nic: str, state: BootState, image: str | None = None) -> "FreeBSDGuest":
         return cls(None, None, iface=cls.expected_iface(nic), state=state)
 
     @staticmethod

@@ -49,9 +49,9 @@ class LinuxGuest(GuestBase):
         self.state = state or BootState()
 
     @classmethod
-    def for_plan(cls, nic: str, state: BootState) -> "LinuxGuest":
-        from harness.images.guestimage import known_tools
-        return cls(None, known_tools(), state=state)
+    def for_plan(cls, nic: str, state: BootState, image: str | None = None) -> "LinuxGuest":
+        from harness.images.guestimage import known_tools, release_of_image
+        return cls(None, known_tools(release_of_image(image)), state=state)
 
     # -- pure command builders (also used by `plan`) ---------------------------------
     def snapshot_command(self, locks: bool | None = None) -> str:

@@ -137,10 +137,16 @@ def apt_state(release: str | None, cache: Path, update: bool = True, log=print) 
     if update and (not stamp.exists() or time.time() - stamp.stat().st_mtime > LISTS_MAX_AGE_S):
         log(f"apt: refreshing package lists for {state.describe()}")
         proc = state.run(["apt-get", "update", "-q"])
-        if proc.returncode != 0 or "W: " in proc.stderr and "not signed" in proc.stderr:
-            raise AptStateError(f"apt-get update for Debian {release} ({RELEASES[release]}) failed: "
-                                + (proc.stderr.strip().splitlines() or ["no output"])[-1][:300])
-        stamp.touch()
+        # An unreachable mirror is only a warning to apt-get update (exit 0, "W: Failed to
+        # fetch ..."): without this check the stamp would hide it for a day.
+        failed = [l for l in proc.stderr.splitlines() if l.startswith(("W: Failed to fetch", "E: "))]
+        if proc.returncode != 0 or failed or "W: " in proc.stderr and "not signed" in proc.stderr:
+            why = (failed or proc.stderr.strip().splitlines() or ["no output"])[0][:300]
+            if not any((root / "state" / "lists").glob("*_Packages*")):
+                raise AptStateError(f"apt-get update for Debian {release} ({RELEASES[release]}) failed: {why}")
+            log(f"apt: could not refresh Debian {release} lists ({why}); using the lists fetched before")
+        else:
+            stamp.touch()
     return state
 
 

@@ -52,11 +52,32 @@ def linux_deb_image(log=print, built=None) -> BootImage:
     return kernel_boot_image("linux-deb", built or build_linux_deb(log=log))
 
 
+def _release_image(release: str, log) -> BootImage:
+    """The initramfs guest of one Debian release, whatever the host runs (a private apt state
+    for a release other than the host's). An archive apt cannot reach: ImageUnavailable."""
+    from harness.images.guestimage import ImageBuildError
+    try:
+        return kernel_boot_image(f"linux-deb-{release}", build_linux_deb(log=log, release=release))
+    except ImageBuildError as e:
+        raise ImageUnavailable(str(e)) from None
+
+
+def linux_deb_12_image(log=print, built=None) -> BootImage:
+    """Debian 12 (bookworm): Linux 6.1."""
+    return _release_image("12", log)
+
+
+def linux_deb_13_image(log=print, built=None) -> BootImage:
+    """Debian 13 (trixie): Linux 6.12."""
+    return _release_image("13", log)
+
+
 def kernel_boot_image(name: str, img) -> BootImage:
     """A BootImage for a built initramfs guest (a guestimage.GuestImage)."""
     return BootImage(name, "linux", kernel=img.kernel, initrd=img.initrd, release=img.kernel_release,
                      tools=img.manifest["tools"],
                      info={"name": img.name, "key": img.key, "kernel_release": img.kernel_release,
+                           "debian_release": img.manifest.get("debian_release"),
                            "kernel_source": img.manifest.get("kernel_source"),
                            "bzImage_sha256": img.manifest.get("bzImage_sha256"),
                            "initramfs_sha256": img.manifest.get("initramfs_sha256"),

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-BUILDER_VERSION = "6"
+from harness.images.aptstate import AptState, AptStateError, apt_state, normalize_release
+
+BUILDER_VERSION = "7"    # 7: the release in the key and the dir name; merged-/usr packages
 
 # What the guest must run. Libraries are added by dependency closure below.
 SEED_PACKAGES = ["busybox-static", "dropbear-bin", "iperf3", "libiperf0", "iproute2", "ethtool"]
@@ -54,17 +56,29 @@ _LIB_PKG = re.compile(r"^(lib[\w.+-]+|zlib1g)$")
 _SKIP_PKG = {"libc-bin", "libcap2-bin", "libpam-runtime", "libpam-modules", "libpam-modules-bin"}
 
 
-# Where Debian 12 puts the real tools; the build checks and records the actual paths.
+# Where Debian 12 puts the real tools (a catalog cloud image and `plan` before any build use
+# these); every build finds the actual paths in the unpacked packages and records them.
 DEFAULT_TOOLS = {"ip": "/bin/ip", "tc": "/sbin/tc", "ethtool": "/sbin/ethtool",
                  "iperf3": "/usr/bin/iperf3", "dropbear": "/usr/sbin/dropbear"}
+# Debian 13 (merged /usr), as a trixie build found them: `plan` shows these before one is built.
+PLAN_TOOLS = {"12": DEFAULT_TOOLS,
+              "13": {"ip": "/usr/bin/ip", "tc": "/usr/sbin/tc", "ethtool": "/usr/sbin/ethtool",
+                     "iperf3": "/usr/bin/iperf3", "dropbear": "/usr/sbin/dropbear"}}
+GUEST_TOOLS = ("ip", "tc", "ethtool", "iperf3", "dropbear")
+# Directories of a merged-/usr system that are links into /usr (Debian 13: every package
+# ships under /usr; base-files, not unpacked here, would provide the links).
+MERGED_USR_DIRS = ("bin", "sbin", "lib", "lib64")
 
 
-def known_tools() -> dict[str, str]:
-    """Tool paths of the newest cached guest (for `plan`, which must not build anything)."""
+def known_tools(release: str | None = None) -> dict[str, str]:
+    """Tool paths of the newest cached guest (of `release` when given), for `plan`, which
+    must not build anything."""
     images = sorted((cache_root() / "images").glob("linux-deb-*/image.json"), key=lambda p: p.stat().st_mtime)
-    if images:
-        return json.loads(images[-1].read_text()).get("tools", DEFAULT_TOOLS)
-    return dict(DEFAULT_TOOLS)
+    for path in reversed(images):
+        m = json.loads(path.read_text())
+        if release is None or m.get("debian_release") == release:
+            return m.get("tools", DEFAULT_TOOLS)
+    return dict(PLAN_TOOLS.get(release or "", DEFAULT_TOOLS))
 
 
 class ImageBuildError(RuntimeError):
@@ -92,18 +106,19 @@ def cache_root() -> Path:
     return Path(base)
 
 
-def _run(cmd: list[str], **kw) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+def _run(cmd: list[str], apt: AptState | None = None, **kw) -> str:
+    """Run a command; `apt`: the release whose apt state an apt call must use."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=apt.env() if apt else None, **kw)
     if proc.returncode != 0:
         raise ImageBuildError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     return proc.stdout
 
 
-def _depends(pkgs: list[str]) -> dict[str, list[str]]:
+def _depends(pkgs: list[str], apt: AptState | None = None) -> dict[str, list[str]]:
     """First alternative of each Depends/PreDepends of each package's candidate version
     (one apt-cache call for the whole list: it is ~0.6 s a call)."""
     out = _run(["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts",
-                "--no-breaks", "--no-replaces", "--no-enhances", *pkgs])
+                "--no-breaks", "--no-replaces", "--no-enhances", *pkgs], apt)
     deps: dict[str, list[str]] = {}
     current, in_alternative = None, False
     for line in out.splitlines():
@@ -121,26 +136,26 @@ def _depends(pkgs: list[str]) -> dict[str, list[str]]:
     return deps
 
 
-def resolve_packages(kernel: bool = True) -> list[str]:
+def resolve_packages(kernel: bool = True, apt: AptState | None = None) -> list[str]:
     """Seed packages + library closure (+ the concrete kernel image package)."""
     level = list(SEED_PACKAGES)
     if kernel:
-        level += [d for d in _depends([KERNEL_META]).get(KERNEL_META, []) if d.startswith("linux-image-")][:1]
+        level += [d for d in _depends([KERNEL_META], apt).get(KERNEL_META, []) if d.startswith("linux-image-")][:1]
     seen: list[str] = []
     while level:
         level = [p for p in dict.fromkeys(level) if p not in seen]
         if not level:
             break
         seen += level
-        found = _depends(level)
+        found = _depends(level, apt)
         level = [d for p in level for d in found.get(p, [])
                  if _LIB_PKG.match(d) and d not in _SKIP_PKG and d not in seen]
     return seen
 
 
-def package_uris(pkgs: list[str]) -> list[dict]:
+def package_uris(pkgs: list[str], apt: AptState | None = None) -> list[dict]:
     """apt's own view of what it would download: file name, size and SHA256."""
-    out = _run(["apt-get", "download", "--print-uris", *pkgs])
+    out = _run(["apt-get", "download", "--print-uris", *pkgs], apt)
     entries = []
     for line in out.splitlines():
         m = re.match(r"'(\S+)' (\S+) (\d+) SHA256:([0-9a-f]{64})", line)
@@ -161,7 +176,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch_packages(entries: list[dict], deb_dir: Path) -> list[Path]:
+def fetch_packages(entries: list[dict], deb_dir: Path, apt: AptState | None = None) -> list[Path]:
     deb_dir.mkdir(parents=True, exist_ok=True)
     paths, missing = [], []
     for e in entries:
@@ -171,7 +186,7 @@ def fetch_packages(entries: list[dict], deb_dir: Path) -> list[Path]:
             missing.append(e)
     if missing:
         names = [re.sub(r"_.*", "", e["file"]) + "=" + _unquote(e["file"]).split("_")[1] for e in missing]
-        _run(["apt-get", "download", *names], cwd=deb_dir)
+        _run(["apt-get", "download", *names], apt, cwd=deb_dir)
         for e in missing:
             p = deb_dir / e["file"]
             if not p.exists():  # apt names files with %3a for ':' in epochs
@@ -357,31 +372,101 @@ def _write_newc(root: Path, out: Path) -> None:
         emit("TRAILER!!!", 0, b"")
 
 
+def merge_usr(root: Path) -> bool:
+    """Make an unpacked merged-/usr userland runnable: `bin`, `sbin`, `lib`, `lib64` become links
+    to `usr/...` (what base-files' aliasing links are on Debian 13; the ELF interpreter is
+    /lib64/ld-linux-x86-64.so.2 and init's is /bin/busybox). A stray file a package still put
+    under a top-level dir is moved into usr/ first. Returns False (nothing done) for a
+    split-/usr userland (Debian 12: busybox-static ships /bin/busybox)."""
+    if (root / "bin" / "busybox").exists() or not (root / "usr" / "bin" / "busybox").exists():
+        return False
+    for d in MERGED_USR_DIRS:
+        top, usr = root / d, root / "usr" / d
+        usr.mkdir(parents=True, exist_ok=True)
+        if top.is_dir() and not top.is_symlink():
+            for item in sorted(top.rglob("*"), key=lambda p: len(p.parts)):
+                dst = usr / item.relative_to(top)
+                if item.is_dir() and not item.is_symlink():
+                    dst.mkdir(parents=True, exist_ok=True)
+                elif not dst.exists() and not dst.is_symlink():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    item.rename(dst)
+            shutil.rmtree(top)
+        top.symlink_to(f"usr/{d}")
+    return True
+
+
+def kernel_modules_dir(kroot: Path) -> Path:
+    """The one modules/<release> dir of an unpacked linux-image package: lib/modules on
+    Debian 12, usr/lib/modules on Debian 13 (merged /usr)."""
+    for base in (kroot / "lib" / "modules", kroot / "usr" / "lib" / "modules"):
+        if base.is_dir() and not base.is_symlink():
+            dirs = [d for d in base.iterdir() if d.is_dir()]
+            if dirs:
+                return dirs[0]
+    raise ImageBuildError(f"the kernel package has no lib/modules/<release> or usr/lib/modules/<release>")
+
+
+def find_tools(root: Path, names=GUEST_TOOLS) -> dict[str, str]:
+    """Absolute guest paths of the real tools (a file, not a busybox link), /usr first."""
+    tools = {}
+    for tool in names:
+        hit = next((f"/{d}/{tool}" for d in ("usr/sbin", "usr/bin", "sbin", "bin")
+                    if (root / d / tool).is_file() and not (root / d / tool).is_symlink()), None)
+        if hit is None:
+            raise ImageBuildError(f"guest userland lacks {tool}")
+        tools[tool] = hit
+    return tools
+
+
+def release_of_image(image: str | None) -> str | None:
+    """The Debian release a harness-built image runs ("13" for linux-deb-13, the host's for
+    linux-deb), None for any other image."""
+    from harness.images.aptstate import RELEASES, host_release
+    if image == "linux-deb":
+        return host_release() or None
+    if image and image.startswith("linux-deb-") and image[len("linux-deb-"):] in RELEASES:
+        return image[len("linux-deb-"):]
+    return None
+
+
+def image_name(release: str | None) -> str:
+    """`linux-deb` for the host's release, `linux-deb-12`/`linux-deb-13` when one is named."""
+    return "linux-deb" if release is None else f"linux-deb-{normalize_release(release)}"
+
+
 def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
-                    force: bool = False, log=print) -> GuestImage:
-    """Build (or reuse) the Debian-kernel initramfs guest. Returns the cached image."""
+                    force: bool = False, log=print, release: str | None = None) -> GuestImage:
+    """Build (or reuse) the Debian-kernel initramfs guest of `release` ("12", "13", a codename;
+    None = the host's). Returns the cached image. An unknown release is a ValueError; an
+    archive apt cannot reach an ImageBuildError."""
     t0 = time.monotonic()
     if (kernel is None) != (modules is None):
         raise ImageBuildError("--kernel and --modules go together")
-    pkgs = resolve_packages(kernel=kernel is None)
-    entries = package_uris(pkgs)
-    key_src = {"builder": BUILDER_VERSION, "packages": sorted(e["sha256"] for e in entries),
+    name = image_name(release)
+    try:
+        apt = apt_state(release, cache_root(), log=log)
+    except AptStateError as e:
+        raise ImageBuildError(str(e)) from None
+    pkgs = resolve_packages(kernel=kernel is None, apt=apt)
+    entries = package_uris(pkgs, apt)
+    key_src = {"builder": BUILDER_VERSION, "release": apt.release, "packages": sorted(e["sha256"] for e in entries),
                "modules": WANTED_MODULES, "init": INIT_SCRIPT, "applets": BUSYBOX_APPLETS}
     if kernel is not None:
         key_src["user_kernel"] = _sha256(kernel)
         key_src["user_modules"] = sorted(f"{p.relative_to(modules)}:{p.stat().st_size}"
                                          for p in modules.rglob("*.ko*"))
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
-    out_dir = cache_root() / "images" / f"linux-deb-{key}"
+    out_dir = cache_root() / "images" / f"linux-deb-{apt.release}-{key}"
     manifest_path = out_dir / "image.json"
     if manifest_path.exists() and not force:
         m = json.loads(manifest_path.read_text())
-        log(f"guest image linux-deb {key}: cached ({m['kernel_release']})")
-        return GuestImage("linux-deb", out_dir / "bzImage", out_dir / "initramfs.cpio.gz",
+        log(f"guest image {name} {key}: cached (Debian {apt.release}, {m['kernel_release']})")
+        return GuestImage(name, out_dir / "bzImage", out_dir / "initramfs.cpio.gz",
                           m["kernel_release"], key, m)
 
-    log(f"guest image linux-deb {key}: building from {len(entries)} Debian packages")
-    debs = fetch_packages(entries, cache_root() / "debs")
+    log(f"guest image {name} {key}: building from {len(entries)} Debian {apt.release} packages")
+    debs = fetch_packages(entries, cache_root() / "debs", apt)
     t_fetch = time.monotonic() - t0
     with tempfile.TemporaryDirectory(prefix="xb-image-") as tmp:
         stage, root = Path(tmp) / "stage", Path(tmp) / "root"
@@ -396,7 +481,7 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
         if kernel is None:
             kroot = stage / "kernel"
             vmlinuz = next((kroot / "boot").glob("vmlinuz-*"))
-            moddir = next((kroot / "lib" / "modules").iterdir())
+            moddir = kernel_modules_dir(kroot)
         else:
             vmlinuz, moddir = kernel, modules
         release = moddir.name
@@ -404,22 +489,17 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
         for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/lintian",
                      "usr/share/bash-completion", "etc/init.d", "usr/lib/systemd", "lib/systemd"):
             shutil.rmtree(root / junk, ignore_errors=True)
+        merged = merge_usr(root)
         # busybox applets only where no real tool of that name exists.
         bb = root / "bin" / "busybox"
         if not bb.exists():
-            raise ImageBuildError("busybox-static did not provide /bin/busybox")
+            raise ImageBuildError("busybox-static provided neither /bin/busybox nor /usr/bin/busybox")
         existing = {p.name for d in ("bin", "sbin", "usr/bin", "usr/sbin") if (root / d).exists()
                     for p in (root / d).iterdir()}
         for applet in BUSYBOX_APPLETS:
             if applet not in existing and applet not in REAL_TOOLS:
                 (root / "bin" / applet).symlink_to("busybox")
-        tools = {}
-        for tool in ("ip", "tc", "ethtool", "iperf3", "dropbear"):
-            hit = next((f"/{d}/{tool}" for d in ("usr/sbin", "usr/bin", "sbin", "bin")
-                        if (root / d / tool).is_file() and not (root / d / tool).is_symlink()), None)
-            if hit is None:
-                raise ImageBuildError(f"guest userland lacks {tool}")
-            tools[tool] = hit
+        tools = find_tools(root)
         check_libraries(root, [str(p.relative_to(root)) for d in ("bin", "sbin", "usr/bin", "usr/sbin")
                                if (root / d).exists() for p in (root / d).iterdir()
                                if p.is_file() and not p.is_symlink()])
@@ -449,7 +529,8 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
         shutil.copy(vmlinuz, tmp_out / "bzImage")
         _write_newc(root, tmp_out / "initramfs.cpio.gz")
         manifest = {
-            "name": "linux-deb", "key": key, "kernel_release": release,
+            "name": name, "key": key, "kernel_release": release, "debian_release": apt.release,
+            "apt_state": apt.describe(), "merged_usr": merged,
             "kernel_source": "user" if kernel else next(e["file"] for e in entries if e["file"].startswith("linux-image-")),
             "packages": [{"file": _unquote(e["file"]), "sha256": e["sha256"]} for e in entries],
             "modules": [ko.name for ko in order],
@@ -462,9 +543,9 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
         (tmp_out / "image.json").write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp_out.rename(out_dir)
-    log(f"guest image linux-deb {key}: built in {manifest['build_s']['total']} s "
-        f"({release}, initramfs {manifest['initramfs_bytes'] // 1024} KiB)")
-    return GuestImage("linux-deb", out_dir / "bzImage", out_dir / "initramfs.cpio.gz", release, key, manifest)
+    log(f"guest image {name} {key}: built in {manifest['build_s']['total']} s "
+        f"(Debian {apt.release}, {release}, initramfs {manifest['initramfs_bytes'] // 1024} KiB)")
+    return GuestImage(name, out_dir / "bzImage", out_dir / "initramfs.cpio.gz", release, key, manifest)
 
 
 def build_disk_variant(img: GuestImage, log=print) -> Path:

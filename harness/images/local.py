@@ -31,6 +31,13 @@ LOCAL_IMAGES: dict[str, LocalImage] = {
     "linux-deb": LocalImage("linux-deb", "linux", KERNEL_BOOT,
                             "Debian's packaged kernel of the host's release + an initramfs userland",
                             "harness.images.bootimage:linux_deb_image"),
+    # One per Debian release, on any host (a private apt state for a release not the host's).
+    "linux-deb-12": LocalImage("linux-deb-12", "linux", KERNEL_BOOT,
+                               "Debian 12 (bookworm) packaged kernel, Linux 6.1, + an initramfs userland",
+                               "harness.images.bootimage:linux_deb_12_image"),
+    "linux-deb-13": LocalImage("linux-deb-13", "linux", KERNEL_BOOT,
+                               "Debian 13 (trixie) packaged kernel, Linux 6.12, + an initramfs userland",
+                               "harness.images.bootimage:linux_deb_13_image"),
     "debian-cloud": LocalImage("debian-cloud", "linux", DISK_BOOT,
                                "Debian 12 cloud image built with mmdebstrap: cloud-init (NoCloud), systemd, sshd",
                                "harness.images.bootimage:debian_cloud_image"),

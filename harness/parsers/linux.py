@@ -17,6 +17,9 @@ from harness.counters.samples import Sample
 # ethtool -S
 # ---------------------------------------------------------------------------------------
 _QUEUE_NAME = re.compile(r"^(tx|rx)_queue_(\d+)_(.+)$")
+# virtio_net since 6.9 (the netdev-qstats rework, virtnet_stats_sprintf): "tx0_kicks",
+# "rx1_drops", ... and no per-queue packets/bytes (those went to netdev qstats).
+_QUEUE_NAME_SHORT = re.compile(r"^(tx|rx)(\d+)_(.+)$")
 _VMXNET3_BLOCK = {"Tx Queue#": "tx", "Rx Queue#": "rx"}
 
 
@@ -24,8 +27,8 @@ def parse_ethtool_stats(text: str, driver: str | None = None) -> list[Sample]:
     """`ethtool -S <if>` (ethtool.c do_gnicstats: "NIC statistics:" then
     ``"     %.*s: %llu"`` per driver string).
 
-    * ``<dir>_queue_<N>_<what>`` names (virtio_net, igb, veth) keep the whole native name
-      and set ``queue=N``.
+    * ``<dir>_queue_<N>_<what>`` names (virtio_net up to 6.8, igb, veth) and ``<dir><N>_<what>``
+      names (virtio_net from 6.9: ``tx0_kicks``) keep the whole native name and set ``queue=N``.
     * vmxnet3 prints nested blocks: a stat named "Tx Queue#"/"Rx Queue#" whose value is the
       queue index, then its counters with names indented by 2 (counter) or 5 (a drop reason
       under the preceding "drv dropped ... total"). Names are stripped; drop reasons become
@@ -71,8 +74,11 @@ def parse_ethtool_stats(text: str, driver: str | None = None) -> list[Sample]:
             native = lookup = name
             queue = None
             m = _QUEUE_NAME.match(name)
+            m_short = None if m else _QUEUE_NAME_SHORT.match(name)
             if m:
                 queue, lookup = int(m[2]), f"{m[1]}_queue_<N>_{m[3]}"
+            elif m_short:
+                queue, lookup = int(m_short[2]), f"{m_short[1]}<N>_{m_short[3]}"
         metric = table.get(lookup, native)
         kind = "gauge" if native in S.ETHTOOL_S_GAUGES else "counter"
         out.append(Sample("ethtool -S", native, metric, float(val),

@@ -27,9 +27,9 @@ from harness.errors import ResultsDiskFull, free_bytes, is_disk_full
 # 1: before the version was recorded; 2: counting rules in harness.counters.counting, FreeBSD CPU rows.
 SCHEMA_VERSION = 2
 
-METRIC_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "driver", "queues", "streams", "procs",
+METRIC_COLUMNS = ["run_id", "cell", "rep", "attempt", "os", "kernel", "nic", "driver", "queues", "streams", "procs",
                   "proto", "msg_size", "stack", "churn", "traced", "accel", "queue", "cpu", "metric", "value", "unit", "source", "native_name"]
-LOCK_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "nic", "queues", "procs", "accel", "lock", "caller",
+LOCK_COLUMNS = ["run_id", "cell", "rep", "attempt", "os", "kernel", "nic", "queues", "procs", "accel", "lock", "caller",
                 "kind", "contentions", "wait_ns_total", "wait_ns_max", "method"]
 CELL_COLUMNS = ["run_id", "cell", "rep", "attempt", "status", "reason", "os", "kernel", "nic", "driver",
                 "queues", "streams", "procs", "proto", "msg_size", "stack", "churn", "traced", "duration_s",
@@ -51,9 +51,10 @@ def _disk_full(e: BaseException, path: Path) -> BaseException:
     return e
 
 
-def cell_context(cell, rep: int, *, kernel: str, driver: str, accel: str) -> dict:
-    """The cell-describing columns every metric row of one cell run carries."""
-    return {"cell": cell.cell_id, "rep": rep, "os": cell.os, "kernel": kernel, "nic": cell.nic,
+def cell_context(cell, rep: int, *, kernel: str, driver: str, accel: str, attempt: int = 1) -> dict:
+    """The cell-describing columns every metric row of one cell run carries. `attempt`: a cell
+    run re-run after an invalid attempt keeps both attempts' rows; analysis reads the last."""
+    return {"cell": cell.cell_id, "rep": rep, "attempt": attempt, "os": cell.os, "kernel": kernel, "nic": cell.nic,
             "driver": driver, "queues": cell.queues, "streams": cell.streams, "procs": cell.procs,
             "proto": cell.proto, "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn,
             "traced": cell.traced, "accel": accel}
@@ -74,6 +75,7 @@ def metric_row(ctx: dict, metric: str, value: float, unit: str, source: str, nat
 def lock_row(ctx: dict, rec) -> dict:
     """A locks-table row from a parsed LockRecord."""
     return {**{k: ctx[k] for k in ("cell", "rep", "os", "kernel", "nic", "queues", "procs", "accel")},
+            "attempt": ctx.get("attempt", 1),
             "lock": rec.lock, "caller": rec.caller, "kind": rec.kind, "contentions": rec.contentions,
             "wait_ns_total": rec.wait_ns_total, "wait_ns_max": rec.wait_ns_max, "method": rec.method}
 

@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from harness.counters.counting import cpu_busy_share, rows_frame, tx_for_conservation
+from harness.counters.counting import cpu_busy_share, queue_source, rows_frame, tx_for_conservation
 from harness.counters.samples import delta
 from harness.guests.base import sender_outputs
 from harness.results.rundir import lock_row, metric_row, sample_row
@@ -149,7 +149,7 @@ def validity(cell, samples, senders: dict[str, str], rows, results, measured_s: 
                                                cell.duration_s + cell.warmup_s,
                                                rate_limited=cell.proto == "udp" and cell.udp_bitrate != "0"))}
     if cell.queues > 1:
-        v["queue_spread"] = queue_spread(per_q_pkts, cell.queues, require_queue_spread)
+        v["queue_spread"] = queue_spread(per_q_pkts, cell.queues, require_queue_spread, queue_source(frame))
     if cell.churn != "none":
         v["churn"] = churn_recovery(senders.get("churn", ""), sender_outputs(senders))
     if interval_note:

@@ -280,7 +280,8 @@ class Runner:
         self.timings["setup"] += cap.setup_s
         self.timings["measure"] += cap.measured_s
         save_captures(rd, cell, rep, attempt, cap, steps)
-        ctx = cell_context(cell, rep, kernel=boot["kernel"], driver=boot["driver"], accel=self.accel)
+        ctx = cell_context(cell, rep, kernel=boot["kernel"], driver=boot["driver"], accel=self.accel,
+                           attempt=attempt)
         traced = self.workload.lock_stats and cell.traced
         rows, lock_rows, samples, results, note = measure(vm.guest, cap, ctx, cell, boot["driver"],
                                                           vm.guest.lock_method(self.accel) if traced else None)

@@ -36,16 +36,26 @@ def conservation(app_bytes: int, nic_bytes: float, nic_packets: float, proto: st
             "tolerance": CONSERVATION_TOLERANCE}
 
 
-def queue_spread(per_queue_packets: dict[int, float], queues: int, required: bool = False) -> dict:
+def queue_spread(per_queue_packets: dict[int, float], queues: int, required: bool = False,
+                 source: str = "") -> dict:
     """Did traffic really use every configured TX queue? A reported property (one flow on one
     of two queues is the truth); it fails a cell only when the workload asks for spread
-    (``require_queue_spread``), which ``required`` records."""
+    (``require_queue_spread``), which ``required`` records. ``source``: where the per-queue
+    counters came from (counting.queue_source). A configured queue without any counter is
+    ``missing_queues`` with a ``reason`` (then ok is None: the spread is unknown, not idle)."""
     used = {q: v for q, v in per_queue_packets.items() if q < queues}
+    missing = [q for q in range(queues) if q not in used]
     total = sum(used.values())
     shares = {str(q): round(v / total, 4) if total else 0.0 for q, v in sorted(used.items())}
-    idle = [q for q in range(queues) if total == 0 or used.get(q, 0) / total < QUEUE_SHARE_MIN]
-    return {"ok": not idle, "shares": shares, "idle_queues": idle, "min_share": QUEUE_SHARE_MIN,
-            "required": required}
+    idle = [q for q in range(queues) if q not in missing and (total == 0 or used[q] / total < QUEUE_SHARE_MIN)]
+    out = {"ok": not idle, "shares": shares, "idle_queues": idle, "min_share": QUEUE_SHARE_MIN,
+           "required": required, "source": source}
+    if missing:
+        out.update(ok=None if not idle else False, missing_queues=missing,
+                   reason=f"no per-queue TX counters for queue(s) {', '.join(map(str, missing))} "
+                          f"(neither the driver's ethtool -S nor an mq child qdisc has them"
+                          + (f"; found: {source}" if source else "") + ")")
+    return out
 
 
 def sender_saturation(cpu_busy_share: dict[int, float], pinned_cpus: list[int], threshold: float = 0.95) -> dict:
@@ -130,6 +140,8 @@ def failed_checks(v: dict) -> list[str]:
     qs = v.get("queue_spread", {})
     if qs.get("ok") is False and qs.get("required") is True:
         out.append("queue_spread")
+    if qs.get("missing_queues") and qs.get("required") is True:     # spread required, not measurable
+        out.append("queue_counters_missing")
     if (v.get("bottleneck") or {}).get("verdict") in OUTSIDE_PATH:
         out.append("bottleneck")
     if v.get("churn", {}).get("all_recovered") is False:
