@@ -22,7 +22,9 @@ def test_counter_pattern_puts_queue_index_aside():
     assert counter_pattern("dev.vtnet.1.txq3.opackets") == "dev.vtnet.1.txq<N>.opackets"
     assert counter_pattern("dev.em.0.iflib.txq01.r_drops") == "dev.em.0.iflib.txq<N>.r_drops"
     assert counter_pattern("dev.em.0.queue_tx_1.packets") == "dev.em.0.queue_tx_<N>.packets"
+    assert counter_pattern("tx0_kicks") == "tx<N>_kicks" and counter_pattern("rx12_drops") == "rx<N>_drops"
     assert counter_pattern("dev.vtnet.1.tx_defragged") == "dev.vtnet.1.tx_defragged"   # unit stays
+    assert counter_pattern("tx_packets") == "tx_packets"
 
 
 def _rows(guest, raw, driver):
