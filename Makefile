@@ -6,10 +6,14 @@ PY := $(VENV)/bin/python
 WORKLOAD ?= workloads/default.toml
 # Debian packages the harness runs on the host (QEMU, iperf3 peers, namespaces) and uses to
 # build the guest (apt-get download, dpkg-deb, ldconfig); xorriso + isolinux build the guest's
-# disk-image variant, the local stand-in for a cloud image that the tests boot.
+# disk-image variant, the local stand-in for a cloud image that the tests boot; mmdebstrap,
+# syslinux + mtools + dosfstools, fdisk (sfdisk) and e2fsprogs (mke2fs -d) build the Debian 12
+# cloud image `debian-cloud` without loop devices or mounts.
 SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-venv dpkg apt libc-bin \
-                   xorriso isolinux syslinux-common chromium
-SYSTEM_TOOLS := qemu-system-x86_64 qemu-img qemu-io iperf3 ip ss dpkg-deb apt-get xorriso
+                   xorriso isolinux syslinux-common chromium mmdebstrap syslinux mtools dosfstools fdisk \
+                   e2fsprogs debian-archive-keyring
+SYSTEM_TOOLS := qemu-system-x86_64 qemu-img qemu-io iperf3 ip ss dpkg-deb apt-get xorriso mmdebstrap syslinux \
+                mcopy mkfs.vfat sfdisk mke2fs
 
 .PHONY: bench test setup system-deps venv smoke clean-stale report nightly notebook bench-history qemu
 

@@ -116,7 +116,7 @@ def cmd_plan(args) -> int:
     from harness.run.repetitions import describe as describe_repetitions
     from harness.run.procedure import boot_steps, cell_steps, machine_spec, render, state_after, tap_queue_count
     from harness.run.workload import load_workload, warmup_run
-    from harness.images.local import boots_kernel_directly
+    from harness.images.local import boots_kernel_directly, installs_packages_on_first_boot
     from harness.images.hostqemu import choose_qemu
     from harness.vm import qemu as qemu_binary
     from harness.vm.nics import NICS
@@ -151,7 +151,8 @@ def cmd_plan(args) -> int:
                             seed_iso=Path("<state>/seed.iso") if cloud else None,
                             serial_log=Path("<run>/serial/boot.log"), qmp_socket=Path("<state>/qmp.sock"),
                             ssh_port=0, ssh_pubkey_b64="<per-run-key>",
-                            tap_fds=list(range(3, 3 + tap_queue_count(bk))), guest_egress=cloud)
+                            tap_fds=list(range(3, 3 + tap_queue_count(bk))),
+                            guest_egress=cloud and installs_packages_on_first_boot(bk.image))
         guest = driver_class(bk.os).for_plan(bk.nic, BootState(), image=bk.image)
         how = ("set in workload" if bk.accel != "auto" else "XMITBENCH_ACCEL" if forced_accel()
                else "auto probes KVM, else TCG; shown as TCG, XMITBENCH_ACCEL=kvm shows KVM")
@@ -213,12 +214,14 @@ def cmd_images(args) -> int:
         if not args.name.startswith("linux-deb"):
             if args.kernel or args.modules:
                 raise InputError("images build", "--kernel", f"only linux-deb takes --kernel/--modules")
+            from harness.images.bootimage import ImageUnavailable
             try:
                 bi = LOCAL_IMAGES[args.name].build(log=print)
-            except ImageBuildError as e:
+            except (ImageBuildError, ImageUnavailable) as e:
                 print(f"xmitbench: image build failed: {e}", file=sys.stderr)
                 return 1
-            print(f"{bi.name}: {bi.kernel or bi.disk} ({bi.release})")
+            sha = f" sha256 {bi.info['sha256']}" if bi.info.get("sha256") else ""
+            print(f"{bi.name}: {bi.kernel or bi.disk} ({bi.release}){sha}")
             return 0
         for p in (args.kernel, args.modules):
             if p is not None and not Path(p).exists():
@@ -233,6 +236,8 @@ def cmd_images(args) -> int:
         print(f"{img.name} {img.key}: kernel {img.kernel} initrd {img.initrd} "
               f"(Debian {img.manifest.get('debian_release', '?')}, {img.kernel_release})")
         return 0
+    if args.image_cmd == "inspect":
+        return cmd_images_inspect(args)
     return 2
 
 
@@ -244,6 +249,28 @@ def _release_or_input_error(release: str) -> str:
     except ValueError:
         raise InputError("images build", "--release", f"unknown Debian release {release!r}; allowed: "
                          + ", ".join(f"{v}, {c}" for v, c in RELEASES.items())) from None
+
+
+def cmd_images_inspect(args) -> int:
+    """Boot an image once and write its first-contact bundle into a new run dir."""
+    from harness.images.bootimage import ImageUnavailable
+    from harness.images.catalog import load_catalog
+    from harness.images.local import LOCAL_IMAGES
+    from harness.run.inspect import INSPECT_DIR, inspect_image
+    from harness.vm.nics import NICS
+    names = [*LOCAL_IMAGES, *(img.name for img in load_catalog())]
+    if args.name not in names:
+        raise InputError("images inspect", "name", f"unknown image {args.name!r}; allowed: {', '.join(names)}")
+    if args.nic not in NICS:
+        raise InputError("images inspect", "--nic", f"unknown NIC {args.nic!r}; allowed: {', '.join(NICS)}")
+    try:
+        rd = inspect_image(args.name, Path(args.results), nic=args.nic)
+    except ImageUnavailable as e:
+        print(f"xmitbench: image {args.name}: {e}", file=sys.stderr)
+        return 1
+    print((rd / INSPECT_DIR / "coverage.txt").read_text(), end="")
+    print(f"bundle: {rd / INSPECT_DIR}")
+    return 0
 
 
 def cmd_summary(args) -> int:
@@ -381,6 +408,11 @@ def main(argv=None) -> int:
     b.add_argument("--force", action="store_true")
     b.add_argument("--release", help="Debian release of the packages: 12, 13, bookworm, trixie "
                                      "(default: the host's; linux-deb-12/-13 name it themselves)")
+    ins = isub.add_parser("inspect", help="boot an image once and capture a first-contact bundle "
+                                          "(versions, NIC counters and their coverage, lock probes, tunables)")
+    ins.add_argument("name", help="a catalog image or one the harness builds")
+    ins.add_argument("--nic", default="virtio-net", help="the data NIC model (default virtio-net)")
+    ins.add_argument("--results", default=str(DEFAULT_RESULTS))
     im.set_defaults(fn=cmd_images)
     from harness.images.cli import register as register_image_commands
     register_image_commands(isub)   # images list | fetch NAME | verify NAME

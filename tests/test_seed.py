@@ -154,7 +154,7 @@ def test_first_login_does_over_ssh_what_the_releases_nuageinit_cannot(release, f
     cat.write_text(f'[[image]]\nname = "fbsd-x"\nos = "freebsd"\nrelease = "{release}"\ndefault_user = "freebsd"\n'
                    f'path = "{tmp_path / "d.qcow2"}"\nsha256 = "{"0" * 64}"\n')
     monkeypatch.setenv("XMITBENCH_CATALOG", str(cat))
-    img = B.BootImage("fbsd-x", "freebsd", disk=tmp_path / "d.qcow2", release=release)
+    img = B.BootImage("fbsd-x", "freebsd", disk=tmp_path / "d.qcow2", release=release, seed_user="freebsd")
     log: list = []
     shell, done = B.first_login(img, KEY, lambda user: _Shell(log, user), timeout=60)
     assert shell.user == "root" and log[-1] == ("connect", "root")

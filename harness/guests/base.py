@@ -2,10 +2,12 @@
 back what the sender script printed between section markers."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 
 from ..parsers.iperf3 import parse_iperf3_json
+from harness.counters.samples import METRIC_UNITS
 from .contract import BootState, GuestDriver
 
 SECTION = "@@xmitbench-section "
@@ -48,6 +50,39 @@ def as_stacked(samples: list, dev: str) -> list:
     """Counters of the stacked device (vlan/vxlan/gre) kept apart from the NIC's: own source,
     metric prefixed `stack_` (native_name unchanged, so it still reads as the tool prints it)."""
     return [replace(s, source=f"{s.source} ({dev})", metric=f"stack_{s.metric}") for s in samples]
+
+
+_QUEUE_INDEX = re.compile(r"(?<=_queue_)\d+(?=_)|(?<=^[tr]x)\d+(?=_)"
+                          r"|(?<=\.[tr]xq)\d+(?=\.)|(?<=queue_[tr]x_)\d+(?=\.)")
+
+
+def counter_pattern(native_name: str) -> str:
+    """A native counter name with its queue index as "<N>" (tx_queue_1_packets ->
+    tx_queue_<N>_packets, tx0_kicks -> tx<N>_kicks, dev.vtnet.0.txq1.opackets ->
+    dev.vtnet.0.txq<N>.opackets)."""
+    return _QUEUE_INDEX.sub("<N>", native_name)
+
+
+def counter_coverage(samples: list, expected: dict[str, str]) -> list[dict]:
+    """One row per native counter name pattern: `mapped` (the parser gives it a common
+    vocabulary metric), `unmapped` (kept under its native name), or `missing` (the harness's
+    table for this driver names it and the guest printed no counter of that metric)."""
+    rows: dict[str, dict] = {}
+    for s in samples:
+        pat = counter_pattern(s.native_name)
+        row = rows.setdefault(pat, {"native": pat, "metric": None, "status": "unmapped", "queues": set()})
+        if s.metric != s.native_name or s.metric in METRIC_UNITS:     # e1000e tx_packets is both
+            row["metric"], row["status"] = s.metric, "mapped"
+        if s.queue is not None:
+            row["queues"].add(s.queue)
+    # A table may name one metric under several kernels' names (virtio_net tx_queue_<N>_kicks up
+    # to 6.8, tx<N>_kicks from 6.9): missing only when no name of that metric was printed.
+    seen_metrics = {r["metric"] for r in rows.values() if r["status"] == "mapped"}
+    for pat, metric in expected.items():
+        if pat not in rows and metric not in seen_metrics:
+            rows[pat] = {"native": pat, "metric": metric, "status": "missing", "queues": set()}
+    order = {"mapped": 0, "missing": 1, "unmapped": 2}
+    return [dict(r, queues=sorted(r["queues"])) for r in sorted(rows.values(), key=lambda r: (order[r["status"]], r["native"]))]
 
 
 class GuestBase(GuestDriver):

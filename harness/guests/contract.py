@@ -170,6 +170,17 @@ class GuestDriver(ABC):
     @abstractmethod
     def run_senders(self, script: str, timeout: float) -> dict[str, str]: ...
 
+    # -- first contact (`images inspect`) ------------------------------------------------
+    @abstractmethod
+    def inspect_commands(self) -> dict[str, str]:
+        """File name -> command for a first-contact bundle: OS and kernel versions, the data
+        NIC's driver and full native counter list, lock tools/probes, boot tunables. Each runs
+        on its own; its output (stderr too) is saved as is, a failure is recorded, not raised."""
+    @abstractmethod
+    def inspect_counters(self, raw: dict[str, str], driver: str) -> tuple[list, dict[str, str]]:
+        """(samples parsed from the bundle's native NIC counter outputs, the counters this
+        harness expects of `driver`: native name pattern ("<N>" = queue index) -> metric)."""
+
     # -- pure parsers ------------------------------------------------------------------
     @abstractmethod
     def parse_snapshot(self, raw: dict[str, str], driver: str | None = None) -> list: ...

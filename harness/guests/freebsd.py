@@ -91,6 +91,51 @@ class FreeBSDGuest(GuestBase):
         m = re.match(r"([a-z]+)(\d+)$", self.iface)
         return (m.group(1), int(m.group(2))) if m else (self.iface, 0)
 
+    def inspect_commands(self) -> dict[str, str]:
+        """First contact: versions, the data NIC's driver and its whole sysctl tree (iflib
+        nodes included), the lock tools (lockstat, the DTrace providers the harness uses, the
+        vtnet transmit function for fbt) and the loader tunables present (kenv, hw.vtnet,
+        iflib overrides, loader.conf)."""
+        t, i = self.tools, self.iface
+        drv, unit = self._drv_unit
+        dt = t["dtrace"]
+        return {
+            "os_release": "freebsd-version -kru; cat /etc/os-release 2>/dev/null",
+            "uname": "uname -a",
+            "kernel_release": "uname -r",
+            "nic_driver_info": f"{t['sysctl']} dev.{drv}.{unit}.%desc dev.{drv}.{unit}.%driver "
+                               f"dev.{drv}.{unit}.%pnpinfo; {t['ifconfig']} -m {i}",
+            "nic_counters_sysctl_dev": f"{t['sysctl']} dev.{drv}.{unit}",
+            "nic_counters_sysctl_iflib": f"{t['sysctl']} dev.{drv}.{unit}.iflib",
+            "nic_tx_queues": self.tx_queue_count_command(),
+            "lock_lockstat": f"ls -l {t['lockstat']}; kldload -n dtraceall; kldstat | grep -i dtrace",
+            "lock_dtrace_providers": f"kldload -n dtraceall; {dt} -l | awk 'NR > 1 {{print $2}}' | sort | uniq -c",
+            "lock_dtrace_lockstat_probes": f"kldload -n dtraceall; {dt} -l -P lockstat",
+            # one dtrace -l per probe: a description that matches nothing fails the whole call
+            "lock_dtrace_vtnet_tx": "kldload -n dtraceall; " + "; ".join(
+                f"{dt} -l -n '{probe}'" for probe in ("fbt::vtnet_txq_mq_start:entry", "fbt::vtnet_txq_mq_start:return",
+                                                      "fbt::iflib_if_transmit:entry")),
+            "boot_kenv": "kenv",
+            "boot_hw_vtnet": f"{t['sysctl']} hw.vtnet",
+            "boot_iflib_overrides": f"{t['sysctl']} dev.{drv}.{unit}.iflib | grep override",
+            "boot_loader_conf": "cat /boot/loader.conf",
+            "first_boot_agent": "ls -l /usr/libexec/nuageinit /var/log/nuageinit* 2>&1; "
+                                "tail -20 /var/log/nuageinit.log 2>/dev/null",
+        }
+
+    def inspect_counters(self, raw: dict[str, str], driver: str) -> tuple[list, dict[str, str]]:
+        """The dev.<drv>.<unit> tree (it includes .iflib) and what the parser maps of it."""
+        _, unit = self._drv_unit
+        samples = F.parse_sysctl(raw.get("nic_counters_sysctl_dev", ""))
+        expected: dict[str, str] = {}
+        if driver == "vtnet":
+            expected.update({f"dev.vtnet.{unit}.txq<N>.{k}": m for k, (m, _) in F.SYSCTL_VTNET_TXQ.items()})
+            expected.update({f"dev.vtnet.{unit}.rxq<N>.{k}": m for k, (m, _) in F.SYSCTL_VTNET_RXQ.items()})
+            expected.update({f"dev.vtnet.{unit}.{k}": m for k, (m, _) in F.SYSCTL_VTNET.items()})
+        else:      # iflib drivers (em, igb, vmx)
+            expected.update({f"dev.{driver}.{unit}.iflib.txq<N>.{k}": m for k, (m, _) in F.SYSCTL_IFLIB_TXQ.items()})
+        return samples, expected
+
     def boot_config_script(self, nic: str, queues: int) -> str:
         """Write the queue tunables to loader.conf (idempotent); the caller then reboots."""
         _, unit = self._drv_unit

@@ -191,6 +191,42 @@ class LinuxGuest(GuestBase):
                  f"{ip} addr add {address} dev {self.iface}; {ip} link set {self.iface} up; }}")
 
 
+    def inspect_commands(self) -> dict[str, str]:
+        """First contact: versions, the data NIC's driver and every counter it exports, what
+        lock tracing this kernel offers (tracefs lock events, hist triggers, /proc/lock_stat),
+        and the boot settings (kernel command line, the driver's module parameters)."""
+        t, i = self.tools, self.iface
+        tr = "/sys/kernel/tracing"
+        mount_tr = f"[ -d {tr}/events ] || mount -t tracefs nodev {tr}; "
+        return {
+            "os_release": "cat /etc/os-release",
+            "uname": "uname -a",
+            "kernel_release": "uname -r",
+            "nic_driver_info": f"{t['ethtool']} -i {i}",
+            "nic_counters_ethtool_S": f"{t['ethtool']} -S {i}",
+            "nic_channels": f"{t['ethtool']} -l {i}",
+            "nic_features": f"{t['ethtool']} -k {i}",
+            "nic_link_stats": f"{t['ip']} -s -s -j link show dev {i}",
+            "nic_tx_queues": self.tx_queue_count_command(),
+            "lock_tracefs_events": mount_tr + f"ls {tr}/events/lock/",
+            "lock_contention_begin_format": mount_tr + f"cat {tr}/events/lock/contention_begin/format",
+            "lock_hist_trigger_files": mount_tr + f"ls -l {tr}/events/lock/contention_begin/ | grep -E 'hist|trigger'",
+            "lock_synthetic_events_file": mount_tr + f"ls -l {tr}/synthetic_events",
+            "lock_proc_lock_stat": "ls -l /proc/lock_stat && head -5 /proc/lock_stat",
+            "kernel_config_lock": "grep -E 'CONFIG_(LOCK_STAT|LOCKDEP|HIST_TRIGGERS|FTRACE|TRACEPOINTS)=' "
+                                  "/boot/config-$(uname -r) 2>&1 || zcat /proc/config.gz | "
+                                  "grep -E 'CONFIG_(LOCK_STAT|LOCKDEP|HIST_TRIGGERS)='",
+            "boot_cmdline": "cat /proc/cmdline",
+            "boot_module_parameters": f"d=$({t['ethtool']} -i {i} | sed -n 's/^driver: //p'); "
+                                      "for f in /sys/module/$d/parameters/*; do echo \"$f: $(cat $f)\"; done",
+            "first_boot_agent": "cloud-init status --wait --long",     # its final state, not "running"
+        }
+
+    def inspect_counters(self, raw: dict[str, str], driver: str) -> tuple[list, dict[str, str]]:
+        from harness.counters.samples import ETHTOOL_S
+        samples = P.parse_ethtool_stats(raw.get("nic_counters_ethtool_S", ""), driver)
+        return samples, dict(ETHTOOL_S.get(driver, {}))
+
     def nic_driver(self) -> str:
         m = re.search(r"^driver:\s*(\S+)", self.run(f"{self.tools['ethtool']} -i {self.iface}"), re.M)
         return m.group(1) if m else "unknown"

@@ -11,8 +11,9 @@ from pathlib import Path
 from harness.images.guestimage import DEFAULT_TOOLS, build_linux_deb
 from harness.images.local import local_image
 
-# Guest egress: a cloud image installs iperf3 (and ethtool) from its package repositories on
-# first boot, so its management NIC cannot be `restrict=on`. The initramfs guest needs nothing.
+# Guest egress: a catalog cloud image installs iperf3 (and ethtool) from its package
+# repositories on first boot, so its management NIC cannot be `restrict=on`. The initramfs
+# guest and the harness's own cloud image (iperf3 and ethtool built in) need nothing.
 CLOUD_PACKAGES_NEED_EGRESS = True
 
 
@@ -32,10 +33,18 @@ class BootImage:
     tools: dict = field(default_factory=dict)
     verified: bool = True
     info: dict = field(default_factory=dict)   # for the manifest
+    seed_user: str = "root"          # the user the seed sets up besides root (a catalog's default_user)
+    packages_on_first_boot: bool = True   # the seed asks for iperf3 & co. (False: already in the image)
 
     @property
     def is_cloud(self) -> bool:
+        """Booted from disk with a NoCloud seed, by its own boot loader and first-boot agent."""
         return self.disk is not None
+
+    @property
+    def guest_egress(self) -> bool:
+        """The management NIC needs egress: only for package installs on first boot."""
+        return self.is_cloud and self.packages_on_first_boot and CLOUD_PACKAGES_NEED_EGRESS
 
 
 def linux_deb_image(log=print, built=None) -> BootImage:
@@ -93,7 +102,7 @@ def prepare_image(name: str, log=print, allow_unverified: bool = False, built=No
         raise ImageUnavailable(msg[len(name) + 2:] if msg.startswith(f"{name}: ") else msg) from None
     return BootImage(name, image.os, disk=got.path, release=image.release, user="root",
                      tools=dict(DEFAULT_TOOLS) if image.os == "linux" else {},
-                     verified=got.verified,
+                     verified=got.verified, seed_user=image.default_user,
                      info={"name": name, "release": image.release, "source_url": got.source_url,
                            "sha256": got.sha, "source_digest": got.source_digest, "verified": got.verified,
                            "unverified_reason": got.reason, "kernel_release": None})
@@ -107,12 +116,11 @@ def seed_steps_over_ssh(image: BootImage, pubkey_line: str) -> tuple[str, str] |
     user is in wheel) and does the same steps itself: root's key, key-only root login, iperf3."""
     if image.os != "freebsd":
         return None
-    from harness.images.catalog import load_catalog
     from harness.images.seed import DEFAULT_PACKAGES, freebsd_root_login_steps, nuageinit_supports
     keys = nuageinit_supports(image.release)
     if {"runcmd", "packages"} <= keys:
         return None
-    user = load_catalog().get(image.name).default_user
+    user = image.seed_user
     steps = freebsd_root_login_steps(pubkey_line)
     if "packages" not in keys:
         steps.append("env ASSUME_ALWAYS_YES=yes pkg install -y " + " ".join(DEFAULT_PACKAGES["freebsd"]))
@@ -141,9 +149,30 @@ def first_login(image: BootImage, pubkey_line: str, make_shell, timeout: float):
 
 
 def seed_for(image: BootImage, pubkey_line: str, dest: Path) -> Path:
-    """NoCloud seed ISO: root logs in with the per-run key; packages the guest needs."""
-    from harness.images.catalog import load_catalog
-    from harness.images.seed import cloud_config, make_seed_iso, metadata
-    cat = load_catalog().get(image.name)
-    cfg = cloud_config(cat.default_user, pubkey_line, os_name=image.os, root=True)
-    return make_seed_iso(dest, cfg, metadata(f"xmitbench-{dest.stem}", "xmitbench-guest"))
+    """NoCloud seed ISO, the same for every disk image of an OS: root logs in with the per-run
+    key; the packages the guest needs unless the image has them; on Linux a network-config
+    that runs DHCP on the management NIC only (by its MAC), so cloud-init never touches the
+    data NIC (its fallback would pick whichever NIC sorts first)."""
+    from harness.images.seed import cloud_config, make_seed_iso, management_network_config, metadata
+    cfg = cloud_config(image.seed_user, pubkey_line, os_name=image.os, root=True,
+                       packages=None if image.packages_on_first_boot else [])
+    net = management_network_config() if image.os == "linux" else None
+    return make_seed_iso(dest, cfg, metadata(f"xmitbench-{dest.stem}", "xmitbench-guest"), net)
+
+
+def debian_cloud_image(log=print, built=None) -> BootImage:
+    """`debian-cloud`: the Debian 12 cloud image built here with mmdebstrap (cloudimage.py),
+    booted exactly like a catalog cloud image; nothing to install on first boot."""
+    from harness.images.cloudimage import build_debian_cloud
+    from harness.images.guestimage import ImageBuildError
+    try:
+        disk, man = build_debian_cloud(log=log)
+    except ImageBuildError as e:
+        raise ImageUnavailable(str(e)) from None
+    return BootImage("debian-cloud", "linux", disk=disk, release=man["release"], user="root",
+                     tools=dict(man["tools"]), verified=True, seed_user="root", packages_on_first_boot=False,
+                     info={"name": "debian-cloud", "image_kind": man["image_kind"], "release": man["release"],
+                           "sha256": man["sha256"], "key": man["key"], "kernel_release": man["kernel_release"],
+                           "boot_loader": man["boot_loader"], "build_s": man["build_s"],
+                           "cloud_init": man["installed"].get("cloud-init"), "verified": True,
+                           "source": "built here from Debian packages (apt-verified), sha256 of the qcow2"})

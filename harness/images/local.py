@@ -38,6 +38,9 @@ LOCAL_IMAGES: dict[str, LocalImage] = {
     "linux-deb-13": LocalImage("linux-deb-13", "linux", KERNEL_BOOT,
                                "Debian 13 (trixie) packaged kernel, Linux 6.12, + an initramfs userland",
                                "harness.images.bootimage:linux_deb_13_image"),
+    "debian-cloud": LocalImage("debian-cloud", "linux", DISK_BOOT,
+                               "Debian 12 cloud image built with mmdebstrap: cloud-init (NoCloud), systemd, sshd",
+                               "harness.images.bootimage:debian_cloud_image"),
 }
 
 
@@ -49,3 +52,9 @@ def boots_kernel_directly(name: str) -> bool:
     """True for the harness's initramfs guests; catalog images and local disk images boot from disk."""
     img = LOCAL_IMAGES.get(name)
     return img is not None and img.boot == KERNEL_BOOT
+
+
+def installs_packages_on_first_boot(name: str) -> bool:
+    """Catalog cloud images install iperf3 & co. from their repositories on first boot (their
+    management NIC needs egress); the images the harness builds already hold them."""
+    return name not in LOCAL_IMAGES

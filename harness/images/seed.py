@@ -112,6 +112,14 @@ def cloud_config(user: str, pubkey: str, packages: list[str] | None = None,
     return cfg
 
 
+def management_network_config() -> dict:
+    """NoCloud network-config (v1): DHCP from QEMU's user network on the management NIC,
+    found by its MAC and named `mgmt0`; every other NIC is left alone."""
+    from harness.vm.machine import MGMT_MAC
+    return {"version": 1, "config": [{"type": "physical", "name": "mgmt0", "mac_address": MGMT_MAC,
+                                      "subnets": [{"type": "dhcp"}]}]}
+
+
 def metadata(instance_id: str, hostname: str) -> dict:
     """NoCloud meta-data: cloud-init needs instance-id; both read local-hostname."""
     return {"instance-id": instance_id, "local-hostname": hostname}

@@ -10,7 +10,7 @@ import traceback
 from dataclasses import dataclass
 
 from harness.guests import BootState, driver_class
-from harness.images.bootimage import CLOUD_PACKAGES_NEED_EGRESS, BootImage, ImageUnavailable, first_login
+from harness.images.bootimage import BootImage, ImageUnavailable, first_login
 from harness.run.procedure import boot_steps, data_address, machine_spec, tap_queue_count
 from harness.vm.machine import DATA_MAC, free_port
 
@@ -59,7 +59,7 @@ def start_machine(host, rd, dp, key, key_dir, boot_key, image: BootImage, accel:
     spec = machine_spec(boot_key, accel, kernel=image.kernel, initrd=image.initrd, disk=disk, seed_iso=seed,
                         serial_log=serial, qmp_socket=state / "qmp.sock", ssh_port=free_port(),
                         ssh_pubkey_b64=key.public_b64, tap_fds=fds,
-                        guest_egress=image.is_cloud and CLOUD_PACKAGES_NEED_EGRESS, extra_cmdline=extra_cmdline)
+                        guest_egress=image.guest_egress, extra_cmdline=extra_cmdline)
     m = host.machine(spec)
     boot = {"boot": boot_no, "group": boot_key.label, "image": boot_key.image, "argv": m.argv,
             "serial_log": str(serial.relative_to(rd.path)), "guest_egress": spec.guest_egress}
