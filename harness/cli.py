@@ -213,7 +213,7 @@ def cmd_images(args) -> int:
             _release_or_input_error(release)
         if not args.name.startswith("linux-deb"):
             if args.kernel or args.modules:
-                raise InputError("images build", "--kernel", f"only linux-deb takes --kernel/--modules")
+                raise InputError("images build", "--kernel", "only linux-deb takes --kernel/--modules")
             from harness.images.bootimage import ImageUnavailable
             try:
                 bi = LOCAL_IMAGES[args.name].build(log=print)

@@ -1,6 +1,5 @@
 """CI files: the nightly workflow passes a real schema linter (check-jsonschema with the
 vendored GitHub Actions workflow schema) and is consistent with the tool it drives."""
-import argparse
 import re
 import subprocess
 import sys

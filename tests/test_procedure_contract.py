@@ -2,7 +2,6 @@
 a driver that misses a contract member is refused at registration."""
 from __future__ import annotations
 
-import re
 
 import pytest
 

@@ -148,7 +148,6 @@ class _Shell:
 @pytest.mark.parametrize("release, fallback", [("14.1", True), ("14.2", False), ("14.3", False), ("15.0", False)])
 def test_first_login_does_over_ssh_what_the_releases_nuageinit_cannot(release, fallback, monkeypatch, tmp_path):
     from harness.images import bootimage as B
-    from harness.images import catalog as C
     (tmp_path / "d.qcow2").write_bytes(b"")
     cat = tmp_path / "catalog.toml"
     cat.write_text(f'[[image]]\nname = "fbsd-x"\nos = "freebsd"\nrelease = "{release}"\ndefault_user = "freebsd"\n'

@@ -404,7 +404,7 @@ def kernel_modules_dir(kroot: Path) -> Path:
             dirs = [d for d in base.iterdir() if d.is_dir()]
             if dirs:
                 return dirs[0]
-    raise ImageBuildError(f"the kernel package has no lib/modules/<release> or usr/lib/modules/<release>")
+    raise ImageBuildError("the kernel package has no lib/modules/<release> or usr/lib/modules/<release>")
 
 
 def find_tools(root: Path, names=GUEST_TOOLS) -> dict[str, str]:
