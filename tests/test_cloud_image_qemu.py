@@ -4,7 +4,6 @@ real cloud-init and systemd, SSH as root. No package installs, so no guest egres
 
 The image is built once and cached in ~/.cache/xmitbench (a cold build takes minutes; see
 image.json build_s); these tests use the cache when it is there."""
-import hashlib
 import json
 import os
 import subprocess
@@ -14,17 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from harness.images.aptstate import file_sha256
+
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.qemu,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and taps")]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def _cli(*args, env=None, timeout=1500):
 
 def test_debian_cloud_image_boots_with_real_cloud_init_and_measures_two_cells(cloud_image, tmp_path):
     disk, built = cloud_image
-    before = _sha256(disk)
+    before = file_sha256(disk)
     assert before == built["sha256"]                       # the recorded sha256 is the file's
     wl = tmp_path / "cloud.toml"
     wl.write_text('[workload]\nname = "cloud"\nrepetitions = 1\nduration_s = 2\nwarmup_s = 0\nlock_stats = true\n'
@@ -69,7 +62,7 @@ def test_debian_cloud_image_boots_with_real_cloud_init_and_measures_two_cells(cl
     m = pd.read_parquet(rd / "metrics.parquet")
     q2 = m[(m.queues == 2) & (m.source == "ethtool -S") & (m.metric == "tx_packets") & m["queue"].notna()]
     assert set(q2.groupby("queue").value.sum().loc[lambda s: s > 0].index) == {0, 1}
-    assert _sha256(disk) == before                                # the cached base was never written
+    assert file_sha256(disk) == before                                # the cached base was never written
 
 
 def _check_bundle(rd: Path, image: str) -> dict:
@@ -108,4 +101,4 @@ def test_images_inspect_cloud_image(cloud_image, tmp_path):
     assert 'VERSION_ID="12"' in (rd / "inspect" / "os_release.txt").read_text()
     agent = (rd / "inspect" / "first_boot_agent.txt").read_text()
     assert "status: done" in agent, agent                              # `cloud-init status` over SSH
-    assert _sha256(disk) == built["sha256"]
+    assert file_sha256(disk) == built["sha256"]

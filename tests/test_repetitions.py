@@ -269,7 +269,6 @@ def test_target_resolved_by_accel(tmp_path):
 def test_eta_minimum_plus_allowance(tmp_path):
     wl = _wl(tmp_path, extra="rep_budget_s = 50")
     p = plan(wl)
-    rep_s = 10 + 1 + OVERHEAD_S
     # per cell: min(2 extra reps = 28 s, budget left after the minimum = 50 - 42 = 8 s)
     assert p.eta_s == sum(g.est_s() for g in p.groups) + 2 * 8
     fixed = plan(_wl(tmp_path, reps="3"))

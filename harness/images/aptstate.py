@@ -11,7 +11,9 @@ Used by the guest build (`images build linux-deb --release 13`) and the QEMU fet
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -155,3 +157,50 @@ def _write_if_changed(path: Path, text: str) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(path)
+
+
+# --- what apt prints, parsed (pure; the guest build and the QEMU fetch both read these) -------
+
+def parse_depends(out: str) -> dict[str, list[str]]:
+    """`apt-cache depends --no-recommends ...` output -> each package's first alternative of
+    each Depends/PreDepends (virtual packages, shown as <name>, are left out)."""
+    deps: dict[str, list[str]] = {}
+    current, in_alternative = None, False
+    for line in out.splitlines():
+        if line and not line[0].isspace():
+            current, in_alternative = line.strip().split(":")[0], False
+            deps.setdefault(current, [])
+            continue
+        m = re.match(r"\s*(\|?)(Pre)?Depends: (\S+)", line)
+        if not m or current is None:
+            continue
+        if not in_alternative and not m.group(3).startswith("<"):
+            deps[current].append(m.group(3).split(":")[0])
+        in_alternative = bool(m.group(1))
+    return deps
+
+
+DEPENDS_ARGS = ["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts",
+                "--no-breaks", "--no-replaces", "--no-enhances"]
+
+
+def parse_print_uris(out: str) -> list[dict]:
+    """`apt-get download --print-uris` output -> uri, file, package, version, size and the
+    SHA256 of the signed index, per package."""
+    entries = []
+    for line in out.splitlines():
+        m = re.match(r"'(\S+)' (\S+) (\d+) SHA256:([0-9a-f]{64})", line)
+        if m:
+            name, version = m.group(2).split("_")[:2]
+            entries.append({"uri": m.group(1), "file": m.group(2), "package": name,
+                            "version": version.replace("%3a", ":"), "size": int(m.group(3)),
+                            "sha256": m.group(4)})
+    return entries
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

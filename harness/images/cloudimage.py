@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 from harness.images.aptstate import KEYRING, MIRROR, SECURITY_MIRROR, apt_state
-from harness.images.guestimage import ImageBuildError, _sha256, cache_root
+from harness.images.aptstate import file_sha256
+from harness.images.guestimage import ImageBuildError, cache_root
 
 BUILDER_VERSION = "4"
 NAME = "debian-cloud"
@@ -147,7 +148,7 @@ def build_debian_cloud(log=print, force: bool = False) -> tuple[Path, dict]:
                 "kernel_release": kernel_release, "kernel_cmdline": KERNEL_CMDLINE,
                 "boot_loader": "syslinux (FAT partition, installed through mtools)",
                 "packages": versions, "installed": dpkg_list, "tools": TOOLS,
-                "sha256": _sha256(disk), "size_bytes": disk.stat().st_size,
+                "sha256": file_sha256(disk), "size_bytes": disk.stat().st_size,
                 "build_s": round(time.monotonic() - t0, 1), "tree_s": round(t_tree, 1),
                 "builder_version": BUILDER_VERSION}
     meta.write_text(json.dumps(manifest, indent=1, sort_keys=True))

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from harness.images.aptstate import AptState, AptStateError, apt_state, normalize_release
+from harness.images.aptstate import (DEPENDS_ARGS, AptState, AptStateError, apt_state, file_sha256, normalize_release,
+                                     parse_depends, parse_print_uris)
 
 BUILDER_VERSION = "7"    # 7: the release in the key and the dir name; merged-/usr packages
 
@@ -117,23 +118,7 @@ def _run(cmd: list[str], apt: AptState | None = None, **kw) -> str:
 def _depends(pkgs: list[str], apt: AptState | None = None) -> dict[str, list[str]]:
     """First alternative of each Depends/PreDepends of each package's candidate version
     (one apt-cache call for the whole list: it is ~0.6 s a call)."""
-    out = _run(["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts",
-                "--no-breaks", "--no-replaces", "--no-enhances", *pkgs], apt)
-    deps: dict[str, list[str]] = {}
-    current, in_alternative = None, False
-    for line in out.splitlines():
-        if line and not line[0].isspace():
-            current, in_alternative = line.strip().split(":")[0], False
-            deps.setdefault(current, [])
-            continue
-        m = re.match(r"\s*(\|?)(Pre)?Depends: (\S+)", line)
-        if not m or current is None:
-            continue
-        name = m.group(3)
-        if not in_alternative and not name.startswith("<"):
-            deps[current].append(name.split(":")[0])
-        in_alternative = bool(m.group(1))
-    return deps
+    return parse_depends(_run([*DEPENDS_ARGS, *pkgs], apt))
 
 
 def resolve_packages(kernel: bool = True, apt: AptState | None = None) -> list[str]:
@@ -155,25 +140,13 @@ def resolve_packages(kernel: bool = True, apt: AptState | None = None) -> list[s
 
 def package_uris(pkgs: list[str], apt: AptState | None = None) -> list[dict]:
     """apt's own view of what it would download: file name, size and SHA256."""
-    out = _run(["apt-get", "download", "--print-uris", *pkgs], apt)
-    entries = []
-    for line in out.splitlines():
-        m = re.match(r"'(\S+)' (\S+) (\d+) SHA256:([0-9a-f]{64})", line)
-        if m:
-            entries.append({"uri": m.group(1), "file": m.group(2), "size": int(m.group(3)),
-                            "sha256": m.group(4)})
+    entries = parse_print_uris(_run(["apt-get", "download", "--print-uris", *pkgs], apt))
     if len(entries) != len(pkgs):
         raise ImageBuildError(f"apt-get --print-uris gave {len(entries)} entries for {len(pkgs)} packages"
                               " (run `apt-get update`?)")
     return entries
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_packages(entries: list[dict], deb_dir: Path, apt: AptState | None = None) -> list[Path]:
@@ -182,7 +155,7 @@ def fetch_packages(entries: list[dict], deb_dir: Path, apt: AptState | None = No
     for e in entries:
         p = deb_dir / e["file"]
         paths.append(p)
-        if not (p.exists() and _sha256(p) == e["sha256"]):
+        if not (p.exists() and file_sha256(p) == e["sha256"]):
             missing.append(e)
     if missing:
         names = [re.sub(r"_.*", "", e["file"]) + "=" + _unquote(e["file"]).split("_")[1] for e in missing]
@@ -193,7 +166,7 @@ def fetch_packages(entries: list[dict], deb_dir: Path, apt: AptState | None = No
                 alt = deb_dir / _unquote(e["file"]).replace(":", "%3a")
                 if alt.exists():
                     alt.rename(p)
-            if not p.exists() or _sha256(p) != e["sha256"]:
+            if not p.exists() or file_sha256(p) != e["sha256"]:
                 raise ImageBuildError(f"{p}: checksum mismatch or missing after download")
     return paths
 
@@ -453,7 +426,7 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
     key_src = {"builder": BUILDER_VERSION, "release": apt.release, "packages": sorted(e["sha256"] for e in entries),
                "modules": WANTED_MODULES, "init": INIT_SCRIPT, "applets": BUSYBOX_APPLETS}
     if kernel is not None:
-        key_src["user_kernel"] = _sha256(kernel)
+        key_src["user_kernel"] = file_sha256(kernel)
         key_src["user_modules"] = sorted(f"{p.relative_to(modules)}:{p.stat().st_size}"
                                          for p in modules.rglob("*.ko*"))
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
@@ -535,8 +508,8 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
             "packages": [{"file": _unquote(e["file"]), "sha256": e["sha256"]} for e in entries],
             "modules": [ko.name for ko in order],
             "tools": tools,
-            "bzImage_sha256": _sha256(tmp_out / "bzImage"),
-            "initramfs_sha256": _sha256(tmp_out / "initramfs.cpio.gz"),
+            "bzImage_sha256": file_sha256(tmp_out / "bzImage"),
+            "initramfs_sha256": file_sha256(tmp_out / "initramfs.cpio.gz"),
             "initramfs_bytes": (tmp_out / "initramfs.cpio.gz").stat().st_size,
             "build_s": {"fetch": round(t_fetch, 2), "total": round(time.monotonic() - t0, 2)},
         }

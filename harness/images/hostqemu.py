@@ -18,7 +18,6 @@ Layout: <cache>/qemu/<version>/{root/, qemu-system-x86_64 (launcher), fetch.json
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -27,7 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.images.aptstate import KEYRING, AptState, AptStateError, apt_state
+from harness.images.aptstate import (DEPENDS_ARGS, KEYRING, AptState, AptStateError, apt_state, file_sha256,
+                                     parse_depends, parse_print_uris)
 from harness.images.guestimage import cache_root
 from harness.vm import qemu as qemu_binary
 from harness.vm.qemu import QemuBinary
@@ -121,22 +121,7 @@ def _apt(state: AptState, args: list[str], **kw) -> str:
 
 def _depends(state: AptState, pkgs: list[str]) -> dict[str, list[str]]:
     """First alternative of each Depends/Pre-Depends of each package's candidate."""
-    out = _apt(state, ["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts",
-                       "--no-breaks", "--no-replaces", "--no-enhances", *pkgs])
-    deps: dict[str, list[str]] = {}
-    current, in_alternative = None, False
-    for line in out.splitlines():
-        if line and not line[0].isspace():
-            current, in_alternative = line.strip().split(":")[0], False
-            deps.setdefault(current, [])
-            continue
-        m = re.match(r"\s*(\|?)(Pre)?Depends: (\S+)", line)
-        if not m or current is None:
-            continue
-        if not in_alternative and not m.group(3).startswith("<"):
-            deps[current].append(m.group(3).split(":")[0])
-        in_alternative = bool(m.group(1))
-    return deps
+    return parse_depends(_apt(state, [*DEPENDS_ARGS, *pkgs]))
 
 
 def resolve(state: AptState) -> list[str]:
@@ -154,37 +139,24 @@ def resolve(state: AptState) -> list[str]:
 
 def package_uris(state: AptState, pkgs: list[str]) -> list[dict]:
     """apt's view of each download: file name, size and the SHA256 of the signed index."""
-    out = _apt(state, ["apt-get", "download", "--print-uris", *pkgs])
-    entries = []
-    for line in out.splitlines():
-        m = re.match(r"'(\S+)' (\S+) (\d+) SHA256:([0-9a-f]{64})", line)
-        if m:
-            name, version = m.group(2).split("_")[:2]
-            entries.append({"package": name, "version": version.replace("%3a", ":"), "file": m.group(2),
-                            "size": int(m.group(3)), "sha256": m.group(4)})
+    entries = parse_print_uris(_apt(state, ["apt-get", "download", "--print-uris", *pkgs]))
     if len(entries) != len(pkgs):
         raise QemuFetchError(f"apt-get --print-uris gave {len(entries)} entries for {len(pkgs)} packages")
     return entries
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(state: AptState, entries: list[dict], deb_dir: Path) -> None:
     """`apt-get download` what is not cached yet; apt checks each file against the signed index,
     and so does this (a cached file from an earlier fetch is checked the same way)."""
     deb_dir.mkdir(parents=True, exist_ok=True)
-    missing = [e for e in entries if not ((deb_dir / e["file"]).exists() and _sha256(deb_dir / e["file"]) == e["sha256"])]
+    missing = [e for e in entries if not ((deb_dir / e["file"]).exists() and file_sha256(deb_dir / e["file"]) == e["sha256"])]
     if missing:
         _apt(state, ["apt-get", "download", *(f"{e['package']}={e['version']}" for e in missing)], cwd=deb_dir)
     for e in entries:
         p = deb_dir / e["file"]
-        if not p.exists() or _sha256(p) != e["sha256"]:
+        if not p.exists() or file_sha256(p) != e["sha256"]:
             raise QemuFetchError(f"{p}: missing or not the archive's SHA256 after apt-get download")
 
 
