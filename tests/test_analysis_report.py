@@ -3,7 +3,6 @@ loading and counting rules, `compare` on a real slower configuration and on two 
 same configuration, and the executed-notebook HTML report."""
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -13,21 +12,13 @@ import numpy as np
 import pytest
 
 from harness.analysis import compare_runs, load_runs
-from harness.analysis.commands import register
+from analysis_helpers import cli
 from harness.analysis.load import root_qdisc
 from harness.errors import InputError
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 SMOKE, DEFAULT = RUNS / "smoke-1rep", RUNS / "default-2rep"
 BASE_A, BASE_B, SLOW = RUNS / "udp-base-a", RUNS / "udp-base-b", RUNS / "udp-slow"
-
-
-def cli(*argv: str) -> int:
-    ap = argparse.ArgumentParser(prog="xmitbench")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    register(sub)
-    args = ap.parse_args(list(argv))
-    return args.fn(args)
 
 
 # --- load --------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ never its timings), the wide table's DuckDB-filtered inputs against all metric r
 vectorised Jain index, and `make notebook` (its command, not run)."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 
 from harness.analysis import stats as S
-from harness.analysis.commands import register
+from analysis_helpers import cli
 from harness.analysis.history_bench import build_history
 from harness.analysis.load import KEY, load_runs, sender_table, wide_table
 from harness.analysis.report import RUN_DIRS_ENV, resolve_run_dirs
@@ -24,14 +23,6 @@ from harness.errors import InputError
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "tests" / "fixtures" / "runs"
 TEMPLATE = RUNS / "bufring-race"
-
-
-def cli(*argv: str) -> int:
-    ap = argparse.ArgumentParser(prog="xmitbench")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    register(sub)
-    args = ap.parse_args(list(argv))
-    return args.fn(args)
 
 
 def test_bench_history_builds_and_loads_synthetic_run_dirs(tmp_path, capsys):

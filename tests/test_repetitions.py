@@ -10,7 +10,7 @@ import pytest
 
 from harness.counters.confidence import t_ci_rel_pct
 from harness.run import repetitions as R
-from harness.run.plan import OVERHEAD_S, plan
+from harness.run.plan import plan
 from harness.run.workload import AUTO_MIN_REPS, load_workload
 
 ROOT = Path(__file__).resolve().parent.parent

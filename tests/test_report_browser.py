@@ -9,7 +9,6 @@ written into the run dir. Without chromium the tests are skipped with the reason
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -19,7 +18,7 @@ import pytest
 
 import bigmatrix
 from harness.analysis import browser
-from harness.analysis.commands import register
+from analysis_helpers import cli
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 DEFAULT = RUNS / "default-2rep"        # the big matrix's source rows
@@ -34,14 +33,6 @@ def need_chromium():
         pytest.fail("chromium is not installed; `make test` installs it as root (Makefile SYSTEM_PACKAGES)")
     pytest.skip("chromium (Debian package) not installed and not root: "
                 "run `sudo apt-get install chromium` to run the browser tests")
-
-
-def cli(*argv: str) -> int:
-    ap = argparse.ArgumentParser(prog="xmitbench")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    register(sub)
-    args = ap.parse_args(list(argv))
-    return args.fn(args)
 
 
 def _check_page(html: Path) -> dict:
