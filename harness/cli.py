@@ -111,7 +111,7 @@ def cmd_plan(args) -> int:
     from harness.run.repetitions import describe as describe_repetitions
     from harness.run.procedure import boot_steps, cell_steps, machine_spec, render, state_after, tap_queue_count
     from harness.run.workload import load_workload, warmup_run
-    from harness.images.local import boots_kernel_directly
+    from harness.images.local import boots_kernel_directly, has_lock_stat
     wl = load_workload(args.workload)
     shard = parse_shard(args.shard) if args.shard else None
     p = plan(wl, qemu_supported_devices(device_help()), shard)
@@ -133,7 +133,7 @@ def cmd_plan(args) -> int:
                             serial_log=Path("<run>/serial/boot.log"), qmp_socket=Path("<state>/qmp.sock"),
                             ssh_port=0, ssh_pubkey_b64="<per-run-key>",
                             tap_fds=list(range(3, 3 + tap_queue_count(bk))), guest_egress=cloud)
-        guest = driver_class(bk.os).for_plan(bk.nic, BootState())
+        guest = driver_class(bk.os).for_plan(bk.nic, BootState(lock_stat=has_lock_stat(bk.image)))
         print(f"\n== boot group {gi}: {bk.label} ({bk.os}; accel {bk.accel}: auto probes KVM, else TCG)")
         argv = build_argv(spec)
         print("   qemu: " + shlex.join(argv))

@@ -14,8 +14,8 @@ from harness.results.rundir import lock_row, metric_row, sample_row
 from harness.parsers.peer import peer_metrics
 from harness.run.bottleneck import decide, inputs_from_rows
 from harness.run.procedure import peer_ip_for, ports_for, render
-from harness.run.validity import (app_bytes_total, churn_recovery, conservation, host_thread_cpu, queue_spread,
-                                  sender_saturation)
+from harness.run.validity import (app_bytes_total, churn_recovery, conservation, host_thread_cpu, lock_crosscheck,
+                                  queue_spread, sender_saturation)
 
 
 class CellFailure(RuntimeError):
@@ -59,6 +59,10 @@ def execute(steps, guest, dp, host, machine, cell, boot: dict, run_id: str, vlan
             guest.setup_stack(cell.stack, vlan_id)
         elif step.action == "servers":
             dp.start_servers(ports_for(cell), bind=peer_ip_for(cell.stack))
+        elif step.action == "lock_stat_clear":
+            guest.run(step.command)
+        elif step.action == "lock_stat_read":
+            cap.snapshots["snapshot_after"]["lock_stat"] = guest.run(step.command, timeout=120)
         elif step.action in ("snapshot_before", "snapshot_after"):
             cap.snapshots[step.action] = guest.snapshot()
         elif step.action in ("host_before", "host_after"):
@@ -134,7 +138,8 @@ def measure(guest, cap: Captures, ctx: dict, cell, driver: str, lock_method: str
 
 
 def validity(cell, samples, senders: dict[str, str], rows, results, measured_s: float, *, accel: str, vcpus: int,
-             require_queue_spread: bool, interval_note: str | None, peer_detail: str) -> dict:
+             require_queue_spread: bool, interval_note: str | None, peer_detail: str,
+             lock_counts: dict | None = None) -> dict:
     """The cell's checks (harness.run.validity) on the counting rules' totals; informational
     entries (how the peer ended a stack, the interval probe) are kept beside them."""
     frame = rows_frame(samples)
@@ -154,6 +159,9 @@ def validity(cell, samples, senders: dict[str, str], rows, results, measured_s: 
         v["churn"] = churn_recovery(senders.get("churn", ""), sender_outputs(senders))
     if interval_note:
         v["interval_probe"] = interval_note
+    check = lock_crosscheck(lock_counts)     # only when both lock methods ran (LOCK_STAT kernel)
+    if check is not None:
+        v["lock_crosscheck"] = check
     if peer_detail:     # not a check: how the peer terminated the stack, kept beside them
         v["stack_peer"] = peer_detail
     return v
