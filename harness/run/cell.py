@@ -132,8 +132,11 @@ def measure(guest, cap: Captures, ctx: dict, cell, driver: str, lock_method: str
     if lock_method is not None:
         lock_rows = [lock_row(ctx, rec) for rec in guest.parse_locks(before, after, lock_method, cap.senders)]
         src, wait_native, count_native = guest.LOCK_TOTALS
-        add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", src, wait_native)
-        add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", src, count_native)
+        # the per-cell totals stay the tracing method's; lock_stat rows (a LOCK_STAT kernel) sit
+        # beside them in the locks table and are compared in validity (lock_crosscheck)
+        traced_rows = [r for r in lock_rows if r["method"] != guest.LOCK_STAT_METHOD]
+        add("lock_wait_ns", sum(r["wait_ns_total"] for r in traced_rows), "ns", src, wait_native)
+        add("lock_contentions", sum(r["contentions"] for r in traced_rows), "count", src, count_native)
     return rows, lock_rows, samples, results, interval_note
 
 
