@@ -24,10 +24,9 @@ from harness.errors import ResultsDiskFull, free_bytes, is_disk_full
 
 # The run dir's schema: bump when a column changes meaning or a table changes shape. Analysis
 # reads every version up to this one and refuses a newer one (exit 2, one line).
-# 1: before the version was recorded; 2: counting rules in harness.counters.counting, FreeBSD CPU rows;
-# 3: kernel_sha256 on every row (the booted bzImage), lock_stat columns in locks (acquisitions,
-#    wait_ns_min, hold_ns_total, contention_ratio, contention_points; null for the tracepoint method).
-SCHEMA_VERSION = 3
+# 1: before the version was recorded; 2: counting rules in harness.counters.counting, FreeBSD CPU rows.
+# Added columns (kernel_sha256 on every table; lock_stat columns in locks) are additive: still 2.
+SCHEMA_VERSION = 2
 
 METRIC_COLUMNS = ["run_id", "cell", "rep", "os", "kernel", "kernel_sha256", "nic", "driver", "queues", "streams", "procs",
                   "proto", "msg_size", "stack", "churn", "traced", "accel", "queue", "cpu", "metric", "value", "unit", "source", "native_name"]
