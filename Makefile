@@ -8,8 +8,10 @@ WORKLOAD ?= workloads/default.toml
 # build the guest (apt-get download, dpkg-deb, ldconfig); xorriso + isolinux build the guest's
 # disk-image variant, the local stand-in for a cloud image that the tests boot.
 SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-venv dpkg apt libc-bin \
-                   xorriso isolinux syslinux-common
-SYSTEM_TOOLS := qemu-system-x86_64 qemu-img qemu-io iperf3 ip ss dpkg-deb apt-get xorriso
+                   xorriso isolinux syslinux-common \
+                   gcc make flex bison bc libelf-dev libssl-dev xz-utils
+# gcc ... xz-utils: `images build linux-lockstat` compiles Debian's linux-source-6.1
+SYSTEM_TOOLS := qemu-system-x86_64 qemu-img qemu-io iperf3 ip ss dpkg-deb apt-get xorriso gcc make flex bison bc xz
 
 .PHONY: bench test setup system-deps venv smoke clean-stale report nightly
 
@@ -29,6 +31,8 @@ setup: system-deps venv
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || [ -x /sbin/$$t ] || missing="$$missing $$t"; done; \
 	[ -f /usr/lib/ISOLINUX/isolinux.bin ] || missing="$$missing isolinux"; \
+	[ -f /usr/include/libelf.h ] || missing="$$missing libelf-dev"; \
+	[ -f /usr/include/openssl/ssl.h ] || missing="$$missing libssl-dev"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -179,7 +179,7 @@ class LinuxGuest(GuestBase):
 
     def lock_stat_clear_command(self) -> str:
         # kernel.lock_stat is 1 by default on a LOCK_STAT kernel; set it anyway, then clear
-        return f"echo 1 > /proc/sys/kernel/lock_stat && {P.LOCK_STAT_CLEAR}"
+        return f"[ ! -e /proc/sys/kernel/lock_stat ] || echo 1 > /proc/sys/kernel/lock_stat; {P.LOCK_STAT_CLEAR}"
 
     def lock_stat_read_command(self) -> str:
         return "cat /proc/lock_stat"
