@@ -126,7 +126,7 @@ def build_lockstat_kernel(force: bool = False, log=print) -> BuiltKernel:
             raise ImageBuildError(f"apt-get download {SOURCE_PACKAGE} failed or checksum mismatch: "
                                   f"{proc.stderr.strip()[-300:]}")
     t_fetch = time.monotonic() - t0
-    jobs = os.cpu_count() or 1
+    jobs = len(os.sched_getaffinity(0)) or 1     # what nproc prints
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="xb-kbuild-", dir=out.parent) as tmp:
         tmp = Path(tmp)
