@@ -177,3 +177,83 @@ def test_bad_machine_kernel_exits_2_and_starts_nothing(tmp_path):
     assert out.returncode == 2
     assert "machine.kernel" in out.stderr and "missing-bzImage" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# --- /proc/lock_stat parser, on the real kernel's text ---------------------------------------
+REAL = FIX / "lockstat_virtio_q1_p4"
+
+
+def _real(name: str) -> str:
+    return (REAL / name).read_text()
+
+
+def test_lock_stat_class_row_and_its_points_as_printed():
+    classes = P.parse_lock_stat(_real("after.lock_stat.txt"))
+    x = classes[0]
+    assert (x.name, x.base, x.rw) == ("_xmit_ETHER#2", "_xmit_ETHER#2", None)
+    assert (x.con_bounces, x.contentions, x.acq_bounces, x.acquisitions) == (205, 514, 1280, 10675)
+    # times are printed in microseconds with two decimals
+    assert (x.wait_ns_min, x.wait_ns_max, x.wait_ns_total) == (2530, 18125200, 2679175140)
+    assert (x.hold_ns_min, x.hold_ns_max, x.hold_ns_total) == (0, 16366680, 3037153000)
+    assert [(p.role, p.count, p.symbol) for p in x.points] == [
+        ("contention", 262, "virtnet_poll_tx+0x79/0x16a"), ("contention", 252, "sch_direct_xmit+0xa3/0x1f3"),
+        ("contending", 434, "sch_direct_xmit+0xa3/0x1f3"), ("contending", 80, "virtnet_poll_tx+0x79/0x16a")]
+    assert x.contention_ratio == pytest.approx(514 / 10675)
+
+
+def test_lock_stat_read_write_rows_share_their_class_points():
+    by = {c.name: c for c in P.parse_lock_stat(_real("after.lock_stat.txt"))}
+    w, r = by["tasklist_lock-W"], by["tasklist_lock-R"]
+    assert (w.base, w.rw, r.base, r.rw) == ("tasklist_lock", "W", "tasklist_lock", "R")
+    assert (w.contentions, w.acquisitions, r.contentions, r.acquisitions) == (0, 84, 4, 79)
+    assert w.points == r.points and [(p.role, p.count) for p in r.points] == [("contention", 4), ("contending", 4)]
+    assert by["tk_core.seq.seqcount-R"].acquisitions == 37292
+
+
+def test_lock_stat_truncated_names_subclasses_and_four_points_a_block():
+    by = {c.name: c for c in P.parse_lock_stat(_real("after.lock_stat.txt"))}
+    busy = by["dev->qdisc_tx_busylock ?: &qdisc_tx_b"]          # lock_stat cut the name at 37 characters
+    assert (busy.contentions, busy.acquisitions) == (4, 1651)
+    assert [(p.role, p.count, p.symbol) for p in busy.points] == [("contention", 4, "__dev_queue_xmit+0x30e/0x611"),
+                                                                  ("contending", 4, "__dev_queue_xmit+0x30e/0x611")]
+    inet = by["slock-AF_INET"]                                   # LOCKSTAT_POINTS = 4 per block
+    assert [p.count for p in inet.points if p.role == "contention"] == [46, 75, 12, 30]
+    assert [p.symbol for p in inet.points if p.role == "contending"][0] == "tcp_v4_rcv+0x513/0x788"
+    assert by["slock-AF_INET/1"].contentions == 203               # a subclass keeps its "/1"
+    assert by["(&n->timer)"].points == ()                          # uncontended: no points
+
+
+def test_every_line_of_the_real_file_is_read():
+    text = _real("after.lock_stat.txt")
+    classes = P.parse_lock_stat(text)
+    rows = [l for l in text.splitlines()[1:] if "[<" not in l and l.rstrip().endswith(tuple("0123456789"))]
+    assert len(classes) == len(rows) > 50
+    points = {(c.base, p) for c in classes for p in c.points}
+    assert len(points) == sum("[<" in l for l in text.splitlines())
+
+
+def test_lock_stat_refuses_other_text_and_versions():
+    with pytest.raises(ValueError, match="not /proc/lock_stat"):
+        P.parse_lock_stat("hello\n")
+    with pytest.raises(ValueError, match="version 0.3"):
+        P.parse_lock_stat(_real("after.lock_stat.txt").replace("version 0.4", "version 0.3", 1))
+
+
+def test_real_cell_rows_and_cross_check():
+    """The cell's own captures through the Linux driver: both methods' rows, the TX queue lock
+    found by its points, and the cross-check numbers the run recorded."""
+    g = driver_class("linux").for_plan("virtio-net", BootState())
+    before = {"lock_wait": _real("before.lock_wait.txt"), "lock_stack": _real("before.lock_stack.txt")}
+    after = {"lock_wait": _real("after.lock_wait.txt"), "lock_stack": _real("after.lock_stack.txt"),
+             "lock_stat": _real("after.lock_stat.txt")}
+    recs = g.parse_locks(before, after, P.LOCK_METHOD)
+    rows = [{"lock": r.lock, "method": r.method, "contentions": r.contentions, "acquisitions": r.acquisitions,
+             "contention_points": r.contention_points} for r in recs]
+    ls = [r for r in recs if r.method == "lock_stat"]
+    assert ls[0].lock == "_xmit_ETHER#2" and ls[0].caller == "virtnet_poll_tx" and ls[0].kind == "class"
+    counts = g.tx_lock_counts(rows)
+    assert counts["lock_stat_classes"] == ["_xmit_ETHER#2"]
+    assert (counts["lock_stat_contentions"], counts["lock_stat_acquisitions"]) == (514, 10675)
+    assert counts["tracepoint_contentions"] == 290
+    check = lock_crosscheck(counts)
+    assert check["ok"] is True and check["ratio"] == round(290 / 514, 4)
