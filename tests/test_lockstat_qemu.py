@@ -116,3 +116,37 @@ def test_nothing_left_running(lockstat_run):
     assert not [l for l in out.splitlines() if str(rd) in l]
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"xb-{rd.name}"[:32] not in ns
+
+
+def test_machine_kernel_boots_the_users_bzimage(tmp_path):
+    """[machine] kernel = <bzImage> (no modules dir: drivers built in) replaces linux-deb's
+    kernel; every row names the booted release and the bzImage's SHA-256."""
+    import hashlib
+    from harness.images.kernelbuild import build_lockstat_kernel
+    k = build_lockstat_kernel()                  # the cached build (the module fixture made it)
+    (tmp_path / "w.toml").write_text(f"""[workload]
+name = "own-kernel"
+repetitions = 1
+duration_s = 2
+warmup_s = 0
+[machine]
+vcpus = 2
+memory_mib = 1024
+accel = "tcg"
+image = "linux-deb"
+kernel = "{k.bzimage}"
+[matrix]
+nic = ["virtio-net"]
+queues = [1]
+procs = [1]
+""")
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(tmp_path / "w.toml"), "--results",
+                           str(tmp_path / "results")], capture_output=True, text=True, timeout=1800, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rd = next((tmp_path / "results").iterdir())
+    sha = hashlib.sha256(k.bzimage.read_bytes()).hexdigest()
+    for table in ("cells", "metrics"):
+        t = pd.read_parquet(rd / f"{table}.parquet")
+        assert set(t.kernel) == {k.release} and set(t.kernel_sha256) == {sha}, table
+    man = json.loads((rd / "manifest.json").read_text())
+    assert man["images"]["linux-deb"]["kernel_release"] == k.release
