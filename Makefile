@@ -11,9 +11,11 @@ WORKLOAD ?= workloads/default.toml
 # cloud image `debian-cloud` without loop devices or mounts.
 SYSTEM_PACKAGES := qemu-system-x86 qemu-utils iperf3 iproute2 ethtool python3-venv dpkg apt libc-bin \
                    xorriso isolinux syslinux-common chromium mmdebstrap syslinux mtools dosfstools fdisk \
-                   e2fsprogs debian-archive-keyring
+                   e2fsprogs debian-archive-keyring \
+                   gcc make flex bison bc libelf-dev libssl-dev xz-utils
+# gcc ... xz-utils: `images build linux-lockstat` compiles Debian's linux-source-6.1
 SYSTEM_TOOLS := qemu-system-x86_64 qemu-img qemu-io iperf3 ip ss dpkg-deb apt-get xorriso mmdebstrap syslinux \
-                mcopy mkfs.vfat sfdisk mke2fs
+                mcopy mkfs.vfat sfdisk mke2fs gcc make flex bison bc xz
 
 .PHONY: bench test setup system-deps venv smoke clean-stale report nightly notebook bench-history qemu
 
@@ -40,6 +42,8 @@ system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || [ -x /sbin/$$t ] || missing="$$missing $$t"; done; \
 	[ -f /usr/lib/ISOLINUX/isolinux.bin ] || missing="$$missing isolinux"; \
 	if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null 2>&1; then missing="$$missing chromium"; fi; \
+	[ -f /usr/include/libelf.h ] || missing="$$missing libelf-dev"; \
+	[ -f /usr/include/openssl/ssl.h ] || missing="$$missing libssl-dev"; \
 	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

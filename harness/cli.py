@@ -116,7 +116,7 @@ def cmd_plan(args) -> int:
     from harness.run.repetitions import describe as describe_repetitions
     from harness.run.procedure import boot_steps, cell_steps, machine_spec, render, state_after, tap_queue_count
     from harness.run.workload import load_workload, warmup_run
-    from harness.images.local import boots_kernel_directly, installs_packages_on_first_boot
+    from harness.images.local import boots_kernel_directly, has_lock_stat, installs_packages_on_first_boot
     from harness.images.hostqemu import choose_qemu
     from harness.vm import qemu as qemu_binary
     from harness.vm.nics import NICS
@@ -153,7 +153,7 @@ def cmd_plan(args) -> int:
                             ssh_port=0, ssh_pubkey_b64="<per-run-key>",
                             tap_fds=list(range(3, 3 + tap_queue_count(bk))),
                             guest_egress=cloud and installs_packages_on_first_boot(bk.image))
-        guest = driver_class(bk.os).for_plan(bk.nic, BootState(), image=bk.image)
+        guest = driver_class(bk.os).for_plan(bk.nic, BootState(lock_stat=has_lock_stat(bk.image)), image=bk.image)
         how = ("set in workload" if bk.accel != "auto" else "XMITBENCH_ACCEL" if forced_accel()
                else "auto probes KVM, else TCG; shown as TCG, XMITBENCH_ACCEL=kvm shows KVM")
         print(f"\n== boot group {gi}: {bk.label} ({bk.os}; accel {accel}: {how})")

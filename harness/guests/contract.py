@@ -20,6 +20,7 @@ class BootState:
     """What one boot of one guest has set up so far."""
     lock_tracing: bool = False       # lock statistics installed (once per boot, by the first traced cell)
     lock_paused: bool = False        # installed but paused (an untraced cell runs between traced ones)
+    lock_stat: bool = False          # the kernel has /proc/lock_stat (CONFIG_LOCK_STAT; found at boot)
 
     @property
     def measuring_locks(self) -> bool:
@@ -114,6 +115,27 @@ class GuestDriver(ABC):
     @abstractmethod
     def lock_method(accel: str) -> str:
         """How lock waits become visible on this OS under `accel` (recorded beside every number)."""
+
+    # -- the kernel's own lock statistics (Linux /proc/lock_stat on a LOCK_STAT kernel) ---
+    # A second lock method beside the tracing one, only where the kernel has it: cleared
+    # before a traced cell, read after. Default: the OS has none (FreeBSD's lockstat is its
+    # tracing method).
+    LOCK_STAT_METHOD: str | None = None
+
+    def lock_stat_probe(self) -> bool:
+        """True if the booted kernel keeps lock_stat-style statistics (asked once per boot)."""
+        return False
+
+    def lock_stat_clear_command(self) -> str | None:
+        return None
+
+    def lock_stat_read_command(self) -> str | None:
+        return None
+
+    def tx_lock_counts(self, lock_rows: list[dict]) -> dict | None:
+        """The TX queue lock's numbers from both lock methods of one cell run, for the
+        cross-check (harness.run.validity.lock_crosscheck); None unless both methods ran."""
+        return None
 
     # -- pure command builders ---------------------------------------------------------
     @abstractmethod

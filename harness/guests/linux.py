@@ -172,6 +172,32 @@ class LinuxGuest(GuestBase):
         return "set -e\n" + "\n".join(f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path}"
                                         for path, text in P.lock_hist_pause(cont=True))
 
+    LOCK_STAT_METHOD = P.LOCK_STAT_METHOD
+
+    def lock_stat_probe(self) -> bool:
+        return self.run("[ -r /proc/lock_stat ] && echo yes || echo no").strip() == "yes"
+
+    def lock_stat_clear_command(self) -> str:
+        # kernel.lock_stat is 1 by default on a LOCK_STAT kernel; set it anyway, then clear
+        return f"[ ! -e /proc/sys/kernel/lock_stat ] || echo 1 > /proc/sys/kernel/lock_stat; {P.LOCK_STAT_CLEAR}"
+
+    def lock_stat_read_command(self) -> str:
+        return "cat /proc/lock_stat"
+
+    def tx_lock_counts(self, lock_rows: list[dict]) -> dict | None:
+        ls = [r for r in lock_rows if r["method"] == P.LOCK_STAT_METHOD
+              and P.tx_lock_role(r["lock"], r.get("contention_points")) == P.TX_QUEUE_LOCK]
+        tp = [r for r in lock_rows if r["method"] != P.LOCK_STAT_METHOD
+              and P.tracepoint_tx_lock_role(r["lock"]) == P.TX_QUEUE_LOCK]
+        if not any(r["method"] == P.LOCK_STAT_METHOD for r in lock_rows) or \
+                not any(r["method"] != P.LOCK_STAT_METHOD for r in lock_rows):
+            return None
+        return {"lock_stat_contentions": sum(r["contentions"] for r in ls),
+                "lock_stat_acquisitions": sum(r["acquisitions"] or 0 for r in ls),
+                "lock_stat_classes": sorted(r["lock"] for r in ls),
+                "tracepoint_contentions": sum(r["contentions"] for r in tp),
+                "tracepoint_locks": sorted({r["lock"] for r in tp})}
+
     def lock_stop_script(self) -> str:
         return "\n".join(f"echo {shlex.quote(text)} >> /sys/kernel/tracing/{path} 2>/dev/null"
                          for path, text in P.LOCK_HIST_TEARDOWN)
@@ -265,7 +291,10 @@ class LinuxGuest(GuestBase):
         waits, stacks = P.lock_hist_delta(
             P.parse_lock_wait_hist(before.get("lock_wait", "")), P.parse_lock_wait_hist(after.get("lock_wait", "")),
             P.parse_lock_stack_hist(before.get("lock_stack", "")), P.parse_lock_stack_hist(after.get("lock_stack", "")))
-        return P.summarize_locks(waits, stacks, method=method)
+        records = P.summarize_locks(waits, stacks, method=method) if "lock_wait" in after else []
+        if after.get("lock_stat"):     # read after the cell, cleared before it: no delta
+            records += P.lock_stat_records(P.parse_lock_stat(after["lock_stat"]))
+        return records
 
 
     def interval_samples(self, senders: dict[str, str]) -> tuple[list[Sample], str | None]:

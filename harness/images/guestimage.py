@@ -171,6 +171,22 @@ def fetch_packages(entries: list[dict], deb_dir: Path, apt: AptState | None = No
     return paths
 
 
+def bzimage_release(path: Path) -> str:
+    """The kernel release a bzImage says it is (boot protocol header: "HdrS" at 0x202, the
+    kernel_version string at 0x200 + the 16-bit offset at 0x20e). ValueError if not a bzImage."""
+    with open(path, "rb") as f:
+        head = f.read(0x4000)
+    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+        raise ValueError("not a bzImage (no HdrS boot header)")
+    off = 0x200 + int.from_bytes(head[0x20E:0x210], "little")
+    with open(path, "rb") as f:
+        f.seek(off)
+        text = f.read(256).split(b"\0", 1)[0].decode("ascii", "replace")
+    if not text.strip():
+        raise ValueError("bzImage has no kernel_version string")
+    return text.split()[0]
+
+
 def _unquote(s: str) -> str:
     return s.replace("%3a", ":")
 
@@ -414,8 +430,8 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
     None = the host's). Returns the cached image. An unknown release is a ValueError; an
     archive apt cannot reach an ImageBuildError."""
     t0 = time.monotonic()
-    if (kernel is None) != (modules is None):
-        raise ImageBuildError("--kernel and --modules go together")
+    if modules is not None and kernel is None:
+        raise ImageBuildError("--modules needs --kernel")
     name = image_name(release)
     try:
         apt = apt_state(release, cache_root(), log=log)
@@ -427,8 +443,8 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
                "modules": WANTED_MODULES, "init": INIT_SCRIPT, "applets": BUSYBOX_APPLETS}
     if kernel is not None:
         key_src["user_kernel"] = file_sha256(kernel)
-        key_src["user_modules"] = sorted(f"{p.relative_to(modules)}:{p.stat().st_size}"
-                                         for p in modules.rglob("*.ko*"))
+        key_src["user_modules"] = (sorted(f"{p.relative_to(modules)}:{p.stat().st_size}"
+                                          for p in modules.rglob("*.ko*")) if modules else None)
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
     out_dir = cache_root() / "images" / f"linux-deb-{apt.release}-{key}"
     manifest_path = out_dir / "image.json"
@@ -457,7 +473,8 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
             moddir = kernel_modules_dir(kroot)
         else:
             vmlinuz, moddir = kernel, modules
-        release = moddir.name
+        # a user kernel without a modules dir: everything it needs is built in (init loads nothing)
+        release = moddir.name if moddir is not None else bzimage_release(vmlinuz)
         # Keep only what a ramdisk runs; docs and locales are most of the bytes.
         for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/lintian",
                      "usr/share/bash-completion", "etc/init.d", "usr/lib/systemd", "lib/systemd"):
@@ -479,7 +496,7 @@ def build_linux_deb(kernel: Path | None = None, modules: Path | None = None,
         # Modules, flattened, with their load order (deps first).
         mdst = root / "lib" / "modules" / "xmitbench"
         mdst.mkdir(parents=True)
-        order = module_load_order(moddir, WANTED_MODULES)
+        order = module_load_order(moddir, WANTED_MODULES) if moddir is not None else []
         for ko in order:
             shutil.copy(_decompressed(ko), mdst / (ko.name.split(".ko")[0] + ".ko"))
         (root / "etc" / "xmitbench").mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ class LocalImage:
     boot: str        # KERNEL_BOOT or DISK_BOOT
     summary: str
     builder: str     # "module:function"
+    lock_stat: bool = False   # its kernel has /proc/lock_stat (plan shows the lock_stat steps)
 
     def build(self, log=print, built=None):
         module, func = self.builder.split(":")
@@ -41,11 +42,21 @@ LOCAL_IMAGES: dict[str, LocalImage] = {
     "debian-cloud": LocalImage("debian-cloud", "linux", DISK_BOOT,
                                "Debian 12 cloud image built with mmdebstrap: cloud-init (NoCloud), systemd, sshd",
                                "harness.images.bootimage:debian_cloud_image"),
+    "linux-lockstat": LocalImage("linux-lockstat", "linux", KERNEL_BOOT,
+                                 "Debian's linux-source-6.1 built with CONFIG_LOCK_STAT (tinyconfig + "
+                                 "vm/kernel/lockstat.config) + the same initramfs userland",
+                                 "harness.images.kernelbuild:linux_lockstat_image", lock_stat=True),
 }
 
 
 def local_image(name: str) -> LocalImage | None:
     return LOCAL_IMAGES.get(name)
+
+
+def has_lock_stat(name: str) -> bool:
+    """What `plan` assumes; a run asks the booted kernel (GuestDriver.lock_stat_probe)."""
+    img = LOCAL_IMAGES.get(name)
+    return img is not None and img.lock_stat
 
 
 def boots_kernel_directly(name: str) -> bool:

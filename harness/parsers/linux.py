@@ -408,6 +408,14 @@ class LockRecord:
     # time; a hold row has no contentions and no wait (Linux's tracepoints measure no holds)
     holds: int = 0
     hold_ns_total: int | None = None
+    # lock_stat only (None from the tracepoint method, which has no acquisitions)
+    acquisitions: int | None = None
+    wait_ns_min: int | None = None
+    contention_points: str | None = None
+
+    @property
+    def contention_ratio(self) -> float | None:
+        return self.contentions / self.acquisitions if self.acquisitions else None
 
 
 # One hist file holds one table per trigger (trace_events_hist.c hist_show): each is
@@ -615,3 +623,173 @@ def lock_hist_delta(waits_before: list[LockWait], waits_after: list[LockWait],
         if n > 0:
             stacks.append(LockStack(s.lock_addr, s.flags, s.frames, n))
     return waits, stacks
+
+
+# ---------------------------------------------------------------------------------------
+# /proc/lock_stat (CONFIG_LOCK_STAT kernels; kernel/locking/lockdep_proc.c, version 0.4)
+# ---------------------------------------------------------------------------------------
+# seq_header prints "lock_stat version 0.4", a dashed line, the column titles and another
+# dashed line. seq_stats prints per lock class (name from the class's key name, plus
+# "#<name_version>" when several classes share a name and "/<subclass>" for subclasses):
+#   "%40s:" name (or "%38s-W:" / "%38s-R:" for a lock with read holds: write row, read row)
+#   then con-bounces, contentions, waittime-min/max/total/avg, acq-bounces, acquisitions,
+#   holdtime-min/max/total/avg; counts "%14lu", times in microseconds "%14s" of "%lld.%02d".
+# If it was ever contended: a dashed line, up to LOCKSTAT_POINTS (4) contention points
+#   "%40s %14lu %29s %pS" (name, count, "[<ip>]", symbol+off/size): where waiters waited,
+# a dashed line, up to 4 contending points (where the holder took the lock), then a blank
+# line and a dotted line. contentions = contended acquisitions (waittime.nr), acquisitions
+# = holds (holdtime.nr, counted at release).
+LOCK_STAT_METHOD = "lock_stat"
+LOCK_STAT_CLEAR = "echo 0 > /proc/lock_stat"
+_LS_NUM = r"(\d+(?:\.\d+)?)"
+_LS_ROW = re.compile(r"^\s*(?P<name>\S.*?):" + r"\s+".join([""] + [_LS_NUM] * 12) + r"\s*$")
+_LS_POINT = re.compile(r"^\s*(?P<name>\S.*?)\s+(?P<count>\d+)\s+\[<(?P<ip>[0-9a-fx]+)>\]\s+(?P<sym>\S+)")
+_LS_FIELDS = ("con_bounces", "contentions", "wait_min_us", "wait_max_us", "wait_total_us", "wait_avg_us",
+              "acq_bounces", "acquisitions", "hold_min_us", "hold_max_us", "hold_total_us", "hold_avg_us")
+
+
+@dataclass(frozen=True)
+class LockStatPoint:
+    role: str          # "contention" (where a waiter waited) or "contending" (where the holder took it)
+    count: int
+    ip: str            # as printed (hashed %p on 6.1)
+    symbol: str        # "sch_direct_xmit+0x8b/0x2a0"
+
+
+@dataclass(frozen=True)
+class LockStatClass:
+    name: str          # native, as printed: "_xmit_ETHER#2", "&mm->mmap_lock-W"
+    base: str          # without a -R/-W suffix
+    rw: str | None     # "R", "W" or None (a lock without read holds)
+    con_bounces: int
+    contentions: int
+    wait_ns_min: int
+    wait_ns_max: int
+    wait_ns_total: int
+    acq_bounces: int
+    acquisitions: int
+    hold_ns_min: int
+    hold_ns_max: int
+    hold_ns_total: int
+    points: tuple[LockStatPoint, ...] = ()
+
+    @property
+    def contention_ratio(self) -> float | None:
+        """Contended acquisitions per acquisition (None without acquisitions)."""
+        return self.contentions / self.acquisitions if self.acquisitions else None
+
+
+def _us_to_ns(text: str) -> int:
+    return round(float(text) * 1000)
+
+
+def parse_lock_stat(text: str) -> list[LockStatClass]:
+    """/proc/lock_stat -> one LockStatClass per printed row (a read/write lock gives a -W and
+    a -R row; both carry the class's contention points). Raises ValueError if the text is
+    not lock_stat version 0.4 (another version may order its columns differently)."""
+    lines = text.splitlines()
+    head = next((l for l in lines if l.strip()), "")
+    m = re.match(r"lock_stat version (\S+)", head.strip())
+    if not m:
+        raise ValueError(f"not /proc/lock_stat output (first line {head[:60]!r})")
+    if m.group(1) != "0.4":
+        raise ValueError(f"lock_stat version {m.group(1)} (this parser reads 0.4)")
+    rows: list[dict] = []
+    group: list[dict] = []           # the rows of the class whose points follow
+    role_i = -1                      # -1: no dashed line since the rows; 0 contention, 1 contending
+    for line in lines[1:]:
+        row = _LS_ROW.match(line)
+        if row:
+            name = row["name"].strip()
+            rw = name[-1] if re.search(r"-[RW]$", name) else None
+            base = name[:-2] if rw else name
+            # the -R row of the class whose -W row came just before shares its points
+            if not (rw == "R" and role_i == -1 and group and group[-1]["rw"] == "W"
+                    and group[-1]["base"] == base):
+                group, role_i = [], -1
+            vals = row.groups()[1:]
+            rec = {"name": name, "base": base, "rw": rw, "points": []}
+            for field, v in zip(_LS_FIELDS, vals):
+                rec[field] = v
+            rows.append(rec)
+            group.append(rec)
+            continue
+        s = line.strip()
+        if s and set(s) == {"-"} and group:
+            role_i += 1
+            continue
+        pt = _LS_POINT.match(line)
+        if pt and group and role_i in (0, 1):
+            p = LockStatPoint(("contention", "contending")[role_i], int(pt["count"]), pt["ip"], pt["sym"])
+            for rec in group:
+                rec["points"].append(p)
+    out = []
+    for r in rows:
+        out.append(LockStatClass(
+            r["name"], r["base"], r["rw"], int(r["con_bounces"]), int(r["contentions"]),
+            _us_to_ns(r["wait_min_us"]), _us_to_ns(r["wait_max_us"]), _us_to_ns(r["wait_total_us"]),
+            int(r["acq_bounces"]), int(r["acquisitions"]), _us_to_ns(r["hold_min_us"]),
+            _us_to_ns(r["hold_max_us"]), _us_to_ns(r["hold_total_us"]), tuple(r["points"])))
+    return out
+
+
+def lock_stat_records(classes: list[LockStatClass], method: str = LOCK_STAT_METHOD) -> list[LockRecord]:
+    """Classes that were acquired, as LockRecords (busiest first): lock = the native class
+    name, caller = the function of the busiest contention point ("" if never contended),
+    kind = "class" or "class:R"/"class:W", points as "count@symbol" joined by "; "."""
+    out = []
+    for c in classes:
+        if not c.acquisitions and not c.contentions:
+            continue
+        waits = sorted((p for p in c.points if p.role == "contention"), key=lambda p: -p.count)
+        out.append(LockRecord(
+            c.name, frame_function(waits[0].symbol) if waits else "", f"class:{c.rw}" if c.rw else "class",
+            c.contentions, c.wait_ns_total, c.wait_ns_max, method, acquisitions=c.acquisitions,
+            wait_ns_min=c.wait_ns_min, hold_ns_total=c.hold_ns_total,
+            contention_points="; ".join(f"{p.role}:{p.count}@{p.symbol}" for p in c.points) or None))
+    return sorted(out, key=lambda r: (-r.contentions, -(r.acquisitions or 0), r.lock))
+
+
+# The TX-path lock classes by their 6.1 lockdep names (lock_stat truncates a name to ~38
+# characters and versions past #9 to one digit, so these match prefixes):
+# - netdev_queue._xmit_lock: netdev_set_xmit_lockdep_class() names it netdev_lock_name[type],
+#   "_xmit_ETHER" for Ethernet; netdev_set_addr_lockdep_class() gives dev->addr_list_lock a
+#   second key with the SAME name, so one of the two prints as "_xmit_ETHER#2" (whichever
+#   was registered second). They are told apart by their points (TX functions vs rx-mode).
+#   Stacked devices using netdev_lockdep_set_classes() get "&qdisc_xmit_lock_key".
+# - Qdisc.q.lock (root lock): qdisc_alloc() registers a key per qdisc, "&sch->root_lock_key"
+#   (one class, "#N", per qdisc).
+# - Qdisc.busylock and Qdisc.seqlock (NOLOCK qdiscs): "dev->qdisc_tx_busylock ?: &qdisc_tx_busylock".
+TX_QUEUE_LOCK, QDISC_ROOT_LOCK, QDISC_BUSYLOCK, ADDR_LIST_LOCK = (
+    "tx queue lock (_xmit_lock)", "qdisc root lock (q.lock)", "qdisc busylock/seqlock", "addr_list_lock")
+_TX_FUNCS = re.compile(r"^(?:sch_direct_xmit|__dev_queue_xmit|dev_hard_start_xmit|virtnet_poll_tx|"
+                       r"free_old_xmit|dev_watchdog|netif_tx_lock|__netif_tx_lock|netif_freeze_queues|"
+                       r"dev_deactivate|virtnet_|e1000_|igb_|vmxnet3_|start_xmit|xmit_skb)")
+_ADDR_FUNCS = re.compile(r"^(?:dev_set_rx_mode|__dev_set_rx_mode|dev_uc_|dev_mc_|netif_addr_lock|"
+                         r"dev_addr_|__hw_addr|vlan_dev_change_rx_flags|dev_change_rx_flags)")
+
+
+def tx_lock_role(lock: str, points: str | None = None) -> str | None:
+    """Which TX-path lock a lock_stat class name is (None: not a TX-path lock). `points` as in
+    LockRecord.contention_points tells the two "_xmit_<TYPE>" keys apart."""
+    if lock.startswith("&sch->root_lock_key"):
+        return QDISC_ROOT_LOCK
+    if lock.startswith("dev->qdisc_tx_busylock") or lock.startswith("&qdisc_tx_busylock"):
+        return QDISC_BUSYLOCK
+    if lock.startswith("&qdisc_xmit_lock_key"):
+        return TX_QUEUE_LOCK
+    if re.match(r"^_xmit_[A-Z0-9_]+(?:#\d+)?(?:/\d+)?(?:-[RW])?$", lock):
+        funcs = [frame_function(p.split("@", 1)[1]) for p in (points or "").split("; ") if "@" in p]
+        if any(_ADDR_FUNCS.match(f) for f in funcs) and not any(_TX_FUNCS.match(f) for f in funcs):
+            return ADDR_LIST_LOCK
+        return TX_QUEUE_LOCK
+    return None
+
+
+def tracepoint_tx_lock_role(lock: str) -> str | None:
+    """The same roles for the tracepoint method's names (summarize_locks, KNOWN_LOCK_CALLERS)."""
+    if lock.startswith("qdisc root lock"):
+        return QDISC_ROOT_LOCK      # root lock and busylock are not told apart by their callers
+    if "_xmit_lock" in lock:
+        return TX_QUEUE_LOCK
+    return None

@@ -26,17 +26,21 @@ from harness.errors import ResultsDiskFull, free_bytes, is_disk_full
 # The run dir's schema: bump when a column changes meaning or a table changes shape. Analysis
 # reads every version up to this one and refuses a newer one (exit 2, one line).
 # 1: before the version was recorded; 2: counting rules in harness.counters.counting, FreeBSD CPU rows.
+# Added columns (kernel_sha256 on every table; lock_stat columns in locks) are additive: still 2.
 SCHEMA_VERSION = 2
 
-METRIC_COLUMNS = ["run_id", "cell", "rep", "attempt", "os", "kernel", "nic", "driver", "queues", "streams", "procs",
-                  "proto", "msg_size", "stack", "churn", "traced", "accel", "queue", "cpu", "metric", "value", "unit", "source", "native_name"]
-LOCK_COLUMNS = ["run_id", "cell", "rep", "attempt", "os", "kernel", "nic", "queues", "procs", "accel", "lock", "caller",
-                "kind", "contentions", "wait_ns_total", "wait_ns_max", "method",
+METRIC_COLUMNS = ["run_id", "cell", "rep", "attempt", "os", "kernel", "kernel_sha256", "nic", "driver", "queues",
+                  "streams", "procs", "proto", "msg_size", "stack", "churn", "traced", "accel", "queue", "cpu", "metric",
+                  "value", "unit", "source", "native_name"]
+LOCK_COLUMNS = ["run_id", "cell", "rep", "attempt", "os", "kernel", "kernel_sha256", "nic", "queues", "procs", "accel",
+                "lock", "caller", "kind", "contentions", "wait_ns_total", "wait_ns_max", "method",
                 # added within version 2 (older run dirs lack them; analysis reads by name):
                 # holds/hold_ns_total for hold sections (FreeBSD lockstat -H), the lock's role
-                # (harness.counters.lockclass), and why the cell's lock numbers are incomplete
-                "holds", "hold_ns_total", "lock_class", "incomplete"]
-CELL_COLUMNS = ["run_id", "cell", "rep", "attempt", "status", "reason", "os", "kernel", "nic", "driver",
+                # (harness.counters.lockclass), why the cell's lock numbers are incomplete, and
+                # lock_stat's acquisitions, minimum wait, contention ratio and contention points
+                "holds", "hold_ns_total", "lock_class", "incomplete",
+                "acquisitions", "wait_ns_min", "contention_ratio", "contention_points"]
+CELL_COLUMNS = ["run_id", "cell", "rep", "attempt", "status", "reason", "os", "kernel", "kernel_sha256", "nic", "driver",
                 "queues", "streams", "procs", "proto", "msg_size", "stack", "churn", "traced", "duration_s",
                 "accel", "emulated", "valid", "image_verified",
                 "boot_group", "started", "wall_s", "measured_s", "validity", "raw_dir", "reps_stop"]
@@ -56,10 +60,12 @@ def _disk_full(e: BaseException, path: Path) -> BaseException:
     return e
 
 
-def cell_context(cell, rep: int, *, kernel: str, driver: str, accel: str, attempt: int = 1) -> dict:
+def cell_context(cell, rep: int, *, kernel: str, driver: str, accel: str, attempt: int = 1,
+                 kernel_sha256: str | None = None) -> dict:
     """The cell-describing columns every metric row of one cell run carries. `attempt`: a cell
     run re-run after an invalid attempt keeps both attempts' rows; analysis reads the last."""
-    return {"cell": cell.cell_id, "rep": rep, "attempt": attempt, "os": cell.os, "kernel": kernel, "nic": cell.nic,
+    return {"cell": cell.cell_id, "rep": rep, "attempt": attempt, "os": cell.os, "kernel": kernel,
+            "kernel_sha256": kernel_sha256, "nic": cell.nic,
             "driver": driver, "queues": cell.queues, "streams": cell.streams, "procs": cell.procs,
             "proto": cell.proto, "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn,
             "traced": cell.traced, "accel": accel}
@@ -80,20 +86,24 @@ def metric_row(ctx: dict, metric: str, value: float, unit: str, source: str, nat
 def lock_row(ctx: dict, rec, incomplete: str | None = None) -> dict:
     """A locks-table row from a parsed LockRecord; ``incomplete``: why the cell's lock numbers
     are incomplete (None: complete)."""
-    return {**{k: ctx[k] for k in ("cell", "rep", "os", "kernel", "nic", "queues", "procs", "accel")},
+    ratio = rec.contention_ratio if hasattr(rec, "contention_ratio") else None
+    return {**{k: ctx.get(k) for k in ("cell", "rep", "os", "kernel", "kernel_sha256", "nic", "queues", "procs",
+                                       "accel")},
             "attempt": ctx.get("attempt", 1),
             "lock": rec.lock, "caller": rec.caller, "kind": rec.kind, "contentions": rec.contentions,
             "wait_ns_total": rec.wait_ns_total, "wait_ns_max": rec.wait_ns_max, "method": rec.method,
             "holds": getattr(rec, "holds", 0), "hold_ns_total": getattr(rec, "hold_ns_total", None),
-            "lock_class": lock_class(rec.lock, rec.caller), "incomplete": incomplete}
+            "lock_class": lock_class(rec.lock, rec.caller), "incomplete": incomplete,
+            "acquisitions": getattr(rec, "acquisitions", None), "wait_ns_min": getattr(rec, "wait_ns_min", None),
+            "contention_ratio": ratio, "contention_points": getattr(rec, "contention_points", None)}
 
 
 def cell_row(cell, rep: int, status: str, reason: str, *, group, accel: str | None, image_verified: bool | None,
              valid: bool | None, attempt: int = 1, kernel=None, driver=None, started=None, wall_s=None,
-             measured_s=None, validity=None, raw_dir=None) -> dict:
+             measured_s=None, validity=None, raw_dir=None, kernel_sha256=None) -> dict:
     """The cells-table row of one attempt at one cell run."""
     return {"cell": cell.cell_id, "rep": rep, "attempt": attempt, "status": status, "reason": reason,
-            "os": cell.boot_key.os, "kernel": kernel, "nic": cell.nic, "driver": driver,
+            "os": cell.boot_key.os, "kernel": kernel, "kernel_sha256": kernel_sha256, "nic": cell.nic, "driver": driver,
             "queues": cell.queues, "streams": cell.streams, "procs": cell.procs, "proto": cell.proto,
             "msg_size": cell.msg_size, "stack": cell.stack, "churn": cell.churn, "traced": cell.traced,
             "duration_s": cell.duration_s, "valid": valid, "accel": accel, "emulated": accel == "tcg",

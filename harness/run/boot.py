@@ -105,7 +105,11 @@ def login(host, m, spec, boot: dict, key, boot_key, image: BootImage, accel: str
     boot["boot_to_ssh_s"] = round(time.monotonic() - t0, 2)
     boot["ssh_host_key"] = shell.host_key_fingerprint
     boot["kernel"] = guest.kernel_release()
+    boot["kernel_sha256"] = image.info.get("bzImage_sha256")    # None for a disk image's own kernel
     boot["driver"] = guest.nic_driver()
     boot["tx_queues_at_boot"] = guest.tx_queue_count()
     boot["lock_method"] = guest.lock_method(accel)
+    guest.state.lock_stat = guest.lock_stat_probe()
+    if guest.state.lock_stat:
+        boot["lock_stat"] = guest.LOCK_STAT_METHOD
     return VM(m, shell, guest, boot)

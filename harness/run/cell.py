@@ -14,7 +14,7 @@ from harness.results.rundir import lock_row, metric_row, sample_row
 from harness.parsers.peer import peer_metrics
 from harness.run.bottleneck import decide, inputs_from_rows
 from harness.run.procedure import peer_ip_for, ports_for, render
-from harness.run.validity import (app_bytes_total, churn_recovery, conservation, host_thread_cpu,
+from harness.run.validity import (app_bytes_total, churn_recovery, conservation, host_thread_cpu, lock_crosscheck,
                                   lock_stats_check, queue_spread, sender_saturation)
 
 
@@ -59,6 +59,10 @@ def execute(steps, guest, dp, host, machine, cell, boot: dict, run_id: str, vlan
             guest.setup_stack(cell.stack, vlan_id)
         elif step.action == "servers":
             dp.start_servers(ports_for(cell), bind=peer_ip_for(cell.stack))
+        elif step.action == "lock_stat_clear":
+            guest.run(step.command)
+        elif step.action == "lock_stat_read":
+            cap.snapshots["snapshot_after"]["lock_stat"] = guest.run(step.command, timeout=120)
         elif step.action in ("snapshot_before", "snapshot_after"):
             cap.snapshots[step.action] = guest.snapshot()
         elif step.action in ("host_before", "host_after"):
@@ -132,14 +136,17 @@ def measure(guest, cap: Captures, ctx: dict, cell, driver: str, lock_method: str
         lock_rows = [lock_row(ctx, rec, incomplete)
                      for rec in guest.parse_locks(before, after, lock_method, cap.senders)]
         src, wait_native, count_native = guest.LOCK_TOTALS
-        add("lock_wait_ns", sum(r["wait_ns_total"] for r in lock_rows), "ns", src, wait_native)
-        add("lock_contentions", sum(r["contentions"] for r in lock_rows), "count", src, count_native)
+        # the per-cell totals stay the tracing method's; lock_stat rows (a LOCK_STAT kernel) sit
+        # beside them in the locks table and are compared in validity (lock_crosscheck)
+        traced_rows = [r for r in lock_rows if r["method"] != guest.LOCK_STAT_METHOD]
+        add("lock_wait_ns", sum(r["wait_ns_total"] for r in traced_rows), "ns", src, wait_native)
+        add("lock_contentions", sum(r["contentions"] for r in traced_rows), "count", src, count_native)
     return rows, lock_rows, samples, results, interval_note, lock_problems
 
 
 def validity(cell, samples, senders: dict[str, str], rows, results, measured_s: float, *, accel: str, vcpus: int,
              require_queue_spread: bool, interval_note: str | None, peer_detail: str,
-             lock_problems: list[str] | None = None) -> dict:
+             lock_problems: list[str] | None = None, lock_counts: dict | None = None) -> dict:
     """The cell's checks (harness.run.validity) on the counting rules' totals; informational
     entries (how the peer ended a stack, the interval probe) are kept beside them."""
     frame = rows_frame(samples)
@@ -161,6 +168,9 @@ def validity(cell, samples, senders: dict[str, str], rows, results, measured_s: 
         v["lock_stats"] = lock_stats_check(lock_problems)
     if interval_note:
         v["interval_probe"] = interval_note
+    check = lock_crosscheck(lock_counts)     # only when both lock methods ran (LOCK_STAT kernel)
+    if check is not None:
+        v["lock_crosscheck"] = check
     if peer_detail:     # not a check: how the peer terminated the stack, kept beside them
         v["stack_peer"] = peer_detail
     return v

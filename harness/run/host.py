@@ -77,6 +77,11 @@ class Host:
     def build_guest(self, log):
         return build_linux_deb(log=log)
 
+    def user_kernel_image(self, name: str, kernel: Path, modules: Path | None, log) -> BootImage:
+        """The default guest's userland around the workload's own kernel ([machine] kernel)."""
+        from harness.images.bootimage import kernel_boot_image
+        return kernel_boot_image(name, build_linux_deb(kernel, modules, log=log))
+
     def prepare_image(self, name: str, log, built, allow_unverified: bool) -> BootImage:
         return prepare_image(name, log=log, built=built, allow_unverified=allow_unverified)
 

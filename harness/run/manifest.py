@@ -70,6 +70,9 @@ def benchmarks(manifest: dict, image, timings: dict, cell_overheads: list[float]
     boots = [b["boot_to_ssh_s"] for b in manifest["boots"] if b.get("boot_to_ssh_s")]
     return {
         "guest_build_s": image.manifest.get("build_s", {}).get("total"),
+        # images with a kernel the harness compiled (linux-lockstat): how long make took here
+        "kernel_build_s": {n: i["kernel_build"].get("build_s") for n, i in manifest.get("images", {}).items()
+                           if isinstance(i, dict) and i.get("kernel_build")} or None,
         "image_step_s": round(timings.get("image", 0.0), 2),
         "boot_to_ssh_s": boots,
         "boot_to_ssh_s_median": statistics.median_high(boots) if boots else None,

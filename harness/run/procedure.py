@@ -126,11 +126,19 @@ def cell_steps(guest, workload, cell, vlan_id: int = VLAN_ID, peer_detail: str =
         churn = guest.churn_command(cell.churn, wl.churn_interval_s, wl.churn_count, cell.queues)
         script = guest.senders_script(ports, wl.machine.vcpus, peer_ip, cell.duration_s, cell.warmup_s,
                                       cell.streams, cell.proto, cell.msg_size, cell.udp_bitrate, churn=churn)
+    # /proc/lock_stat (LOCK_STAT kernels): cleared just before the snapshot and read just after
+    # it, so its interval holds the tracing method's (the cross-check relies on it)
+    lock_stat = wl.lock_stats and cell.traced and guest.state.lock_stat
+    if lock_stat:
+        steps.append(Step("lock_stat_clear", "lock_stat: enable and clear", guest.lock_stat_clear_command()))
     steps += [Step("snapshot_before", "snapshot (before)", snapshot),
               Step("host_before", "host: peer tap counters, QEMU thread CPU (before)", host=True),
               Step("senders", "senders", script),
-              Step("snapshot_after", "snapshot (after)", snapshot),
-              Step("host_after", "host: peer tap counters, QEMU thread CPU (after); stop servers", host=True)]
+              Step("snapshot_after", "snapshot (after)", snapshot)]
+    if lock_stat:
+        steps.append(Step("lock_stat_read", "lock_stat: read (kept as after.lock_stat.txt)",
+                          guest.lock_stat_read_command()))
+    steps.append(Step("host_after", "host: peer tap counters, QEMU thread CPU (after); stop servers", host=True))
     return steps
 
 

@@ -69,6 +69,9 @@ class Runner:
             self.image = self.host.build_guest(self.log)
         self.images = prepare_images(self.host, [c.image for c in self.workload_cells()], self.image,
                                      self.allow_unverified, self.log)
+        if wl.machine.kernel is not None:     # [machine] kernel: its cells boot the user's bzImage
+            self.images[wl.machine.image] = self.host.user_kernel_image(
+                wl.machine.image, wl.machine.kernel, wl.machine.modules, self.log)
         self.timings["image"] = time.monotonic() - t0
         t0 = time.monotonic()
         if wl.machine.accel == "auto":
@@ -286,17 +289,19 @@ class Runner:
         self.timings["measure"] += cap.measured_s
         save_captures(rd, cell, rep, attempt, cap, steps)
         ctx = cell_context(cell, rep, kernel=boot["kernel"], driver=boot["driver"], accel=self.accel,
-                           attempt=attempt)
+                           attempt=attempt, kernel_sha256=boot.get("kernel_sha256"))
         traced = self.workload.lock_stats and cell.traced
         rows, lock_rows, samples, results, note, lock_problems = measure(
             vm.guest, cap, ctx, cell, boot["driver"], vm.guest.lock_method(self.accel) if traced else None)
         checks = validity(cell, samples, cap.senders, rows, results, cap.measured_s, accel=self.accel,
                           vcpus=self.workload.machine.vcpus, require_queue_spread=self.workload.require_queue_spread,
-                          interval_note=note, peer_detail=peer_stack.detail, lock_problems=lock_problems)
+                          interval_note=note, peer_detail=peer_stack.detail, lock_problems=lock_problems,
+                          lock_counts=vm.guest.tx_lock_counts(lock_rows))
         prev = self._rerun_after.get((cell.cell_id, rep))
         note = f"re-run: attempt {prev[0]} failed {', '.join(prev[1])}" if prev else ""
         rd.add(metrics=rows, locks=lock_rows,
                cell=self._cell_row(cell, rep, status, note, gi, attempt=attempt, kernel=boot["kernel"],
+                                   kernel_sha256=boot.get("kernel_sha256"),
                                    driver=boot["driver"], started=cap.started, wall_s=time.monotonic() - t0,
                                    measured_s=cap.measured_s, validity=checks,
                                    raw_dir=str(rd.raw_dir(cell.cell_id, rep, attempt).relative_to(rd.path))))

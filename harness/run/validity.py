@@ -154,6 +154,8 @@ def failed_checks(v: dict) -> list[str]:
         out.append("queue_counters_missing")
     if (v.get("bottleneck") or {}).get("verdict") in OUTSIDE_PATH:
         out.append("bottleneck")
+    if (v.get("lock_crosscheck") or {}).get("ok") is False:
+        out.append("lock_crosscheck")
     if v.get("churn", {}).get("all_recovered") is False:
         out.append("churn")
     if v.get("lock_stats", {}).get("ok") is False:
@@ -167,3 +169,42 @@ def is_valid(v: dict) -> bool:
     and every configured queue used where the workload requires it. Emulation and a CPU-bound
     sender are reported beside, not folded in."""
     return "conservation" in v and not failed_checks(v)
+
+
+# Cross-check of the TX queue lock between Linux's two lock methods on a LOCK_STAT kernel.
+# From the 6.1 source: spin_lock() is __raw_spin_lock() -> LOCK_CONTENDED(lock,
+# do_raw_spin_trylock, do_raw_spin_lock) (include/linux/lockdep.h under CONFIG_LOCK_STAT):
+# a failed trylock calls lock_contended() (lock_stat counts it; lockdep.c __lock_contended
+# + the waittime at __lock_acquired), then do_raw_spin_lock() -> arch_spin_lock() ->
+# queued_spin_lock(): a fast-path cmpxchg, else queued_spin_lock_slowpath(), which returns
+# through the pending-bit path (the FIRST waiter spins on ->locked, no tracepoint) and only
+# reaches trace_contention_begin() after `queue:`/`pv_queue:`, i.e. when a second waiter
+# (or a pending hand-over in progress) is seen. So every tracepoint hit on a spinlock
+# follows a lock_contended() on the same acquisition: tracepoint <= lock_stat, per lock,
+# with no lower bound (two vCPUs give at most one waiter per lock from task context, which
+# the pending path absorbs). lock_stat is cleared before the tracing snapshot and read
+# after it, so its interval holds the tracepoint's. The check: tracepoint/lock_stat <=
+# LOCK_CROSSCHECK_MAX_RATIO; lock_stat stops counting when lockdep turns itself off
+# (debug_locks = 0 after a lockdep report), which is what makes it fail in practice.
+LOCK_CROSSCHECK_MAX_RATIO = 1.0
+
+
+def lock_crosscheck(counts: dict | None, max_ratio: float = LOCK_CROSSCHECK_MAX_RATIO) -> dict | None:
+    """Both methods' TX-queue-lock contention counts of one cell run (GuestDriver.tx_lock_counts)
+    -> a check entry, ok False with a named reason and both numbers when they disagree."""
+    if counts is None:
+        return None
+    ls, tp, acq = counts["lock_stat_contentions"], counts["tracepoint_contentions"], counts["lock_stat_acquisitions"]
+    out = {**counts, "max_ratio": max_ratio,
+           "ratio": round(tp / ls, 4) if ls else None,
+           "contention_ratio": round(ls / acq, 5) if acq else None}
+    if not acq:
+        out.update(ok=False, reason=f"lock_stat saw no TX queue lock acquisitions (tracepoint {tp} "
+                                    "contentions): lock_stat off or lockdep disabled")
+    elif tp > ls * max_ratio:
+        out.update(ok=False, reason=f"tracepoint counts {tp} TX queue lock contentions, lock_stat {ls}: "
+                                    f"more than {max_ratio:g}x (every slowpath entry follows a counted "
+                                    "failed trylock; lockdep disabled mid-run?)")
+    else:
+        out["ok"] = True
+    return out

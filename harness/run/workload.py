@@ -118,7 +118,7 @@ _SCHEMA: dict[str, tuple[str, ...]] = {
                  "lock_stats", "udp_bitrate", "retries", "cell_timeout_s", "probe_effect",
                  "churn_interval_s", "churn_count", "shuffle_seed", "warmup_after_boot", "require_queue_spread",
                  "ci_target_pct", "rep_budget_s", "max_repetitions"),
-    "machine": ("vcpus", "memory_mib", "accel", "image", "os", "pin_vcpus"),
+    "machine": ("vcpus", "memory_mib", "accel", "image", "os", "pin_vcpus", "kernel", "modules"),
     "matrix": ("image", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn"),
     "setup": ("linux", "freebsd"),
 }
@@ -137,6 +137,8 @@ class Machine:
     accel: str
     image: str
     os: str
+    kernel: Path | None = None      # a user bzImage replacing the kernel of USER_KERNEL_IMAGE
+    modules: Path | None = None     # its /lib/modules/<release> (None: everything built in)
 
 
 @dataclass(frozen=True)
@@ -339,6 +341,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         raise v.error("machine.os", f'"{os_name}" does not match image "{image}" '
                       f'(a {images[image]} image); allowed: {images[image]}')
     image_axis = v.choice_list("matrix.image", x["image"], tuple(images), "image") if "image" in x else ()
+    kernel, modules = _user_kernel(v, m, image, Path(path).parent)
 
     nic = v.required(x, "matrix", "nic", 'e.g. nic = ["virtio-net"]')
     nic = v.choice_list("matrix.nic", nic, tuple(NICS), "NIC")
@@ -364,7 +367,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         path=Path(path), sha256=hashlib.sha256(data).hexdigest(), name=name,
         description=description, repetitions=repetitions, duration_s=duration_s,
         warmup_s=warmup_s, lock_stats=lock_stats, udp_bitrate=udp_bitrate,
-        machine=Machine(vcpus, memory_mib, accel, image, os_name),
+        machine=Machine(vcpus, memory_mib, accel, image, os_name, kernel, modules),
         matrix=Matrix(image_axis, nic, queues, procs, streams, proto, msg_size, stack, churn),
         retries=retries, cell_timeout_s=cell_timeout_s, probe_effect=probe_effect,
         warmup_after_boot=warmup_after_boot,
@@ -415,6 +418,42 @@ def _describe(value: Any) -> str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+USER_KERNEL_IMAGE = "linux-deb"     # the image whose kernel [machine] kernel = ... replaces
+
+
+def _user_kernel(v: "_Validator", m: dict, image: str, base: Path) -> tuple[Path | None, Path | None]:
+    """[machine] kernel/modules: a readable bzImage (and a modules directory), relative paths
+    taken from the workload file's directory. The user kernel boots with linux-deb's userland."""
+    if "kernel" not in m:
+        if "modules" in m:
+            raise v.error("machine.modules", "only together with machine.kernel (a bzImage path)")
+        return None, None
+    if image != USER_KERNEL_IMAGE:
+        raise v.error("machine.kernel", f'replaces the kernel of image "{USER_KERNEL_IMAGE}" only, '
+                                        f'machine.image is "{image}"; allowed: machine.image = "{USER_KERNEL_IMAGE}"')
+    paths = []
+    for key in ("kernel", "modules"):
+        raw = m.get(key)
+        if raw is None:
+            paths.append(None)
+            continue
+        if not isinstance(raw, str) or not raw.strip():
+            raise v.error(f"machine.{key}", f"expected a path string, got {_describe(raw)}")
+        p = Path(raw).expanduser()
+        paths.append(p if p.is_absolute() else base / p)
+    kernel, modules = paths
+    if not kernel.is_file() or not os.access(kernel, os.R_OK):
+        raise v.error("machine.kernel", f"{kernel}: missing or unreadable; expected a bzImage file")
+    from harness.images.guestimage import bzimage_release
+    try:
+        bzimage_release(kernel)
+    except (OSError, ValueError) as e:
+        raise v.error("machine.kernel", f"{kernel}: {e}; expected a bzImage file") from None
+    if modules is not None and not modules.is_dir():
+        raise v.error("machine.modules", f"{modules}: not a directory; expected /lib/modules/<release>")
+    return kernel, modules
 
 
 class _Validator:
