@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.images.guestimage import ImageBuildError, WANTED_MODULES, _sha256, cache_root
+from harness.images.aptstate import file_sha256
+from harness.images.guestimage import ImageBuildError, WANTED_MODULES, cache_root
 
 KBUILD_VERSION = "1"
 SOURCE_PACKAGE = "linux-source-6.1"
@@ -85,18 +86,18 @@ def _run(cmd: list[str], log_file=None, **kw) -> str:
 
 def source_package(log=print) -> tuple[object, dict]:
     """(apt state, {'file','sha256','size','uri'}) of the kernel source package."""
-    from harness.images.aptstate import AptStateError, apt_state
+    from harness.images.aptstate import AptStateError, apt_state, parse_print_uris
     try:
         state = apt_state(SOURCE_RELEASE, cache_root(), log=log)
     except AptStateError as e:
         raise ImageBuildError(str(e)) from None
     proc = state.run(["apt-get", "download", "--print-uris", SOURCE_PACKAGE])
-    m = re.search(r"'(\S+)' (\S+) (\d+) SHA256:([0-9a-f]{64})", proc.stdout)
-    if proc.returncode != 0 or not m:
+    entries = parse_print_uris(proc.stdout)
+    if proc.returncode != 0 or not entries:
         raise ImageBuildError(f"apt-get download --print-uris {SOURCE_PACKAGE} ({state.describe()}) found no "
                               f"package: {proc.stderr.strip()[-300:] or 'no output'}")
-    return state, {"uri": m.group(1), "file": m.group(2).replace("%3a", ":"), "size": int(m.group(3)),
-                   "sha256": m.group(4)}
+    e = entries[0]
+    return state, {"uri": e["uri"], "file": e["file"].replace("%3a", ":"), "size": e["size"], "sha256": e["sha256"]}
 
 
 def build_key(source_sha256: str, fragment_text: str) -> str:
@@ -119,10 +120,10 @@ def build_lockstat_kernel(force: bool = False, log=print) -> BuiltKernel:
     deb_dir = cache_root() / "debs"
     deb_dir.mkdir(parents=True, exist_ok=True)
     deb = deb_dir / pkg["file"]
-    if not (deb.exists() and _sha256(deb) == pkg["sha256"]):
+    if not (deb.exists() and file_sha256(deb) == pkg["sha256"]):
         log(f"kernel linux-lockstat {key}: downloading {pkg['file']} ({pkg['size'] // 2**20} MiB)")
         proc = state.run(["apt-get", "download", SOURCE_PACKAGE], cwd=deb_dir)
-        if proc.returncode != 0 or not deb.exists() or _sha256(deb) != pkg["sha256"]:
+        if proc.returncode != 0 or not deb.exists() or file_sha256(deb) != pkg["sha256"]:
             raise ImageBuildError(f"apt-get download {SOURCE_PACKAGE} failed or checksum mismatch: "
                                   f"{proc.stderr.strip()[-300:]}")
     t_fetch = time.monotonic() - t0
@@ -172,7 +173,7 @@ def build_lockstat_kernel(force: bool = False, log=print) -> BuiltKernel:
             "fragment": str(FRAGMENT.relative_to(FRAGMENT.parents[2])),
             "fragment_sha256": hashlib.sha256(fragment_text.encode()).hexdigest(),
             "kbuild_version": KBUILD_VERSION, "jobs": jobs,
-            "bzImage_sha256": _sha256(stage / "bzImage"),
+            "bzImage_sha256": file_sha256(stage / "bzImage"),
             "bzImage_bytes": (stage / "bzImage").stat().st_size,
             # a benchmark of this machine, not a property of the kernel
             "build_s": {"fetch": round(t_fetch, 1), "config": round(t_make - t_cfg, 1),
