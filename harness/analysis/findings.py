@@ -32,7 +32,7 @@ from harness.counters import lockclass
 
 from harness.run.bottleneck import RING_EVENTS_PER_MPKT
 
-from .load import KEY, OS_NAMES, Runs
+from .load import KEY, OS_NAMES, Runs, wait_lock_rows
 
 # --- thresholds (shown on the page) -----------------------------------------------------
 DOMINANT_LOCK_SHARE = 0.50       # a TX-path lock with at least this share of all contended wait is "the" point
@@ -185,7 +185,7 @@ def _short_cell(cell: str) -> str:
 
 def _serialisation(runs: Runs, box: pd.DataFrame) -> Finding:
     traced = box[box.traced.astype(bool)] if "traced" in box else box
-    lk = runs.locks
+    lk = wait_lock_rows(runs.locks)
     methods = sorted(set(lk.method.dropna().astype(str))) if len(lk) and "method" in lk else []
     if traced.empty:
         return Finding("serialisation", "no traced cell run", "lock statistics are taken in traced cells only",

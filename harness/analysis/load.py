@@ -597,6 +597,19 @@ def last_attempts(cells: pd.DataFrame) -> pd.DataFrame:
     return cells.drop_duplicates(KEY, keep="last")
 
 
+# The lock_stat method's rows (a LOCK_STAT kernel; harness.parsers.linux.LOCK_STAT_METHOD) are a
+# second count of the same waits beside the tracing method's: summing both counts a wait twice.
+LOCK_STAT_METHOD = "lock_stat"
+
+
+def wait_lock_rows(lk: pd.DataFrame) -> pd.DataFrame:
+    """The locks rows of each cell's tracing method (tracepoint hist on Linux, lockstat(1) on
+    FreeBSD), without lock_stat's rows, which analysis.lockstat compares beside them."""
+    if lk.empty or "method" not in lk:
+        return lk
+    return lk[lk["method"].astype(str) != LOCK_STAT_METHOD]
+
+
 def final_attempt_rows(rows: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """The metric or lock rows of each cell run's final attempt (``last_attempts``). A cell run
     re-run after an invalid attempt keeps both attempts' rows in its run dir; summing them would

@@ -28,7 +28,7 @@ import pandas as pd
 from harness.run.workload import WARMUP_SUFFIX
 
 from . import stats as S
-from .load import KEY, UNTRACED_SUFFIX, Runs, churn_events, host_cpu_table
+from .load import KEY, UNTRACED_SUFFIX, Runs, churn_events, host_cpu_table, wait_lock_rows
 from .report import _all_zero_note, _errbars, _html, _label, _short, label_cols, note
 
 SMALL_UDP_BYTES = 128
@@ -399,7 +399,7 @@ def lltx_lock_table(runs: Runs, top: int = 5) -> pd.DataFrame:
     """Top lock callers per stack (ok cells): wait per cell run and share of the stack's wait."""
     w = lltx_cells(runs)
     ok = w[w.status == "ok"][KEY + ["stack"]]
-    lk = runs.locks
+    lk = wait_lock_rows(runs.locks)
     if ok.empty or lk.empty:
         return pd.DataFrame()
     lk = lk.merge(ok, on=KEY, how="inner")

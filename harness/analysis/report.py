@@ -34,7 +34,7 @@ import pandas as pd
 from harness.errors import InputError
 
 from . import stats as S
-from .load import KEY, OS_NAMES, WIDE_METRICS, Runs, load_runs, queue_table, replay_note
+from .load import KEY, OS_NAMES, WIDE_METRICS, Runs, load_runs, queue_table, replay_note, wait_lock_rows
 
 REPO = Path(__file__).resolve().parent.parent.parent
 ANALYSIS_DIR = REPO / "analysis"
@@ -998,7 +998,7 @@ def repetitions_table(runs: Runs) -> pd.DataFrame:
 @_needs_ok_cells(_EMPTY)
 def lock_summary(runs: Runs, top: int = 12) -> pd.DataFrame:
     """Per (lock, caller, kind): total contentions and wait over all cells, mean per cell-rep."""
-    lk = runs.locks
+    lk = wait_lock_rows(runs.locks)
     if lk.empty:
         return pd.DataFrame()
     ok = runs.wide()[KEY]
@@ -1064,7 +1064,7 @@ def fig_contentions_vs_senders(runs: Runs):
 
 @_needs_ok_cells(_EMPTY)
 def lock_cell_table(runs: Runs, top_per_cell: int = 3) -> pd.DataFrame:
-    lk = runs.locks
+    lk = wait_lock_rows(runs.locks)
     if lk.empty:
         return pd.DataFrame()
     ok = runs.wide()[KEY]
@@ -1083,7 +1083,7 @@ def lock_class_table(runs: Runs) -> pd.DataFrame:
     one vocabulary of harness.counters.lockclass (tx queue lock, qdisc/ifq lock, ring, socket,
     other), so Linux lock:contention rows and FreeBSD lockstat rows line up. ``incomplete``
     counts the cell runs whose lock numbers are incomplete (lockstat warnings, cut reports)."""
-    lk = runs.locks
+    lk = wait_lock_rows(runs.locks)
     if lk.empty:
         return pd.DataFrame()
     lk = lk.merge(runs.wide()[KEY], on=KEY, how="inner")
