@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.qemu,
 
 
 @pytest.fixture(scope="module")
-def cloud_image():
+def cloud_image(prebuilt):
     from harness.images.cloudimage import build_debian_cloud
     disk, manifest = build_debian_cloud(log=lambda *a: None)
     return disk, manifest

@@ -56,7 +56,7 @@ def _system_has_igb() -> bool:
 
 
 @pytest.fixture(scope="module")
-def igb_run(tmp_path_factory):
+def igb_run(tmp_path_factory, prebuilt):
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces and taps")
     d = tmp_path_factory.mktemp("igb")

@@ -45,7 +45,7 @@ procs = [4]
 
 
 @pytest.fixture(scope="module")
-def lockstat_run(tmp_path_factory):
+def lockstat_run(tmp_path_factory, prebuilt):
     d = tmp_path_factory.mktemp("lockstat")
     (d / "w.toml").write_text(WORKLOAD)
     results = d / "results"

@@ -50,7 +50,7 @@ msg_size = [0]
 
 
 @pytest.fixture(scope="module")
-def run_612(tmp_path_factory):
+def run_612(tmp_path_factory, prebuilt):
     tmp = tmp_path_factory.mktemp("releases")
     wl = tmp / "releases-6.12.toml"
     wl.write_text(WORKLOAD)
