@@ -494,3 +494,9 @@ def kernel_coverage(runs: Runs) -> pd.DataFrame:
                      "cells": 0 if c.why_empty else sel.cell.nunique(),
                      "state": ("missing: " + c.why_empty) if c.why_empty else (c.note or "live")})
     return pd.DataFrame(rows, columns=["os", "kernel", "measured cell runs", "cells", "state"])
+
+
+def show(runs: Runs, report_dir: str | os.PathLike | None = None) -> None:
+    """The findings grid in a notebook: per kernel (columns, Linux then FreeBSD) x NIC x TX queues."""
+    from .report import _html
+    _html(findings_html(runs, report_dir))

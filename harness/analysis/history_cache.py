@@ -26,7 +26,25 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
+
+
+# Arrow -> pandas column types, shared with load.py (which reads through this cache)
+def _pandas_type(t):
+    """Arrow -> pandas column types: strings stay Arrow-backed (pandas' ``str`` dtype, missing =
+    NaN as elsewhere in pandas), no Python object per value; numbers as pandas makes them."""
+    import pyarrow as pa
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", bool)(t):
+        return ARROW_STR
+    return None
+
+
+try:
+    ARROW_STR = pd.StringDtype("pyarrow", na_value=np.nan)
+except TypeError:      # pandas < 2.3: no NaN-variant of the Arrow string dtype
+    ARROW_STR = pd.StringDtype("pyarrow")
+
 
 MIN_FILES = 50                 # below this the plain scan is as fast (and writes nothing)
 ENV = "XMITBENCH_HISTORY_CACHE"
@@ -78,7 +96,6 @@ def scan(files: Sequence[Path], keys: Sequence[str], cache: Path, columns: Seque
     import numpy as np
     import pyarrow as pa
 
-    from .load import _pandas_type
     castable = _castable()
     paths = [os.path.abspath(f) for f in files]
     stats = [_stat(p) for p in paths]

@@ -37,6 +37,7 @@ from harness.counters.counting import (BUSY_MODES, CPU_SOURCES, IDLE_MODES, INTE
 from harness.run.validity import failed_checks, is_valid
 
 from . import history_cache
+from .history_cache import ARROW_STR, _pandas_type
 from . import stats as S
 
 TABLES = ("metrics", "locks", "cells")
@@ -303,19 +304,6 @@ def _read_manifest(p: Path) -> dict:
     return m
 
 
-def _pandas_type(t):
-    """Arrow -> pandas column types: strings stay Arrow-backed (pandas' ``str`` dtype, missing =
-    NaN as elsewhere in pandas), no Python object per value; numbers as pandas makes them."""
-    import pyarrow as pa
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", bool)(t):
-        return ARROW_STR
-    return None
-
-
-try:
-    ARROW_STR = pd.StringDtype("pyarrow", na_value=np.nan)
-except TypeError:      # pandas < 2.3: no NaN-variant of the Arrow string dtype
-    ARROW_STR = pd.StringDtype("pyarrow")
 
 
 def scan_tables(files: Sequence[Path], keys: Sequence[str], columns: Sequence[str] | None = None, where: str = "",

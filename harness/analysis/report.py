@@ -366,16 +366,7 @@ _EMPTY = pd.DataFrame
 # ---------------------------------------------------------------------------------------
 # Findings (harness/analysis/findings.py): the page at the top of the report
 # ---------------------------------------------------------------------------------------
-def kernel_coverage(runs: Runs) -> pd.DataFrame:
-    """Which OS/kernels have measured cells, and why the others have none (findings.kernel_coverage)."""
-    from .findings import kernel_coverage as cov
-    return cov(runs)
-
-
-def findings(runs: Runs, report_dir: str | os.PathLike | None = None) -> None:
-    """The findings grid: per kernel (columns, Linux then FreeBSD) x NIC x TX queues (rows)."""
-    from .findings import findings_html
-    _html(findings_html(runs, report_dir))
+# The findings page itself is harness/analysis/findings.py (findings.show); it reads this module.
 
 
 # ---------------------------------------------------------------------------------------
