@@ -33,6 +33,8 @@ def test_bench_history_builds_and_loads_synthetic_run_dirs(tmp_path, capsys):
     best = res["best"]
     assert res["best_uncached"]["metric_rows"] == best["metric_rows"] and not res["cache_used"]
     assert best["run_dirs"] == 3
+    assert res["after_a_nightly"]["run_dirs"] == 4          # one run dir added for that trial ...
+    assert len([p for p in out.iterdir() if (p / "manifest.json").exists()]) == 3     # ... and removed
     assert best["metric_rows"] == 3 * len(tpl["metrics"])
     assert best["lock_rows"] == 3 * len(tpl["locks"])
     assert best["cell_rows"] == 3 * len(tpl["cells"])
@@ -123,6 +125,7 @@ def _tables(runs) -> dict:
     return {"metrics": runs.metrics, "locks": runs.locks, "cells": runs.cells, "wide": wide_table(runs)}
 
 
+@pytest.mark.filterwarnings("error")      # a cache that falls back to the plain scan says so by a warning
 def test_history_cache_gives_the_rows_of_the_plain_scan(tmp_path, monkeypatch):
     """Through the cache (first load builds it, the next reads it) the tables are those of the
     plain scan, over run dirs of different schemas; a rewritten table is read again."""
@@ -135,7 +138,7 @@ def test_history_cache_gives_the_rows_of_the_plain_scan(tmp_path, monkeypatch):
     monkeypatch.setenv(HC.ENV, str(tmp_path / "cache"))
     built = _tables(load_runs(root))
     cached = list((tmp_path / "cache").glob("*/*.parquet"))
-    assert sorted(p.name for p in cached) == ["cells.parquet", "locks.parquet", "metrics.parquet"]
+    assert sorted(p.name for p in cached) == ["cells.parquet", "locks.parquet", "metrics.parquet", "wide.parquet"]
     read = _tables(load_runs(root))
     for name in plain:
         pd.testing.assert_frame_equal(built[name], plain[name])
@@ -163,6 +166,19 @@ def test_history_cache_gives_the_rows_of_the_plain_scan(tmp_path, monkeypatch):
     assert str(root / "udp-base-b" / "metrics.parquet") in HC._read_index(cache)["files"]
     shutil.rmtree(root / "udp-base-b")
     f.touch()                                   # udp-slow changed again: a refresh
-    load_runs(root).wide()
+    _ = load_runs(root).metrics
     assert str(root / "udp-base-b" / "metrics.parquet") not in HC._read_index(cache)["files"]
     assert len(HC._read_index(cache)["files"]) == before - 1
+    # the wide cache: only the changed run dir's rows are computed again (the others are read
+    # from the cache), a deleted run dir leaves it, and the table is still the plain one
+    from harness.analysis import wide_cache as WC
+    wide_file = cache.with_name("wide.parquet")
+    calls = []
+    real = WC.wide_rows
+    monkeypatch.setattr(WC, "wide_rows", lambda compute, *a: real(lambda ks: calls.append(ks) or compute(ks), *a))
+    got = load_runs(root).wide(only_ok=False)
+    udp_slow = load_runs(root / "udp-slow").run_ids[0]
+    assert calls == [[udp_slow]]
+    assert str(root / "udp-base-b") not in WC._read_index(wide_file, WC.code_version())["runs"]
+    monkeypatch.setenv(HC.ENV, "off")
+    pd.testing.assert_frame_equal(got, load_runs(root).wide(only_ok=False))

@@ -91,6 +91,29 @@ def build_history(out: Path, n: int, template: Path = DEFAULT_TEMPLATE, seed: in
     return dirs
 
 
+def add_nightly(out: Path) -> Path:
+    """One more synthetic run dir after the newest (a copy of it with its own run_id, one day
+    later): what the next nightly adds to a history. Not in the set's stamp; the caller removes it."""
+    from harness.results.rundir import atomic_write_table, atomic_write_text
+    newest = sorted(p for p in out.iterdir() if (p / "manifest.json").exists())[-1]
+    n = len([p for p in out.iterdir() if (p / "manifest.json").exists()])
+    when = FIRST_NIGHT + pd.Timedelta(days=n)
+    run_id = f"{when:%Y%m%d-%H%M%S}-{n % 100000:05d}"
+    d = out / run_id
+    d.mkdir()
+    for t in ("metrics", "locks", "cells"):
+        f = newest / f"{t}.parquet"
+        if f.exists():
+            df = pd.read_parquet(f)
+            df["run_id"] = run_id
+            if t == "cells" and "started" in df:
+                df["started"] = df["started"] + DAY_S
+            atomic_write_table(d / t, df)
+    man = json.loads((newest / "manifest.json").read_text())
+    atomic_write_text(d / "manifest.json", json.dumps({**man, "run_id": run_id}, indent=2, default=str))
+    return d
+
+
 def time_history(root: Path) -> dict:
     """Load every run dir under ``root`` and build the wide table: wall and CPU seconds (CPU of
     this process, DuckDB's threads included: other jobs on a shared host inflate wall time
@@ -113,8 +136,9 @@ def time_history(root: Path) -> dict:
 def bench_history(runs: int, out_dir: Path, template: Path = DEFAULT_TEMPLATE, repeat: int = 3) -> dict:
     """Build (or reuse) ``runs`` synthetic run dirs and time load + wide table ``repeat`` times
     each way: "uncached", every run dir's Parquet files opened (the history cache off), and
-    "cached", through the history cache (``harness.analysis.history_cache``; in DIR/.history-cache,
-    built by a first, separately reported load; used from MIN_FILES run dirs on)."""
+    "cached", through the history cache (``harness.analysis.history_cache`` for the tables,
+    ``wide_cache`` for the wide rows; in DIR/.history-cache, built by a first, separately reported
+    load; used from MIN_FILES run dirs on); then once after adding one run dir (``add_nightly``)."""
     from . import history_cache
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -130,6 +154,13 @@ def bench_history(runs: int, out_dir: Path, template: Path = DEFAULT_TEMPLATE, r
         shutil.rmtree(cache_dir, ignore_errors=True)
         cache_build = time_history(out_dir)
         modes["cached"] = [time_history(out_dir) for _ in range(max(1, repeat))]
+        # the report after a nightly: one run dir more than the caches hold; they take in its
+        # rows only (its wide rows computed, the cells cache rewritten)
+        new = add_nightly(out_dir)
+        try:
+            nightly = time_history(out_dir)
+        finally:
+            shutil.rmtree(new)
     finally:
         if saved is None:
             os.environ.pop(history_cache.ENV, None)
@@ -138,7 +169,8 @@ def bench_history(runs: int, out_dir: Path, template: Path = DEFAULT_TEMPLATE, r
     best = {k: min(v, key=lambda r: r["total_s"]) for k, v in modes.items()}
     return {"runs": runs, "dir": str(out_dir), "template": str(template), "build_s": round(build_s, 2),
             "repeat": max(1, repeat), "best": best["cached"], "best_uncached": best["uncached"],
-            "cache_used": any(cache_dir.glob("*/*.parquet")), "cache_build": cache_build, "trials": modes,
+            "cache_used": any(cache_dir.glob("*/*.parquet")), "cache_build": cache_build, "after_a_nightly": nightly,
+            "trials": modes,
             "host": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                      "python": platform.python_version(), "pandas": pd.__version__, "duckdb": _version("duckdb"),
                      "pyarrow": _version("pyarrow")}}
@@ -166,6 +198,9 @@ def cmd_bench_history(args) -> int:
           f"{c['wide_s']:.3f} s), {u['total_s']:.3f} s opening every run dir (load {u['load_s']:.3f} s + wide "
           f"{u['wide_s']:.3f} s); best of {res['repeat']}; cache built in {res['cache_build']['total_s']:.3f} s; "
           f"load average {res['host']['loadavg_before'][0]:.1f} on {res['host']['cpus']} CPUs")
+    n = res["after_a_nightly"]
+    print(f"after a nightly ({n['run_dirs']} run dirs, 1 new): load_runs + wide_table {n['total_s']:.3f} s "
+          f"(load {n['load_s']:.3f} s + wide {n['wide_s']:.3f} s)")
     out = Path(args.json) if args.json else out_dir / "bench-history.json"
     out.write_text(json.dumps(res, indent=2))
     print(f"timings: {out}")

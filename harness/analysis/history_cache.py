@@ -29,6 +29,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from harness.results import jsontext
+
 
 # Arrow -> pandas column types, shared with load.py (which reads through this cache)
 def _pandas_type(t):
@@ -49,7 +51,7 @@ except TypeError:      # pandas < 2.3: no NaN-variant of the Arrow string dtype
 MIN_FILES = 50                 # below this the plain scan is as fast (and writes nothing)
 ENV = "XMITBENCH_HISTORY_CACHE"
 META_KEY = b"xmitbench.history_cache"
-FORMAT = 2
+FORMAT = 3                     # 3: each distinct column list stored once ("schemas")
 
 
 def _castable() -> dict:
@@ -79,12 +81,17 @@ def _stat(f: str | Path) -> list:
 
 
 def _read_index(cache: Path) -> dict:
-    """{"files": {path: [number, size, mtime_ns, inode, [columns]]}, "next": number}."""
+    """{"files": {path: [number, size, mtime_ns, inode, [columns]]}, "next": number} (stored with
+    each distinct column list once, in "schemas")."""
     import pyarrow.parquet as pq
     try:
         meta = pq.read_schema(cache).metadata or {}
-        idx = json.loads(meta[META_KEY])
-        return idx if idx.get("format") == FORMAT else {}
+        idx = jsontext.loads(meta[META_KEY])
+        if idx.get("format") != FORMAT:
+            return {}
+        schemas = idx.pop("schemas")
+        idx["files"] = {p: [*v[:4], schemas[v[4]]] for p, v in idx["files"].items()}
+        return idx
     except (OSError, KeyError, ValueError, Exception):  # noqa: BLE001 - no usable cache: start afresh
         return {}
 
@@ -175,7 +182,13 @@ def _refresh(con, cache: Path, idx: dict, misses: list[str]) -> None:
         known[p] = [i, *_stat(p), cols]
     parts.append(new)
     tbl = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
-    meta = {META_KEY: json.dumps({"format": FORMAT, "files": known, "next": nxt + len(misses)}).encode()}
+    # a history's files share a few column lists: each stored once (the index is read on every load)
+    schema_ids: dict[str, int] = {}
+    files = {}
+    for p, v in known.items():
+        files[p] = [*v[:4], schema_ids.setdefault(json.dumps(v[4]), len(schema_ids))]
+    index = {"format": FORMAT, "files": files, "schemas": [json.loads(k) for k in schema_ids], "next": nxt + len(misses)}
+    meta = {META_KEY: json.dumps(index).encode()}
     tbl = tbl.replace_schema_metadata(meta)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")

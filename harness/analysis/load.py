@@ -31,12 +31,13 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
+from harness.results import jsontext
 from harness.counters.lockclass import lock_class
 from harness.counters.counting import (BUSY_MODES, CPU_SOURCES, IDLE_MODES, INTERFACE_TX_SOURCES, _sum_by_key, cpu_table,  # noqa: F401
                               driver_total, queue_table, root_qdisc, tx_total)
 from harness.run.validity import failed_checks, is_valid
 
-from . import history_cache
+from . import history_cache, wide_cache
 from .history_cache import ARROW_STR, _pandas_type
 from . import stats as S
 
@@ -161,6 +162,19 @@ class Runs:
         except Exception as e:  # noqa: BLE001 - report which table, as an input error
             raise InputError(files[0].parent, f"{table}.parquet", f"cannot read: {e}") from None
 
+    def subset(self, run_ids: Sequence[str]) -> "Runs":
+        """The runs ``run_ids`` of this load alone (their tables not yet read are read from
+        their own files)."""
+        want = set(run_ids)
+        sources = {}
+        for t, (files, keys) in self._sources.items():
+            pairs = [(f, k) for f, k in zip(files, keys) if k in want]
+            sources[t] = ([f for f, _ in pairs], [k for _, k in pairs])
+        pick = lambda df: None if df is None else df[df.run_id.isin(want)]  # noqa: E731
+        manifests = {k: m for k, m in self.manifests.items() if k in want}
+        return Runs([Path(m["_path"]) for m in manifests.values()], manifests, pick(self._metrics),
+                    pick(self._locks), pick(self.cells), sources)
+
     def check_tables(self) -> None:
         """Read the key columns of the tables not yet read: a run dir whose metrics or locks
         table is unreadable is an InputError now, not on first use."""
@@ -270,14 +284,19 @@ def expand_run_dirs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> l
         if not p.is_dir():
             raise InputError(p, "", "not a directory; expected a run dir with manifest.json and *.parquet")
         if (p / "manifest.json").exists() or any((p / f"{t}.parquet").exists() for t in TABLES):
-            found = [p]
+            found = [(p, p.resolve())]
         else:
-            found = sorted(c for c in p.iterdir() if c.is_dir() and (c / "manifest.json").exists())
+            # a results root of years of nightlies: one scandir, and the root resolved once
+            # (a child that is a symlink is resolved on its own below)
+            with os.scandir(p) as it:
+                found = sorted(Path(e.path) for e in it if e.is_dir() and os.path.exists(os.path.join(e.path, "manifest.json")))
+            if found:
+                real_root = p.resolve()
+                found = [(f, f.resolve() if f.is_symlink() else real_root / f.name) for f in found]
             if not found:
                 raise InputError(p, "", "no manifest.json here nor in any subdirectory: not a run dir "
                                         "or a results root")
-        for f in found:
-            r = f.resolve()
+        for f, r in found:
             if r not in seen:
                 seen.add(r)
                 out.append(f)
@@ -291,8 +310,8 @@ def _read_manifest(p: Path) -> dict:
     if not f.exists():
         raise InputError(p, "manifest.json", "missing: not a run dir written by `xmitbench run`")
     try:
-        m = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        m = jsontext.loads(f.read_bytes())
+    except (OSError, ValueError) as e:
         raise InputError(f, "", f"unreadable manifest: {e}") from None
     if not isinstance(m, dict) or "run_id" not in m:
         raise InputError(f, "run_id", "missing: not a run manifest")
@@ -342,6 +361,11 @@ def load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
     table. Two dirs with the same run_id (a copy) are kept apart as ``<run_id>~2`` etc.
     The cells table is read now; metrics and locks when first used (``Runs.metrics``).
     """
+    with jsontext.gc_paused():      # thousands of manifests and tens of thousands of validity dicts
+        return _load_runs(paths)
+
+
+def _load_runs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> Runs:
     dirs = expand_run_dirs(paths)
     manifests: dict[str, dict] = {}
     keys: list[str] = []
@@ -377,9 +401,9 @@ def _empty(t: str) -> pd.DataFrame:
 def _axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
     """stack/churn/traced for tables written before those cell axes existed (or with nulls)."""
     for col, default in AXIS_DEFAULTS.items():
-        df[col] = (df[col].fillna(default) if col in df and len(df) and df[col].dtype == ARROW_STR
-                   else df[col].astype(object).where(df[col].notna(), default) if col in df
-                   else pd.Series(default, index=df.index, dtype=object))
+        # always Arrow strings: the type must not depend on which run dirs a load includes
+        have = df[col] if col in df else pd.Series(None, index=df.index, dtype=object)
+        df[col] = have.astype(object).where(have.notna(), default).astype(ARROW_STR)
     if "traced" in df and df["traced"].dtype == bool:      # every row recorded it: nothing to infer
         return df
     cell = df["cell"].astype(str) if "cell" in df else pd.Series("", index=df.index)
@@ -429,7 +453,7 @@ def _normalise_locks(lk: pd.DataFrame) -> pd.DataFrame:
 
 def _normalise_cells(c: pd.DataFrame) -> pd.DataFrame:
     c = _axis_defaults(c)
-    for col in ("rep", "queues", "streams", "procs", "msg_size", "attempt"):
+    for col in ("rep", "queues", "streams", "procs", "msg_size", "attempt", "boot_group"):
         if col in c:
             c[col] = pd.to_numeric(c[col], errors="coerce").astype("Int64")
     for col in ("duration_s", "measured_s", "wall_s", "started"):
@@ -447,15 +471,16 @@ def _normalise_cells(c: pd.DataFrame) -> pd.DataFrame:
 def _parse_validities(col: pd.Series) -> list[dict]:
     """``_parse_validity`` of every row; the JSON texts parsed as one array (a history has tens
     of thousands), each row on its own only if that fails."""
-    texts = [v if isinstance(v, str) and v.strip() else "{}" for v in col]
-    if not any(isinstance(v, dict) for v in col):
+    vals = col.tolist()         # one conversion: iterating an Arrow-backed column is per value
+    texts = [v if isinstance(v, str) and v.strip() else "{}" for v in vals]
+    if not any(isinstance(v, dict) for v in vals):
         try:
-            out = json.loads("[" + ",".join(texts) + "]")
+            out = jsontext.loads("[" + ",".join(texts) + "]")
             if len(out) == len(texts):
                 return [x if isinstance(x, dict) else {} for x in out]
-        except json.JSONDecodeError:
+        except ValueError:
             pass
-    return [_parse_validity(v) for v in col]
+    return [_parse_validity(v) for v in vals]
 
 
 def _parse_validity(v) -> dict:
@@ -481,7 +506,29 @@ def sender_table(m: pd.DataFrame) -> pd.DataFrame:
 
 
 def wide_table(runs: Runs) -> pd.DataFrame:
-    """One row per (run, cell, rep) run attempt recorded in cells.parquet, key metrics as columns."""
+    """One row per (run, cell, rep) run attempt recorded in cells.parquet, key metrics as columns.
+    A long history goes through the wide cache (``wide_cache``): each run dir's rows are
+    computed once, by ``_wide_table`` of that run dir alone."""
+    keys = list(runs.manifests)
+    paths = [runs.manifests[k]["_path"] for k in keys]
+    cache = wide_cache.cache_file(paths)
+    if cache is None or runs.cells.empty:
+        return _wide_table(runs)
+    try:
+        with jsontext.gc_paused():
+            w = wide_cache.wide_rows(lambda some: _wide_table(runs.subset(some)), keys, paths, cache)
+    except Exception as e:  # noqa: BLE001 - the uncached table is the same rows (or the error)
+        warnings.warn(f"wide cache {cache} not used: {e}", stacklevel=2)
+        return _wide_table(runs)
+    # the uncached table's row order (that of the cell runs' final attempts) and its labels,
+    # which depend on the other run dirs of this load
+    order = pd.MultiIndex.from_frame(last_attempts(runs.cells)[KEY])
+    w = w.set_index(KEY).reindex(order).reset_index()
+    w.insert(3, "workload", w.run_id.map(workload_labels(runs.manifests)))
+    return w
+
+
+def _wide_table(runs: Runs) -> pd.DataFrame:
     m = runs.wide_inputs()
     cells = runs.cells.copy()
     if cells.empty:
@@ -535,14 +582,17 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     w["cpu_pct_per_gbit"] = S.cpu_pct_per_gbit(w.cpu_busy_pct, w.throughput_bps)
     v = w.pop("validity") if "validity" in w else pd.Series([{}] * len(w))
     w["conservation_ratio"] = [((x or {}).get("conservation") or {}).get("ratio") for x in v]
-    w["conservation_ok"] = [((x or {}).get("conservation") or {}).get("ok") for x in v]
-    w["queue_spread_ok"] = [((x or {}).get("queue_spread") or {}).get("ok") for x in v]
-    w["saturated"] = [((x or {}).get("sender_saturation") or {}).get("saturated") for x in v]   # reported only
+    # nullable booleans (NA: the check was not made): one type whatever rows a load holds
+    flag = lambda vals: pd.array([None if b is None else bool(b) for b in vals], dtype="boolean")  # noqa: E731
+    w["conservation_ok"] = flag(((x or {}).get("conservation") or {}).get("ok") for x in v)
+    w["queue_spread_ok"] = flag(((x or {}).get("queue_spread") or {}).get("ok") for x in v)
+    w["saturated"] = flag(((x or {}).get("sender_saturation") or {}).get("saturated") for x in v)   # reported only
     w["bottleneck"] = pd.Series([((x or {}).get("bottleneck") or {}).get("verdict") for x in v], index=w.index,
                                 dtype="string")    # NA for run dirs from before the verdict
     w["bottleneck_reason"] = pd.Series([((x or {}).get("bottleneck") or {}).get("reason") for x in v],
                                        index=w.index, dtype="string")
-    w["stack_peer"] = [(x or {}).get("stack_peer") for x in v]     # how the peer terminated a stack
+    w["stack_peer"] = pd.Series([(x or {}).get("stack_peer") for x in v], index=w.index,   # how the peer terminated a stack
+                                dtype=ARROW_STR)
     w["failed_checks"] = [failed_checks(x or {}) for x in v]        # the rule `cells.valid` is made by
     # `valid` by today's rule (harness.run.validity.is_valid) from the recorded checks, so an older
     # run dir (e.g. a nightly baseline judged with the retired sender-saturation veto) is judged
@@ -571,7 +621,10 @@ def wide_table(runs: Runs) -> pd.DataFrame:
     for c in WIDE_METRICS:
         if c not in w:
             w[c] = np.nan
-    return w
+    # counts joined from the metric rows are float (NaN where a cell lacks them): the same type
+    # whether or not this particular set of run dirs has a gap
+    ints = [c for c, t in w.dtypes.items() if isinstance(t, np.dtype) and t.kind in "iu"]
+    return w.astype({c: "float64" for c in ints}) if ints else w
 
 
 def last_attempts(cells: pd.DataFrame) -> pd.DataFrame:
@@ -648,8 +701,8 @@ def host_cpu_wide(h: pd.DataFrame) -> pd.DataFrame:
     """Per (run, cell, rep): all QEMU threads, the vCPU threads (NaN when unnamed) and the
     busiest single thread, each in % of one host CPU."""
     if h.empty:
-        return pd.DataFrame(columns=["host_cpu_pct", "host_vcpu_pct", "host_max_thread_pct"],
-                            index=pd.MultiIndex.from_tuples([], names=KEY))
+        return pd.DataFrame(columns=["host_cpu_pct", "host_max_thread_pct", "host_vcpu_pct"],
+                            index=pd.MultiIndex.from_tuples([], names=KEY), dtype="float64")
     g = h.groupby(KEY)
     out = pd.DataFrame({"host_cpu_pct": g["pct_one_cpu"].sum(min_count=1),
                         "host_max_thread_pct": g["pct_one_cpu"].max()})
