@@ -182,3 +182,10 @@ def test_history_cache_gives_the_rows_of_the_plain_scan(tmp_path, monkeypatch):
     assert str(root / "udp-base-b") not in WC._read_index(wide_file, WC.code_version())["runs"]
     monkeypatch.setenv(HC.ENV, "off")
     pd.testing.assert_frame_equal(got, load_runs(root).wide(only_ok=False))
+    # other code for the rules: every run dir's rows computed anew, none served from the cache
+    monkeypatch.setenv(HC.ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(WC, "code_version", lambda: "changed-rules")
+    calls.clear()
+    runs = load_runs(root)
+    runs.wide()
+    assert sorted(calls[0]) == sorted(runs.run_ids) and len(calls) == 1
