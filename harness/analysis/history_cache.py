@@ -188,8 +188,13 @@ def _refresh(con, cache: Path, idx: dict, misses: list[str]) -> None:
     for p, v in known.items():
         files[p] = [*v[:4], schema_ids.setdefault(json.dumps(v[4]), len(schema_ids))]
     index = {"format": FORMAT, "files": files, "schemas": [json.loads(k) for k in schema_ids], "next": nxt + len(misses)}
-    meta = {META_KEY: json.dumps(index).encode()}
-    tbl = tbl.replace_schema_metadata(meta)
+    write_cache(cache, tbl.replace_schema_metadata({META_KEY: json.dumps(index).encode()}))
+
+
+def write_cache(cache: Path, tbl) -> None:
+    """Write a cache file under a temp name and rename it into place: a reader sees the old or
+    the new cache, never half of one."""
+    import pyarrow.parquet as pq
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
     try:

@@ -107,8 +107,7 @@ def wide_rows(compute: Callable, keys: list[str], paths: list[str], cache: Path)
 def _store(cache: Path, idx: dict, version: str, misses: list[tuple[str, list]], path_of: dict[str, str],
            new: pd.DataFrame) -> None:
     """Rewrite ``cache`` with ``new`` (the rows of ``misses``) added, their stale rows and those
-    of run dirs that no longer exist dropped. Temp name + rename: a reader sees the old or the
-    new cache, never half of one."""
+    of run dirs that no longer exist dropped."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     known = dict(idx.get("runs", {}))
@@ -143,12 +142,4 @@ def _store(cache: Path, idx: dict, version: str, misses: list[tuple[str, list]],
     meta = dict(tbl.schema.metadata or {})
     meta[META_KEY] = json.dumps({"format": FORMAT, "code": version, "runs": known, "next": nxt + len(misses),
                                  "json_columns": sorted(json_cols), "object_columns": obj_cols}).encode()
-    tbl = tbl.replace_schema_metadata(meta)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
-    try:
-        pq.write_table(tbl, tmp, row_group_size=256 * 1024)
-        os.replace(tmp, cache)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    history_cache.write_cache(cache, tbl.replace_schema_metadata(meta))
