@@ -59,10 +59,7 @@ def cmd_compare(args) -> int:
                          + (f"; {'; '.join(cmp.excluded)} (--include-invalid compares them)" if cmp.excluded else ""))
     print(f"base {', '.join(base.run_ids)}  vs  candidate {', '.join(cand.run_ids)}  "
           f"(regression: worse by > {args.threshold:.0%} AND p < {args.alpha})")
-    for w in cmp.warnings:
-        print(f"warning: {w}")
-    for e in cmp.excluded:
-        print(f"excluded {e} (--include-invalid compares them)")
+    _print_warnings(cmp, " (--include-invalid compares them)")
     if include_invalid:
         print("note: invalid cell runs included (--include-invalid)")
     print(format_table(cmp))
@@ -79,6 +76,13 @@ def cmd_compare(args) -> int:
         print(f"REGRESSION in {len(cmp.regressions)} cell/metric pair(s)")
         return 1
     return 0
+
+
+def _print_warnings(cmp, excluded_hint: str = "") -> None:
+    for w in cmp.warnings:
+        print(f"warning: {w}")
+    for e in cmp.excluded:
+        print(f"excluded {e}{excluded_hint}")
 
 
 def cmd_bench_history(args) -> int:
@@ -104,10 +108,7 @@ def _compare_by_kernel(args, metrics) -> int:
         cmp = kc.comparison
         print(f"kernel {kc.base_kernel} (base) vs {kc.cand_kernel} (candidate), matched on the cell's "
               f"configuration; p from stats.ab_test (Welch t at 3-4 reps a side, Mann-Whitney from 5)")
-        for w in cmp.warnings:
-            print(f"warning: {w}")
-        for e in cmp.excluded:
-            print(f"excluded {e}")
+        _print_warnings(cmp)
         print(format_table(cmp))
         wc = with_config_id(runs.wide())
 

@@ -18,6 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 # Debian major version -> codename. The names users type are the numbers; codenames work too.
 RELEASES: dict[str, str] = {"12": "bookworm", "13": "trixie"}
@@ -182,6 +183,22 @@ def parse_depends(out: str) -> dict[str, list[str]]:
 
 DEPENDS_ARGS = ["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts",
                 "--no-breaks", "--no-replaces", "--no-enhances"]
+
+
+def dependency_closure(seed: list[str], depends: Callable[[list[str]], dict[str, list[str]]],
+                       follow: Callable[[str], bool]) -> list[str]:
+    """``seed`` and, level by level, each dependency (``depends``: first alternatives per package,
+    one apt call per level) that ``follow`` accepts; each package once, in the order found."""
+    seen: list[str] = []
+    level = list(seed)
+    while level:
+        level = [p for p in dict.fromkeys(level) if p not in seen]
+        if not level:
+            break
+        seen += level
+        found = depends(level)
+        level = [d for p in level for d in found.get(p, []) if follow(d) and d not in seen]
+    return seen
 
 
 def parse_print_uris(out: str) -> list[dict]:

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from harness.images.aptstate import (DEPENDS_ARGS, AptState, AptStateError, apt_state, file_sha256, normalize_release,
+from harness.images.aptstate import (DEPENDS_ARGS, AptState, AptStateError, apt_state,
+                                     dependency_closure, file_sha256, normalize_release,
                                      parse_depends, parse_print_uris)
 
 BUILDER_VERSION = "7"    # 7: the release in the key and the dir name; merged-/usr packages
@@ -126,16 +127,8 @@ def resolve_packages(kernel: bool = True, apt: AptState | None = None) -> list[s
     level = list(SEED_PACKAGES)
     if kernel:
         level += [d for d in _depends([KERNEL_META], apt).get(KERNEL_META, []) if d.startswith("linux-image-")][:1]
-    seen: list[str] = []
-    while level:
-        level = [p for p in dict.fromkeys(level) if p not in seen]
-        if not level:
-            break
-        seen += level
-        found = _depends(level, apt)
-        level = [d for p in level for d in found.get(p, [])
-                 if _LIB_PKG.match(d) and d not in _SKIP_PKG and d not in seen]
-    return seen
+    return dependency_closure(level, lambda pkgs: _depends(pkgs, apt),
+                              lambda d: bool(_LIB_PKG.match(d)) and d not in _SKIP_PKG)
 
 
 def package_uris(pkgs: list[str], apt: AptState | None = None) -> list[dict]:

@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.images.aptstate import (DEPENDS_ARGS, KEYRING, AptState, AptStateError, apt_state, file_sha256,
+from harness.images.aptstate import (DEPENDS_ARGS, KEYRING, AptState, AptStateError, apt_state,
+                                     dependency_closure, file_sha256,
                                      parse_depends, parse_print_uris)
 from harness.images.guestimage import cache_root
 from harness.vm import qemu as qemu_binary
@@ -125,16 +126,8 @@ def _depends(state: AptState, pkgs: list[str]) -> dict[str, list[str]]:
 
 
 def resolve(state: AptState) -> list[str]:
-    seen: list[str] = []
-    level = list(SEED_PACKAGES)
-    while level:
-        level = [p for p in dict.fromkeys(level) if p not in seen]
-        if not level:
-            break
-        seen += level
-        found = _depends(state, level)
-        level = [d for p in level for d in found.get(p, []) if _FOLLOWED.match(d) and d not in _SKIPPED]
-    return seen
+    return dependency_closure(SEED_PACKAGES, lambda pkgs: _depends(state, pkgs),
+                              lambda d: bool(_FOLLOWED.match(d)) and d not in _SKIPPED)
 
 
 def package_uris(state: AptState, pkgs: list[str]) -> list[dict]:
