@@ -225,6 +225,21 @@ def test_detect_no_step_in_pure_noise():
     assert S.detect_steps(np.random.default_rng(7).normal(0, 1, 60)) == []
 
 
+def test_detect_steps_in_a_long_history_stops_shuffling_early():
+    """1,000 nightly runs: the arcs are ~500,000 cuts a shuffle, so a segment without a step
+    stops after PERM_STOP_AFTER shuffles reach its maximum (Besag-Clifford p = h / shuffles),
+    and a real step is still found where it is."""
+    rng = np.random.default_rng(11)
+    noise = rng.normal(5.0, 0.15, 1000)
+    assert S.detect_steps(noise) == []
+    stepped = noise.copy()
+    stepped[640:] *= 0.9                                      # a 10 % regression from run 640 on
+    assert [s.index for s in S.detect_steps(stepped)] == [640]
+    # the stopped p: h / shuffles, never below PERM_STOP_AFTER / n_perm
+    cut = S._best_cut(noise[:200], 3, 999, [0], True)
+    assert cut is not None and cut[3] >= S.PERM_STOP_AFTER / 999
+
+
 def test_detect_steps_edge_cases():
     assert S.detect_steps([]) == [] and S.detect_steps([1.0, 2.0, 3.0]) == []
     assert S.detect_steps([4.0] * 12) == []                      # constant

@@ -945,42 +945,59 @@ def _verdict_counts(x: pd.Series) -> str:
 def validity_table(runs: Runs) -> pd.DataFrame:
     """Per run and configuration: measured / failed / skipped cell runs, how many are valid
     (harness.run.validity.is_valid), their bottleneck verdicts, and the reported properties beside
-    (conservation failures, idle queues, saturated senders: a CPU-bound sender is not a failure)."""
+    (conservation failures, idle queues, saturated senders: a CPU-bound sender is not a failure).
+    Newest run first (a history's report shows its first rows)."""
     w = runs.wide(only_ok=False)
-    lc = label_cols(w)
-    rows = []
-    for keys, g in w.groupby(["run_id"] + lc, sort=True):
-        ok = g[g.status == "ok"]
-        rows.append({**dict(zip(["run_id"] + lc, keys)), "ok": len(ok), "failed": int((g.status == "failed").sum()),
-                     "skipped": int((g.status == "skipped").sum()),
-                     "conservation_fail": int((ok.conservation_ok == False).sum()),  # noqa: E712
-                     "queue_spread_idle": int((ok.queue_spread_ok == False).sum()),  # noqa: E712 — reported
-                     "valid": (f"{int(ok.valid.fillna(False).astype(bool).sum())} of {len(ok)}"
-                               if len(ok) and not ok.valid.isna().all() else "-"),
-                     "bottleneck": _verdict_counts(ok.bottleneck),
-                     "sender_saturated": int((ok.saturated == True).sum()),  # noqa: E712 — informational
-                     "reason": "; ".join(sorted(set(g.reason.dropna().astype(str)) - {""}))[:160]})
-    return pd.DataFrame(rows)
+    keys = ["run_id"] + label_cols(w)
+    if w.empty:
+        return pd.DataFrame(columns=keys)
+    ok = w.status == "ok"
+    flags = pd.DataFrame({
+        "ok": ok, "failed": w.status == "failed", "skipped": w.status == "skipped",
+        "conservation_fail": ok & (w.conservation_ok == False).fillna(False),  # noqa: E712
+        "queue_spread_idle": ok & (w.queue_spread_ok == False).fillna(False),  # noqa: E712 — reported
+        "_valid": ok & w.valid.fillna(False).astype(bool), "_known": ok & w.valid.notna(),
+        "sender_saturated": ok & (w.saturated == True).fillna(False),  # noqa: E712 — informational
+    }, index=w.index).astype(int)
+    t = pd.concat([w[keys], flags], axis=1).groupby(keys, sort=True).sum()
+    t["valid"] = [f"{v} of {n}" if n and k else "-" for v, n, k in zip(t._valid, t.ok, t._known)]
+    b = w[ok & w.bottleneck.notna()].assign(bottleneck=lambda d: d.bottleneck.astype(str))
+    counts = b.groupby(keys + ["bottleneck"], sort=True).size().rename("n").reset_index()
+    counts = counts.sort_values(keys + ["n"], ascending=[True] * len(keys) + [False], kind="stable")
+    counts["s"] = counts.bottleneck + " " + counts.n.astype(str)
+    t["bottleneck"] = counts.groupby(keys, sort=True)["s"].agg(", ".join).reindex(t.index).fillna("-")
+    r = w[w.reason.notna() & (w.reason.astype(str) != "")]
+    t["reason"] = (r.groupby(keys, sort=True)["reason"].agg(lambda x: "; ".join(sorted(set(x.astype(str))))[:160])
+                   .reindex(t.index).fillna(""))
+    t = t.reset_index().sort_values("run_id", ascending=False, kind="stable")
+    return t[keys + ["ok", "failed", "skipped", "conservation_fail", "queue_spread_idle", "valid", "bottleneck",
+                     "sender_saturated", "reason"]].reset_index(drop=True)
 
 
 def repetitions_table(runs: Runs) -> pd.DataFrame:
     """Per run and cell: repetitions run, measured (ok) and valid, the 95 % Student-t CI
     half-width of throughput over the valid ones (the rule `repetitions = "auto"` stops on,
-    harness.counters.confidence) and why the repetitions stopped (cells.reps_stop)."""
+    harness.counters.confidence) and why the repetitions stopped (cells.reps_stop). Newest run first."""
     w = runs.wide(only_ok=False)
     if w.empty:
         return pd.DataFrame()
     c = runs.cells
     stop = c.dropna(subset=["reps_stop"]).groupby(["run_id", "cell"])["reps_stop"].last()
-    rows = []
-    for (run_id, cell), g in w[w.status != "skipped"].groupby(["run_id", "cell"], sort=True):
-        ok = g[g.status == "ok"]
-        valid = ok[ok.valid.fillna(False).astype(bool)]
-        n, pct = S.t_ci_rel_pct(valid.throughput_bps.tolist())
-        rows.append({"run_id": run_id, "cell": cell, "reps": int(g.rep.nunique()), "measured": len(ok),
-                     "valid": len(valid), "throughput CI ±% (valid)": round(pct, 1) if n >= 2 else None,
-                     "stop": stop.get((run_id, cell), "-")})
-    return pd.DataFrame(rows)
+    w = w[w.status != "skipped"]
+    keys = ["run_id", "cell"]
+    ok = w.status == "ok"
+    valid = ok & w.valid.fillna(False).astype(bool)
+    g = pd.DataFrame({"reps": w.rep, "measured": ok.astype(int), "valid": valid.astype(int)}, index=w.index)
+    t = pd.concat([w[keys], g], axis=1).groupby(keys, sort=True).agg(reps=("reps", "nunique"),
+                                                                     measured=("measured", "sum"),
+                                                                     valid=("valid", "sum"))
+    ci = w[valid].groupby(keys, sort=True)["throughput_bps"].agg(lambda x: S.t_ci_rel_pct(x.tolist()))
+    t["throughput CI ±% (valid)"] = [round(v[1], 1) if isinstance(v, tuple) and v[0] >= 2 else None
+                                     for v in ci.reindex(t.index)]
+    t["stop"] = stop.reindex(t.index).astype(object).where(lambda x: x.notna(), "-")
+    t = t.reset_index().sort_values("run_id", ascending=False, kind="stable").reset_index(drop=True)
+    t[["reps", "measured", "valid"]] = t[["reps", "measured", "valid"]].astype(int)
+    return t
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ analysis (harness.analysis.stats re-exports it) use the same rule; analysis sits
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable
 
@@ -13,11 +14,17 @@ from typing import Iterable
 MIN_REPS_TEST = 3
 
 
+@functools.lru_cache(maxsize=256)
+def _t_quantile(q: float, df: int) -> float:
+    """scipy's Student-t quantile (~0.1 ms a call: a history's tables ask it for the same few
+    repetition counts tens of thousands of times)."""
+    from scipy.stats import t as student_t
+    return float(student_t.ppf(q, df))
+
+
 def t_ci_halfwidth(values: Iterable[float], conf: float = 0.95) -> tuple[int, float, float]:
     """(n, mean, half-width) of the two-sided Student-t confidence interval of the mean:
     t_{(1+conf)/2, n-1} x s / sqrt(n). NaNs are dropped; below 2 values the half-width is nan."""
-    from scipy.stats import t as student_t
-
     a = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     n = len(a)
     if n == 0:
@@ -26,7 +33,7 @@ def t_ci_halfwidth(values: Iterable[float], conf: float = 0.95) -> tuple[int, fl
     if n < 2:
         return n, mean, math.nan
     sd = math.sqrt(sum((x - mean) ** 2 for x in a) / (n - 1))
-    return n, mean, float(student_t.ppf((1 + conf) / 2, n - 1)) * sd / math.sqrt(n)
+    return n, mean, _t_quantile((1 + conf) / 2, n - 1) * sd / math.sqrt(n)
 
 
 def t_ci_rel_pct(values: Iterable[float], conf: float = 0.95) -> tuple[int, float]:
