@@ -236,38 +236,45 @@ class Runs:
 
     def runs_table(self) -> pd.DataFrame:
         """One row per run: when, what, on which kernel and accel, how many cells fared how."""
+        # per run, from one grouping of the cells table (a history has tens of thousands of rows)
+        c = self.cells
+        by_run = c.run_id.astype(str) if len(c) else pd.Series(dtype=str)
+        started = (pd.to_numeric(c["started"], errors="coerce").groupby(by_run).min().to_dict()
+                   if len(c) and "started" in c else {})
+
+        def values(col: str) -> dict[str, str]:
+            if not len(c) or col not in c:
+                return {}
+            v = c[col].dropna().astype(str)
+            return v.groupby(by_run[v.index]).agg(lambda x: ",".join(sorted(set(x)))).to_dict()
+        kernels, oses = values("kernel"), values("os")
+        counts = (c.groupby([by_run, c.status.astype(str)]).size().unstack(fill_value=0).to_dict("index")
+                  if len(c) and "status" in c else {})
         rows = []
         for rid, m in self.manifests.items():
-            c = self.cells[self.cells.run_id == rid]
-            started = pd.to_numeric(c.get("started"), errors="coerce").min() if len(c) else math.nan
+            n = counts.get(rid, {})
             rows.append({
                 "run_id": rid,
-                "started": (pd.to_datetime(started, unit="s").floor("s") if not pd.isna(started)
-                            else _time_from_id(rid)),
+                "started": started.get(rid, math.nan),
                 "workload": (m.get("workload") or {}).get("name"),
                 # the kernels its cells ran (a run of linux-deb-12 and -13 has two), else the default guest's
-                "kernel": (",".join(sorted(set(c["kernel"].dropna().astype(str))))
-                           if len(c) and "kernel" in c and c["kernel"].notna().any()
-                           else (m.get("guest_image") or {}).get("kernel_release")),
-                "os": ",".join(sorted(set(c["os"].dropna().astype(str)))) if len(c) else "",
+                "kernel": kernels.get(rid) or (m.get("guest_image") or {}).get("kernel_release"),
+                "os": oses.get(rid, ""),
                 "accel": m.get("accel"),
                 "replay": is_replay(m),
                 "complete": bool(m.get("complete")),
                 "git": ((m.get("tool") or {}).get("git_revision") or "")[:12],
-                "ok": int((c.status == "ok").sum()),
-                "failed": int((c.status == "failed").sum()),
-                "skipped": int((c.status == "skipped").sum()),
+                "ok": int(n.get("ok", 0)),
+                "failed": int(n.get("failed", 0)),
+                "skipped": int(n.get("skipped", 0)),
                 "path": m.get("_path"),
             })
         df = pd.DataFrame(rows)
+        if len(df):     # one conversion for the whole column; runs without cells: the time in the run_id
+            t = pd.to_datetime(pd.to_numeric(df["started"], errors="coerce"), unit="s").dt.floor("s")
+            df["started"] = t.where(t.notna(), pd.to_datetime(df.run_id.str[:15], format="%Y%m%d-%H%M%S",
+                                                              errors="coerce"))
         return df.sort_values(["started", "run_id"]).reset_index(drop=True) if len(df) else df
-
-
-def _time_from_id(run_id: str):
-    try:
-        return pd.to_datetime(run_id[:15], format="%Y%m%d-%H%M%S")
-    except (ValueError, TypeError):
-        return pd.NaT
 
 
 def expand_run_dirs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

@@ -406,13 +406,19 @@ def summary(w: pd.DataFrame, metric: str, by: Sequence[str] | None = None,
     """Median and bootstrap 95% CI of ``metric`` over repetitions, per group."""
     by = list(by or label_cols(w))
     rows = []
-    for keys, g in w.groupby(by, sort=True, dropna=False):
+    for keys, vals in w.groupby(by, sort=True, dropna=False)[metric]:     # the metric's column only
         keys = keys if isinstance(keys, tuple) else (keys,)
-        s = S.summarize(g[metric].tolist(), seed=seed)
+        s = S.summarize(vals.tolist(), seed=seed)
         rows.append({**dict(zip(by, keys)), "n": s.n, "median": s.median, "ci_lo": s.ci_lo, "ci_hi": s.ci_hi})
     out = pd.DataFrame(rows, columns=by + ["n", "median", "ci_lo", "ci_hi"])
-    out["label"] = [_label(r, by) for _, r in out.iterrows()] if len(out) else []
+    out["label"] = labels(out, by)
     return out
+
+
+def labels(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
+    """``_label`` of every row (rows as dicts: iterrows builds a Series per row)."""
+    cols = list(cols)
+    return [_label(dict(zip(cols, t)), cols) for t in zip(*(df[c] for c in cols))] if len(df) else []
 
 
 @_needs_ok_cells(_EMPTY)
@@ -1127,7 +1133,7 @@ def history(runs: Runs, metric: str) -> pd.DataFrame:
     lc = label_cols(w)
     s = summary(w, metric, ["run_id"] + lc)
     s = s.merge(rt, on="run_id", how="left").sort_values(["started", "run_id"])
-    s["cfg"] = [_label(r, lc) for _, r in s.iterrows()]
+    s["cfg"] = labels(s, lc)
     return s
 
 

@@ -23,6 +23,7 @@ mean difference with the small-sample correction).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Sequence
@@ -387,6 +388,7 @@ class Step:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=16)     # every configuration of a history has the same number of runs
 def _arc_pairs(n: int, min_segment: int, single_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Every (i, j), 0 <= i < j <= n, cutting [0, n) into [0, i) [i, j) [j, n) where each
     non-empty piece has at least ``min_segment`` values: i = 0 (or j = n) is a single split,
@@ -401,7 +403,9 @@ def _arc_pairs(n: int, min_segment: int, single_only: bool = False) -> tuple[np.
                 continue
             ii.append(i)
             jj.append(j)
-    return np.asarray(ii, dtype=int), np.asarray(jj, dtype=int)
+    ii_a, jj_a = np.asarray(ii, dtype=int), np.asarray(jj, dtype=int)
+    ii_a.flags.writeable = jj_a.flags.writeable = False      # shared by the cache
+    return ii_a, jj_a
 
 
 def _arc_stat(cs: np.ndarray, ii: np.ndarray, jj: np.ndarray, n: int) -> np.ndarray:
