@@ -170,7 +170,8 @@ def header(runs: Runs) -> None:
     rt = runs.runs_table()
     cols = ["run_id", "started", "workload", "os", "kernel", "accel", "replay", "complete", "git", "ok", "failed",
             "skipped"]
-    show_table(rt[cols], f"{len(rt)} run(s)")
+    # newest first: a history's table shows its last runs, the ones a reader checks
+    show_table(rt[cols].iloc[::-1], f"{len(rt)} run(s)" + (", newest first" if len(rt) > 1 else ""))
 
 
 CONSTANT_OK = ("workload", "os", "kernel", "streams", "proto", "msg_size", "stack", "churn", "traced", "run_id")
