@@ -23,7 +23,13 @@ import pandas as pd
 import pytest
 
 from harness.errors import InputError
-from harness.vm.faults import Injection, Injector, parse_injection, parse_injections, scan_serial
+from harness.vm.faults import (
+    Injection,
+    Injector,
+    parse_injection,
+    parse_injections,
+    scan_serial,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MATRIX_WL = REPO / "tests" / "fixtures" / "faults_matrix.toml"
