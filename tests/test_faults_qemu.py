@@ -37,9 +37,12 @@ RESUME_WL = REPO / "tests" / "fixtures" / "faults_resume.toml"
 FIRST, SECOND, THIRD = (f"linux-deb.virtio-net.q1.p{p}.s1.tcp.m0" for p in (1, 2, 3))
 
 
-def _s(n: int) -> str:
-    """faults_matrix.toml's cell with n streams."""
-    return f"linux-deb.virtio-net.q1.p1.s{n}.tcp.m0"
+SIZES = (0, 65536, 131072, 196608, 262144, 327680, 393216, 458752, 524288)   # faults_matrix.toml's msg_size
+
+
+def _m(n: int) -> str:
+    """faults_matrix.toml's n-th cell (1-based, plan order)."""
+    return f"linux-deb.virtio-net.q1.p1.s1.tcp.m{SIZES[n - 1]}"
 
 
 # faults_matrix.toml, in run order: cell -> (fault or None, the text its failed row's reason holds).
@@ -47,15 +50,15 @@ def _s(n: int) -> str:
 # usable, so the cell after it runs on the same VM; panic, drop-ssh, kill-qemu and hang each make
 # the runner boot a new VM for the next cell.
 MATRIX = {
-    _s(1): ("no-ssh", "boot failed: SSH"),
-    _s(2): (None, None),
-    _s(3): ("kill-iperf3", "iperf3"),
-    _s(4): (None, None),
-    _s(5): ("panic", "guest kernel panic"),
-    _s(6): ("drop-ssh", "SSH"),
-    _s(7): ("kill-qemu", "QEMU exited"),
-    _s(8): ("hang", "cell timed out after 15 s"),
-    _s(9): (None, None),
+    _m(1): ("no-ssh", "boot failed: SSH"),
+    _m(2): (None, None),
+    _m(3): ("kill-iperf3", "iperf3"),
+    _m(4): (None, None),
+    _m(5): ("panic", "guest kernel panic"),
+    _m(6): ("drop-ssh", "SSH"),
+    _m(7): ("kill-qemu", "QEMU exited"),
+    _m(8): ("hang", "cell timed out after 15 s"),
+    _m(9): (None, None),
 }
 SERIAL_TAIL_FAULTS = ("panic", "kill-qemu", "hang", "drop-ssh")
 
