@@ -1,10 +1,11 @@
 """Fault detection (pure: serial console text in, findings out) and fault injection for tests.
 
 Injection is driven only by the XMITBENCH_INJECT environment variable, which the
-fault-injection tests set; a normal run never has it. Format: `<fault>@<cell-run-id>` with an
-optional `@<seconds>` after the measurement starts (default 1.0). `<cell-run-id>` matches the
-CellRun id (e.g. `virtio-net.q1.p2.s1.tcp.m0.r0`); a trailing `!1` limits it to attempt 1, so
-that a retry can succeed.
+fault-injection tests set; a normal run never has it. Format: one or more comma-separated
+entries `<fault>@<cell-run-id>` with an optional `@<seconds>` after the measurement starts
+(default 1.0). `<cell-run-id>` matches the CellRun id (e.g. `virtio-net.q1.p2.s1.tcp.m0.r0`);
+a trailing `!1` limits it to attempt 1, so that a retry can succeed. Several entries let one
+run (one harness start) hit several cells, each with its own fault.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import re
 import signal
 import threading
 from dataclasses import dataclass
+
+from harness.errors import InputError
 
 # Kernel messages that make a cell untrustworthy. Order matters: the first match per line wins.
 SERIAL_FAULTS = {
@@ -71,52 +74,83 @@ FAULTS = ("kill-qemu", "panic", "kill-iperf3", "drop-ssh", "sigint", "sigkill-ha
 PEER_PERIOD_S, PEER_RUN_S = 0.1, 0.01
 
 
-def parse_injection(spec: str | None) -> Injection | None:
-    if not spec:
+INJECT_FORMAT = "<fault>@<cell-run>[!attempt][@seconds], comma-separated"
+
+
+def parse_injection(entry: str | None, where: str = "entry 1") -> Injection | None:
+    """One entry of XMITBENCH_INJECT; a bad one is a one-line InputError naming it."""
+    if not entry:
         return None
-    parts = spec.split("@")
-    if len(parts) not in (2, 3) or parts[0] not in FAULTS:
-        raise ValueError(f"XMITBENCH_INJECT={spec!r}: expected <fault>@<cell-run>[@seconds], "
-                         f"fault one of {', '.join(FAULTS)}")
-    cell, _, attempt = parts[1].partition("!")
-    return Injection(parts[0], cell, float(parts[2]) if len(parts) == 3 else 1.0,
-                     int(attempt) if attempt else None)
+
+    def bad(why: str) -> InputError:
+        return InputError("XMITBENCH_INJECT", where, f"{entry!r}: {why}; expected {INJECT_FORMAT}, "
+                                                      f"fault one of {', '.join(FAULTS)}")
+    parts = entry.strip().split("@")
+    if len(parts) not in (2, 3):
+        raise bad("wrong number of '@' fields")
+    if parts[0] not in FAULTS:
+        raise bad(f"unknown fault {parts[0]!r}")
+    cell, bang, attempt = parts[1].partition("!")
+    if not cell or (bang and not (attempt.isdigit() and int(attempt) >= 1)):
+        raise bad("cell run id missing or attempt not a whole number >= 1")
+    try:
+        after_s = float(parts[2]) if len(parts) == 3 else 1.0
+    except ValueError:
+        raise bad(f"seconds {parts[2]!r} not a number") from None
+    if not after_s >= 0:
+        raise bad(f"seconds {parts[2]!r} negative")
+    return Injection(parts[0], cell, after_s, int(attempt) if attempt else None)
+
+
+def parse_injections(spec: str | None) -> tuple[Injection, ...]:
+    """Every entry of XMITBENCH_INJECT (comma-separated), in order; empty when unset."""
+    if not spec or not spec.strip():
+        return ()
+    entries = spec.split(",")
+    out = []
+    for n, entry in enumerate(entries, 1):
+        where = f"entry {n} of {len(entries)}"
+        if not entry.strip():
+            raise InputError("XMITBENCH_INJECT", where, f"empty entry in {spec!r}; expected {INJECT_FORMAT}")
+        out.append(parse_injection(entry, where))
+    return tuple(out)
 
 
 class Injector:
-    """Fires one fault from a timer thread while a matching cell is measuring."""
+    """Fires the faults meant for a cell from timer threads while it is measuring."""
 
     def __init__(self, spec: str | None = None):
-        self.inj = parse_injection(spec if spec is not None else os.environ.get("XMITBENCH_INJECT"))
-        self.timer: threading.Timer | None = None
+        self.injections = parse_injections(spec if spec is not None else os.environ.get("XMITBENCH_INJECT"))
+        self.timers: list[threading.Timer] = []
         self.peers = None                     # () -> PIDs of the peer iperf3 servers (set by the runner)
         self._stop_throttle = threading.Event()
 
+    def _for(self, cell_run: str, attempt: int) -> list[Injection]:
+        return [i for i in self.injections if i.cell_run == cell_run and i.attempt in (None, attempt)]
+
     def wants(self, fault: str, cell_run: str, attempt: int) -> bool:
-        i = self.inj
-        return bool(i and i.fault == fault and i.cell_run == cell_run and (i.attempt in (None, attempt)))
+        return any(i.fault == fault for i in self._for(cell_run, attempt))
 
     def arm(self, cell_run: str, attempt: int, machine, shell) -> None:
-        i = self.inj
-        if not i or i.cell_run != cell_run or (i.attempt not in (None, attempt)) or i.fault == "no-ssh":
-            return
         self._stop_throttle.clear()
-        if i.fault == "peer-throttle":
-            self.timer = threading.Timer(i.after_s, self._throttle_peers)
-            self.timer.daemon = True
-            self.timer.start()
-            return
-        self.timer = threading.Timer(i.after_s, self._fire, args=(i.fault, machine, shell))
-        self.timer.daemon = True
-        self.timer.start()
+        for i in self._for(cell_run, attempt):
+            if i.fault == "no-ssh":          # a boot fault: the runner asks `wants` when it boots
+                continue
+            if i.fault == "peer-throttle":
+                timer = threading.Timer(i.after_s, self._throttle_peers)
+            else:
+                timer = threading.Timer(i.after_s, self._fire, args=(i.fault, machine, shell))
+            timer.daemon = True
+            timer.start()
+            self.timers.append(timer)
 
     def disarm(self) -> None:
         self._stop_throttle.set()
-        if self.timer:
-            self.timer.cancel()
-            if self.timer.is_alive() and self.timer is not threading.current_thread():
-                self.timer.join(5)
-            self.timer = None
+        for timer in self.timers:
+            timer.cancel()
+            if timer.is_alive() and timer is not threading.current_thread():
+                timer.join(5)
+        self.timers = []
 
     def _throttle_peers(self) -> None:
         """Stop and continue our own peer servers (by PID) until disarmed; always leave them running."""
