@@ -22,63 +22,77 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.qemu,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces and taps")]
 
-def BASE(name: str, proto: str, size: int, setup: list[str]) -> str:
-    return workload_toml(name, {"nic": ["virtio-net"], "queues": [2], "procs": [2], "proto": [proto],
-                                "msg_size": [size]},
-                         {"duration_s": 3, "retries": 2, "udp_bitrate": "100M"}, setup={"linux": setup})
+# One run, two cells on one VM (virtio-net, 2 queues, 2 senders), both impaired by the guest
+# setup before each cell:
+# - 10 % netem loss on the measured UDP datagrams only (UDP with IPv4 total length 1024..2047:
+#   the 1400 B payloads): iperf3's TCP control connection and its 4-byte UDP connect handshake
+#   stay clean (a lost handshake datagram fails the whole attempt with "unable to read from
+#   stream socket"), and so does the TCP cell, whose protocol is 6;
+# - XPS sending every CPU's traffic to TX queue 0, so queue 1 stays idle.
+# The UDP cell is what the conservation test reads, the TCP cell what the spread test reads.
+TC = "/sbin/tc"
+IMPAIRED_SETUP = [
+    f"{TC} qdisc replace dev xb0 root handle 1: prio bands 3 priomap 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+    f"{TC} qdisc replace dev xb0 parent 1:3 handle 30: netem loss 10%",
+    f"{TC} filter replace dev xb0 parent 1: protocol ip prio 1 u32 match ip protocol 17 0xff match u16 0x0400 0xfc00 at 2 flowid 1:3",
+    "echo 3 > /sys/class/net/xb0/queues/tx-0/xps_cpus", "echo 0 > /sys/class/net/xb0/queues/tx-1/xps_cpus"]
+RETRIES = 1
+IMPAIRED = workload_toml("impaired", {"nic": ["virtio-net"], "queues": [2], "procs": [2], "proto": ["udp", "tcp"],
+                                      "msg_size": [1400]},
+                         {"retries": RETRIES, "udp_bitrate": "100M"}, setup={"linux": IMPAIRED_SETUP})
+LOSSY_UDP, ONE_QUEUE_TCP = "linux-deb.virtio-net.q2.p2.s1.udp.m1400", "linux-deb.virtio-net.q2.p2.s1.tcp.m1400"
 
 
-def _run(tmp_path: Path, name: str, proto: str, size: int, setup: list[str]) -> dict:
-    wl = tmp_path / f"{name}.toml"
-    wl.write_text(BASE(name, proto, size, setup))
-    results = tmp_path / "results"
+@pytest.fixture(scope="module")
+def impaired_cells(tmp_path_factory) -> pd.DataFrame:
+    tmp = tmp_path_factory.mktemp("impaired")
+    wl = tmp / "impaired.toml"
+    wl.write_text(IMPAIRED)
+    results = tmp / "results"
     p = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(wl), "--results", str(results)],
                        capture_output=True, text=True, timeout=600, cwd=REPO)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    cells = pd.read_parquet(next(results.iterdir()) / "cells.parquet").sort_values("attempt")
-    ok = cells[cells.status == "ok"]  # under TCG an iperf3 run occasionally fails; the retry is recorded
-    assert len(ok), cells.reason.tolist()
+    return pd.read_parquet(next(results.iterdir()) / "cells.parquet").sort_values("attempt")
+
+
+def _final(cells: pd.DataFrame, cell: str) -> dict:
+    c = cells[cells.cell == cell]
+    ok = c[c.status == "ok"]  # under TCG an iperf3 run occasionally fails; the retry is recorded
+    assert len(ok), c[["attempt", "status", "reason"]]
     final = ok.iloc[-1]
-    return {"validity": json.loads(final.validity), "valid": bool(final.valid), "cells": cells}
+    return {"validity": json.loads(final.validity), "valid": bool(final.valid), "cells": c}
 
 
-def test_conservation_flags_injected_loss(tmp_path):
-    # 10 % loss on the measured datagrams only (UDP with IPv4 total length 1024..2047: the 1400 B
-    # payloads): iperf3's TCP control connection and its 4-byte UDP connect handshake stay clean
-    # (a lost handshake datagram fails the whole attempt with "unable to read from stream socket")
-    tc = "/sbin/tc"
-    r = _run(tmp_path, "loss", "udp", 1400, [
-        f"{tc} qdisc replace dev xb0 root handle 1: prio bands 3 priomap 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
-        f"{tc} qdisc replace dev xb0 parent 1:3 handle 30: netem loss 10%",
-        f"{tc} filter replace dev xb0 parent 1: protocol ip prio 1 u32 match ip protocol 17 0xff match u16 0x0400 0xfc00 at 2 flowid 1:3"])
+def test_conservation_flags_injected_loss(impaired_cells):
+    r = _final(impaired_cells, LOSSY_UDP)
     cons = r["validity"]["conservation"]
     assert cons["ok"] is False and r["valid"] is False
     # about 10 % of the application's bytes never left the NIC
     assert 0.05 < 1 - cons["ratio"] < 0.15, cons
     # a failed conservation check may be transient, so the cell was re-run within the retry
-    # budget (retries = 2): every measured attempt invalid, each after the first saying why it ran
+    # budget: every measured attempt invalid, each after the first saying why it ran, and no
+    # attempt beyond the budget
     c = r["cells"]
     ok = c[c.status == "ok"]
     assert len(ok) >= 2 and not ok.valid.any(), c[["attempt", "status", "valid", "reason"]]
     assert all(x.startswith("re-run: attempt ") and x.endswith("failed conservation") for x in ok.reason.iloc[1:])
-    assert c.attempt.max() == 3
+    assert c.attempt.max() == 1 + RETRIES
 
 
-def test_spread_flags_traffic_forced_onto_one_queue(tmp_path):
-    xps = ["echo 3 > /sys/class/net/xb0/queues/tx-0/xps_cpus", "echo 0 > /sys/class/net/xb0/queues/tx-1/xps_cpus"]
-    r = _run(tmp_path, "onequeue", "tcp", 0, xps)
+def test_spread_flags_traffic_forced_onto_one_queue(impaired_cells):
+    r = _final(impaired_cells, ONE_QUEUE_TCP)
     spread = r["validity"]["queue_spread"]
     assert spread["ok"] is False and spread["idle_queues"] == [1], spread
     assert r["validity"]["conservation"]["ok"] is True      # nothing lost, only badly spread
     # reported, not failed: the workload did not ask for spread (require_queue_spread unset)
     from harness.run.validity import failed_checks
     assert spread["required"] is False and "queue_spread" not in failed_checks(r["validity"])
-    # a configuration property, not a transient: no re-run for it
+    # a configuration property, not a transient: no re-run for it (the retry budget was there)
     assert (r["cells"].status == "ok").sum() == 1
 
 
 PEER = workload_toml("peerlimit", {"nic": ["virtio-net"], "queues": [1], "procs": [1, 2], "proto": ["udp"],
-                                   "msg_size": [1400]}, {"duration_s": 3, "retries": 0})
+                                   "msg_size": [1400]}, {"retries": 0})
 
 
 def test_bottleneck_names_a_throttled_peer(tmp_path):

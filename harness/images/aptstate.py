@@ -12,6 +12,7 @@ Used by the guest build (`images build linux-deb --release 13`) and the QEMU fet
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -82,6 +83,55 @@ class AptState:
 
     def run(self, args: list[str], **kw) -> subprocess.CompletedProcess:
         return subprocess.run(args, capture_output=True, text=True, env=self.env(), **kw)
+
+    def inputs(self) -> list[Path]:
+        """The files apt's answers about candidates and their dependencies come from: the
+        configuration, sources and preferences, the package lists and the dpkg status."""
+        if self.root is not None:
+            return [self.root / "apt.conf", self.root / "sources.list", self.root / "sources.list.d",
+                    self.root / "preferences", self.root / "preferences.d", self.root / "state" / "lists",
+                    self.root / "state" / "status"]
+        return [Path("/etc/apt"), Path("/var/lib/apt/lists"), Path("/var/lib/dpkg/status")]
+
+    def fingerprint(self) -> str:
+        """Path, size and mtime of every input file (what apt itself checks before it reuses
+        its pkgcache.bin); APT_CONFIG from the environment is part of it too."""
+        h = hashlib.sha256(f"{self.release}\0{self.env().get('APT_CONFIG', '')}".encode())
+        for top in self.inputs():
+            files = sorted(top.rglob("*")) if top.is_dir() else [top]
+            for f in files:
+                if "partial" in f.parts or f.name == "lock":
+                    continue
+                try:
+                    st = f.stat()
+                except OSError:
+                    continue
+                if f.is_file():
+                    h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    def query(self, args: list[str], memo_dir: Path | None) -> str:
+        """stdout of a read-only apt query (apt-cache depends, apt-get --print-uris), kept in
+        `memo_dir` under the query and the apt state's fingerprint. Each such call costs
+        seconds where apt keeps no pkgcache.bin (Debian's container images turn it off), and
+        every run asks the same ones to find its cached guest; a changed list, status or
+        source changes the fingerprint, so a stale answer is never reused. A failed query
+        raises AptStateError and is not kept."""
+        memo = None
+        if memo_dir is not None:
+            key = hashlib.sha256(json.dumps([self.fingerprint(), args]).encode()).hexdigest()[:32]
+            memo = memo_dir / f"{key}.out"
+            if memo.is_file():
+                return memo.read_text()
+        proc = self.run(args)
+        if proc.returncode != 0:
+            raise AptStateError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        if memo is not None:
+            memo_dir.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(proc.stdout)
+            tmp.replace(memo)
+        return proc.stdout
 
     def describe(self) -> str:
         return (f"Debian {self.release} ({self.codename}), private apt state {self.root}" if self.private
