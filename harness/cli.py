@@ -140,6 +140,7 @@ def cmd_plan(args) -> int:
           "<run> the run dir, <per-run-key> the run's SSH public key; fd=/fds= are the tap queues the "
           "harness opens in its namespace and hands to QEMU")
     same: dict[str, dict[str, tuple]] = {}    # nic -> image -> the data NIC and CPU options
+    inspected: set[tuple[str, str]] = set()   # workload.inspect: the first boot of each image and NIC
     for gi, g in enumerate(p.groups):
         bk = g.boot_key
         cloud = not boots_kernel_directly(bk.image)
@@ -161,7 +162,9 @@ def cmd_plan(args) -> int:
         print("   qemu: " + shlex.join(argv))
         same.setdefault(bk.nic, {}).setdefault(bk.image, set()).add(data_plane_options(argv))
         print(f"   lock method: {guest.lock_method(accel)}")
-        print("   " + render(boot_steps(guest, bk)).rstrip().replace("\n", "\n   "))
+        inspect = wl.inspect and (bk.image, bk.nic) not in inspected
+        inspected.add((bk.image, bk.nic))
+        print("   " + render(boot_steps(guest, bk, inspect=inspect)).rstrip().replace("\n", "\n   "))
         warmup = [warmup_run(g.runs[0].cell)] if wl.warmup_after_boot and g.runs else []   # as the runner does
         for cr in warmup + list(g.runs):
             c = cr.cell

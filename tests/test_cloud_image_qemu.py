@@ -32,23 +32,35 @@ def _cli(*args, env=None, timeout=1500):
                           timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
 
 
-def test_debian_cloud_image_boots_with_real_cloud_init_and_measures_two_cells(cloud_image, tmp_path):
+@pytest.fixture(scope="module")
+def cloud_run(cloud_image, tmp_path_factory):
+    """ONE boot of the cloud image (74-102 s to SSH under TCG, cloud-init runs) serves both the
+    measurement and the inspect bundle: the workload asks for the bundle (`inspect = true`),
+    which the run captures as the boot's last step, as `images inspect` does."""
     disk, built = cloud_image
+    tmp = tmp_path_factory.mktemp("cloud")
     before = file_sha256(disk)
-    assert before == built["sha256"]                       # the recorded sha256 is the file's
-    wl = tmp_path / "cloud.toml"
+    wl = tmp / "cloud.toml"
     wl.write_text('[workload]\nname = "cloud"\nrepetitions = 1\nduration_s = 2\nwarmup_s = 0\nlock_stats = true\n'
+                  'inspect = true\n'
                   '[machine]\nvcpus = 2\nmemory_mib = 1024\naccel = "tcg"\nimage = "debian-cloud"\n'
                   '[matrix]\nnic = ["virtio-net"]\nqueues = [1, 2]\nprocs = [2]\n')
-    p = _cli("run", str(wl), "--results", str(tmp_path / "r"))
+    p = _cli("run", str(wl), "--results", str(tmp / "r"))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    rd = next((tmp_path / "r").iterdir())
+    return next((tmp / "r").iterdir()), p.stdout, before
+
+
+def test_debian_cloud_image_boots_with_real_cloud_init_and_measures_two_cells(cloud_image, cloud_run):
+    disk, built = cloud_image
+    rd, _, before = cloud_run
+    assert before == built["sha256"]                       # the recorded sha256 is the file's
     cells = pd.read_parquet(rd / "cells.parquet")
     assert list(cells.status) == ["ok", "ok"], cells.reason.tolist()
     man = json.loads((rd / "manifest.json").read_text())
     info = man["images"]["debian-cloud"]
     assert info["image_kind"] == "local cloud image (mmdebstrap, Debian 12)"
     assert info["sha256"] == before and info["build_s"] > 0 and info["cloud_init"]
+    assert len(man["boots"]) == 1                          # measured and inspected on one boot
     boot = man["boots"][0]
     argv = " ".join(boot["argv"])
     # booted from disk by its own boot loader, through an overlay, with a seed; no egress
@@ -65,8 +77,7 @@ def test_debian_cloud_image_boots_with_real_cloud_init_and_measures_two_cells(cl
     assert file_sha256(disk) == before                                # the cached base was never written
 
 
-def _check_bundle(rd: Path, image: str) -> dict:
-    bundle = rd / "inspect"
+def _check_bundle(bundle: Path, image: str) -> dict:
     index = json.loads((bundle / "index.json").read_text())
     assert index["image"] == image and index["driver"] == "virtio_net"
     for name, entry in index["commands"].items():
@@ -88,17 +99,24 @@ def test_images_inspect_initramfs_guest(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "native counters of driver virtio_net" in p.stdout
     rd = next((tmp_path / "r").iterdir())
-    index = _check_bundle(rd, "linux-deb")
+    index = _check_bundle(rd / "inspect", "linux-deb")
     assert index["commands"]["first_boot_agent"]["exit_status"] != 0      # no cloud-init in the ramdisk
 
 
-def test_images_inspect_cloud_image(cloud_image, tmp_path):
+def test_run_with_inspect_writes_the_cloud_image_bundle(cloud_image, cloud_run):
+    """`inspect = true`: the run's one boot also wrote the `images inspect` bundle of
+    debian-cloud on virtio-net (same capture, same files), listed in the manifest."""
     disk, built = cloud_image
-    p = _cli("images", "inspect", "debian-cloud", "--results", str(tmp_path / "r"))
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    rd = next((tmp_path / "r").iterdir())
-    _check_bundle(rd, "debian-cloud")
-    assert 'VERSION_ID="12"' in (rd / "inspect" / "os_release.txt").read_text()
-    agent = (rd / "inspect" / "first_boot_agent.txt").read_text()
+    rd, stdout, _ = cloud_run
+    bundle = rd / "inspect" / "debian-cloud.virtio-net"
+    index = _check_bundle(bundle, "debian-cloud")
+    man = json.loads((rd / "manifest.json").read_text())
+    assert man["inspect"]["debian-cloud.virtio-net"]["dir"] == "inspect/debian-cloud.virtio-net"
+    assert man["inspect"]["debian-cloud.virtio-net"]["coverage_counts"] == index["coverage_counts"]
+    assert index["kernel"] == man["boots"][0]["kernel"] and index["nic"] == "virtio-net"
+    assert "inspect bundle inspect/debian-cloud.virtio-net" in stdout
+    assert 'VERSION_ID="12"' in (bundle / "os_release.txt").read_text()
+    agent = (bundle / "first_boot_agent.txt").read_text()
     assert "status: done" in agent, agent                              # `cloud-init status` over SSH
+    assert index["commands"]["first_boot_agent"]["exit_status"] == 0
     assert file_sha256(disk) == built["sha256"]

@@ -120,6 +120,29 @@ def test_plan_linux_and_freebsd_share_the_data_nic_line():
     assert "\nXB_D_EOF\n" in out
 
 
+def test_plan_shows_the_inspect_step_on_the_first_boot_of_each_image_and_nic(tmp_path):
+    """workload.inspect: the `images inspect` capture is a boot step of the procedure, taken by
+    the first boot of each (image, NIC) only; without the key no boot takes it."""
+    base = ('[workload]\nname = "i"\n{}[matrix]\nimage = ["linux-deb", "freebsd-14.3"]\n'
+            'nic = ["virtio-net"]\nqueues = [1, 2]\n')
+    outs = []
+    for extra in ("inspect = true\n", ""):
+        wl = tmp_path / f"i{len(outs)}.toml"
+        wl.write_text(base.format(extra))
+        p = subprocess.run([sys.executable, "-m", "harness.cli", "plan", str(wl)],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert p.returncode == 0, p.stderr
+        outs.append(p.stdout)
+    with_inspect, without = outs
+    groups = with_inspect.split("== boot group ")[1:]
+    # linux-deb: one boot; freebsd-14.3: q1 and q2 boot apart (queue counts are loader tunables)
+    assert [g.split(" ")[1].split(".virtio")[0] for g in groups] == ["linux-deb", "freebsd-14.3", "freebsd-14.3"]
+    assert ["first-contact bundle" in g for g in groups] == [True, True, False]
+    assert "ethtool -S xb0" in groups[0] and "cloud-init status --wait --long" in groups[0]
+    assert "sysctl dev.vtnet" in groups[1]
+    assert "first-contact bundle" not in without
+
+
 def _plan(workload: str, accel: str | None) -> str:
     import os
     env = {k: v for k, v in os.environ.items() if k != "XMITBENCH_ACCEL"}

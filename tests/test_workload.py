@@ -261,7 +261,7 @@ def test_parse_shard_bad(text):
 # Bad inputs: each gives one exact line naming file, key and what is allowed.
 
 ALL_NICS = "e1000e, igb, virtio-net, vmxnet3"
-WORKLOAD_KEYS = ("cell_timeout_s, churn_count, churn_interval_s, ci_target_pct, description, duration_s, lock_stats, "
+WORKLOAD_KEYS = ("cell_timeout_s, churn_count, churn_interval_s, ci_target_pct, description, duration_s, inspect, lock_stats, "
                  "max_repetitions, name, probe_effect, rep_budget_s, repetitions, require_queue_spread, retries, "
                  "shuffle_seed, udp_bitrate, warmup_after_boot, warmup_s")
 BITRATE = 'expected an iperf3 -b rate as a string such as "0" (unlimited), "500M" or "1.5G"'
@@ -278,6 +278,8 @@ BAD = [
      f"workload.durations: unknown key; allowed: {WORKLOAD_KEYS}"),
     ("unknown table", {}, "[iperf]\nport = 5201\n",
      "iperf: unknown table; allowed tables: machine, matrix, setup, workload"),
+    ("inspect not a boolean", {"workload.inspect": '"yes"'}, "",
+     'workload.inspect: expected true or false, got string "yes"'),
     ("bool where int", {"machine.vcpus": "true"}, "",
      "machine.vcpus: expected an integer in 1..64, got boolean true"),
     ("queues 0", {"matrix.queues": "[0]"}, "",

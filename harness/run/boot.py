@@ -74,9 +74,10 @@ def start_machine(host, rd, dp, key, key_dir, boot_key, image: BootImage, accel:
 
 
 def login(host, m, spec, boot: dict, key, boot_key, image: BootImage, accel: str, pin_vcpus: bool,
-          t0: float) -> VM:
+          t0: float, inspect=None) -> VM:
     """Wait for the guest, log in, run the boot steps. A failure stops this VM and re-raises,
-    with the error in the boot's manifest entry. `t0`: monotonic time before QEMU started."""
+    with the error in the boot's manifest entry. `t0`: monotonic time before QEMU started.
+    `inspect`: this boot takes the inspect step, calling inspect(guest) (inspect.write_bundle)."""
     try:
         if not image.is_cloud:
             m.wait_serial("xmitbench: ready", BOOT_TIMEOUT_S)
@@ -86,7 +87,7 @@ def login(host, m, spec, boot: dict, key, boot_key, image: BootImage, accel: str
         if over_ssh:       # what the seed could not do for this release, done over SSH
             boot["first_boot_over_ssh"] = over_ssh
         guest = driver_class(boot_key.os)(shell, image.tools, state=BootState())
-        for step in boot_steps(guest, boot_key):
+        for step in boot_steps(guest, boot_key, inspect=inspect is not None):
             if step.action == "data_interface":
                 guest.setup_data_interface(DATA_MAC, data_address())
             elif step.action == "boot_config":
@@ -94,6 +95,8 @@ def login(host, m, spec, boot: dict, key, boot_key, image: BootImage, accel: str
                 boot["rebooted_for"] = step.command
             elif step.action == "reboot":
                 boot["reboot_s"] = round(guest.reboot(timeout=CLOUD_BOOT_TIMEOUT_S), 2)
+            elif step.action == "inspect":
+                inspect(guest)
             else:
                 raise ValueError(f"no runner action for boot step {step.action!r}")
     except BaseException:

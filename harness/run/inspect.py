@@ -8,7 +8,10 @@ The bundle (`<run dir>/inspect/`) is raw command outputs, one file per command, 
 into tests/fixtures and fed to the parsers as it is.
 
 The boot is the runner's (boot.start_machine + boot.login): same QEMU argv, same seed, same
-login, same data-NIC setup; the commands come from the guest driver (inspect_commands).
+login, same data-NIC setup; the capture is the procedure's `inspect` boot step (write_bundle),
+which a run also takes on each image and NIC it boots when its workload says `inspect = true`
+(bundles in `<run dir>/inspect/<image>.<nic>/`). The commands come from the guest driver
+(inspect_commands).
 """
 from __future__ import annotations
 
@@ -61,6 +64,23 @@ def capture(guest, driver: str, dest: Path) -> dict:
             "coverage_counts": {k: sum(1 for r in rows if r["status"] == k) for k in ("mapped", "unmapped", "missing")}}
 
 
+def write_bundle(guest, dest: Path, about: dict) -> dict:
+    """The procedure's `inspect` step on a logged-in guest: capture into `dest`, then write
+    `dest/index.json` (the capture, this boot's kernel and driver, and `about`: image, NIC,
+    accel, source). `images inspect` and a run with `workload.inspect` both call it."""
+    driver = guest.nic_driver()
+    index = capture(guest, driver, dest)
+    index.update({"kernel": guest.kernel_release(), "driver": driver, **about,
+                  "captured": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    (dest / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True, default=str))
+    return index
+
+
+def bundle_about(bk: BootKey, image, accel: str, source: str) -> dict:
+    return {"image": bk.image, "os": image.os, "nic": bk.nic, "accel": accel, "image_info": image.info,
+            "source": source}
+
+
 def inspect_image(name: str, results_root: Path, log=print, host=None, nic: str = "virtio-net",
                   accel: str = "auto", vcpus: int = 2, memory_mib: int = 1024) -> Path:
     """Boot `name` once and write the bundle; returns the run dir. Everything started is
@@ -86,17 +106,15 @@ def inspect_image(name: str, results_root: Path, log=print, host=None, nic: str 
         dp.create()
         key = host.make_key(key_dir)
         bk = BootKey(image=name, os=image.os, nic=nic, vcpus=vcpus, memory_mib=memory_mib, accel=accel, queues=1)
+        about = bundle_about(bk, image, accel, f"xmitbench images inspect {name} (run {rd.run_id})")
+        captured: list[dict] = []
         t0 = time.monotonic()
         m, spec, boot = start_machine(host, rd, dp, key, key_dir, bk, image, accel, 1)
-        vm = login(host, m, spec, boot, key, bk, image, accel, False, t0)
+        # the same boot steps as a run's, with the inspect step
+        vm = login(host, m, spec, boot, key, bk, image, accel, False, t0,
+                   inspect=lambda guest: captured.append(write_bundle(guest, rd.path / INSPECT_DIR, about)))
         log(f"inspect {name}: {boot['kernel']} {boot['driver']}, SSH after {boot['boot_to_ssh_s']} s")
-        index = capture(vm.guest, boot["driver"], rd.path / INSPECT_DIR)
-        index.update({"image": name, "os": image.os, "kernel": boot["kernel"], "driver": boot["driver"],
-                      "nic": nic, "accel": accel, "image_info": image.info,
-                      "captured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "source": f"xmitbench images inspect {name} (run {rd.run_id})"})
-        (rd.path / INSPECT_DIR / "index.json").write_text(json.dumps(index, indent=1, sort_keys=True, default=str))
-        rd.manifest["inspect"] = {"dir": INSPECT_DIR, "coverage_counts": index["coverage_counts"]}
+        rd.manifest["inspect"] = {"dir": INSPECT_DIR, "coverage_counts": captured[0]["coverage_counts"]}
         rd.manifest["complete"] = True
     finally:
         if vm is not None:

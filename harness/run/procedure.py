@@ -49,9 +49,16 @@ def data_address() -> str:
     return f"{GUEST_DATA_IP}/{DATA_PREFIX}"
 
 
-def boot_steps(guest, boot_key) -> list[Step]:
+def inspect_dir_name(boot_key) -> str:
+    """A run's first-contact bundle of one image and data NIC: `<run dir>/inspect/<this>/`."""
+    return f"{boot_key.image}.{boot_key.nic}"
+
+
+def boot_steps(guest, boot_key, inspect: bool = False) -> list[Step]:
     """After SSH answers: name and address the data NIC; on OSes whose queue counts are boot
-    settings, write them and reboot (then name the NIC again)."""
+    settings, write them and reboot (then name the NIC again). ``inspect``: last, capture the
+    first-contact bundle (`images inspect`; a run's `workload.inspect`) in the state the cells
+    will find."""
     steps = [Step("data_interface", f"data NIC: MAC {DATA_MAC} -> {data_address()} "
                                     f"(peer {PEER_DATA_IP} in the harness namespace)")]
     script = guest.boot_config_script(boot_key.nic, boot_key.queues)
@@ -60,6 +67,11 @@ def boot_steps(guest, boot_key) -> list[Step]:
                   Step("reboot", f"reboot; reconnect once `{guest.BOOT_ID_COMMAND}` prints a new boot id",
                        guest.REBOOT_COMMAND),
                   Step("data_interface", "name and address the data NIC again")]
+    if inspect:
+        # each command is sent on its own and its output kept as <name>.txt, failures recorded
+        steps.append(Step("inspect", "first-contact bundle: each command's output to inspect/.../<name>.txt, "
+                                     "then coverage.txt and index.json",
+                          "\n".join(guest.inspect_commands().values())))
     return steps
 
 

@@ -20,9 +20,10 @@ from harness.results.rundir import RunDir, cell_context, cell_row
 from harness.run.boot import login, prepare_images, start_machine
 from harness.run.cell import execute, measure, save_captures, validity
 from harness.run.host import Host
+from harness.run.inspect import INSPECT_DIR, bundle_about, write_bundle
 from harness.run.manifest import TCG_WARNING, benchmarks, resumed_entry, run_manifest
 from harness.run.plan import Plan, plan as make_plan
-from harness.run.procedure import cell_steps
+from harness.run.procedure import cell_steps, inspect_dir_name
 from harness.run.repetitions import extra_cost, group_runs, policy_for
 from harness.run.watch import AttemptWatch
 from harness.run.validity import RERUN_CHECKS, failed_checks, is_valid
@@ -49,6 +50,7 @@ class Runner:
         self.injector = Injector()
         self.injector.peers = lambda: [s.pid for s in self.dp.servers]   # for the peer-throttle fault
         self._last_machine = None
+        self.inspected: set[tuple[str, str]] = set()    # (image, nic) with a bundle (workload.inspect)
 
     # -- top level ----------------------------------------------------------------------
     def run(self) -> RunDir:
@@ -172,13 +174,33 @@ class Runner:
         m, spec, boot = start_machine(self.host, self.rd, self.dp, self.key, self.key_dir, bk, image, self.accel,
                                       boot_no, extra_cmdline=nossh)
         self._last_machine = m
-        vm = login(self.host, m, spec, boot, self.key, bk, image, self.accel, self.workload.pin_vcpus, t0)
+        vm = login(self.host, m, spec, boot, self.key, bk, image, self.accel, self.workload.pin_vcpus, t0,
+                   inspect=self._inspect_step(bk, image, boot_no))
         self.timings["boot"] += time.monotonic() - t0
         self.log(f"booted {bk.label}: {boot['kernel']} {boot['driver']} "
                  f"in {boot['boot_to_ssh_s']} s (QEMU pid {m.pid})")
         if self.workload.warmup_after_boot:
             self._warmup(vm, cr, boot_no)
         return vm
+
+    def _inspect_step(self, bk, image: BootImage, boot_no: int):
+        """workload.inspect: the first boot of each image and NIC writes its inspect bundle (as
+        `images inspect` does) to inspect/<image>.<nic>/; the manifest lists them."""
+        if not self.workload.inspect or (bk.image, bk.nic) in self.inspected:
+            return None
+        rel = f"{INSPECT_DIR}/{inspect_dir_name(bk)}"
+        about = bundle_about(bk, image, self.accel, f"xmitbench run {self.workload.path.name} "
+                                                    f"(run {self.rd.run_id}, boot {boot_no})")
+
+        def step(guest):
+            index = write_bundle(guest, self.rd.path / rel, about)
+            self.inspected.add((bk.image, bk.nic))
+            self.rd.manifest.setdefault("inspect", {})[inspect_dir_name(bk)] = {
+                "dir": rel, "boot": boot_no, "coverage_counts": index["coverage_counts"]}
+            counts = index["coverage_counts"]
+            self.log(f"inspect bundle {rel}: {index['driver']} counters {counts['mapped']} mapped, "
+                     f"{counts['unmapped']} unmapped, {counts['missing']} missing")
+        return step
 
     def _warmup(self, vm, cr, boot_no: int) -> None:
         """The first cell after a boot ran ~45 % slow (cold caches, TCG translation): every

@@ -17,6 +17,8 @@ Schema (every key optional unless marked required)::
     udp_bitrate = "0"       # iperf3 -b for UDP cells ("0" = unlimited)
     require_queue_spread = false  # true: a multi-queue cell with an idle TX queue is invalid
                             # (default: queue spread is only reported; one flow on one queue is real)
+    inspect = false         # true: the first boot of each image and NIC also writes the
+                            # `images inspect` bundle to <run dir>/inspect/<image>.<nic>/
 
     [machine]
     vcpus = 2               # 1..64
@@ -117,7 +119,7 @@ _SCHEMA: dict[str, tuple[str, ...]] = {
     "workload": ("name", "description", "repetitions", "duration_s", "warmup_s",
                  "lock_stats", "udp_bitrate", "retries", "cell_timeout_s", "probe_effect",
                  "churn_interval_s", "churn_count", "shuffle_seed", "warmup_after_boot", "require_queue_spread",
-                 "ci_target_pct", "rep_budget_s", "max_repetitions"),
+                 "inspect", "ci_target_pct", "rep_budget_s", "max_repetitions"),
     "machine": ("vcpus", "memory_mib", "accel", "image", "os", "pin_vcpus", "kernel", "modules"),
     "matrix": ("image", "nic", "queues", "procs", "streams", "proto", "msg_size", "stack", "churn"),
     "setup": ("linux", "freebsd"),
@@ -177,6 +179,7 @@ class Workload:
     shuffle_seed: int | None = None   # seeded random cell order within each repetition
     pin_vcpus: bool = False           # pin each vCPU thread to its own host CPU
     require_queue_spread: bool = False   # an idle configured TX queue invalidates the cell
+    inspect: bool = False             # the first boot of each image and NIC captures an inspect bundle
     # repetitions = "auto" (harness.run.repetitions): `repetitions` is then the planned minimum
     repetitions_auto: bool = False
     ci_target_pct: float | None = None   # None: "auto", resolved by the accelerator at run time
@@ -325,6 +328,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
     shuffle_seed = v.integer(w, "workload.shuffle_seed", (0, 2**31 - 1), -1) if "shuffle_seed" in w else None
     cell_timeout_s = v.integer(w, "workload.cell_timeout_s", CELL_TIMEOUT_S, 0)
     require_queue_spread = v.boolean(w, "workload.require_queue_spread", False)
+    inspect = v.boolean(w, "workload.inspect", False)
     udp_bitrate = w.get("udp_bitrate", "0")
     if not isinstance(udp_bitrate, str) or not _BITRATE_RE.fullmatch(udp_bitrate):
         raise v.error("workload.udp_bitrate", 'expected an iperf3 -b rate as a string such as '
@@ -373,6 +377,7 @@ def parse_workload(data: bytes, path: str | os.PathLike[str]) -> Workload:
         warmup_after_boot=warmup_after_boot,
         churn_interval_s=churn_interval_s, churn_count=churn_count, setup=tuple(setup),
         shuffle_seed=shuffle_seed, pin_vcpus=pin_vcpus, require_queue_spread=require_queue_spread,
+        inspect=inspect,
         repetitions_auto=repetitions_auto,
         ci_target_pct=ci_target_pct, rep_budget_s=rep_budget_s, max_repetitions=max_repetitions,
     )
