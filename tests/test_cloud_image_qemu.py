@@ -114,6 +114,7 @@ def test_run_with_inspect_writes_the_cloud_image_bundle(cloud_image, cloud_run):
     assert man["inspect"]["debian-cloud.virtio-net"]["dir"] == "inspect/debian-cloud.virtio-net"
     assert man["inspect"]["debian-cloud.virtio-net"]["coverage_counts"] == index["coverage_counts"]
     assert index["kernel"] == man["boots"][0]["kernel"] and index["nic"] == "virtio-net"
+    assert man["boots"][0]["inspect_s"] > 0          # timed apart: boot_to_ssh_s leaves it out
     assert "inspect bundle inspect/debian-cloud.virtio-net" in stdout
     assert 'VERSION_ID="12"' in (bundle / "os_release.txt").read_text()
     agent = (bundle / "first_boot_agent.txt").read_text()
