@@ -55,7 +55,9 @@ def test_debian_cloud_image_boots_with_real_cloud_init_and_measures_two_cells(cl
     rd, _, before = cloud_run
     assert before == built["sha256"]                       # the recorded sha256 is the file's
     cells = pd.read_parquet(rd / "cells.parquet")
-    assert list(cells.status) == ["ok", "ok"], cells.reason.tolist()
+    # both cells measured; a cell judged invalid (e.g. conservation on a slow, loaded boot that
+    # moved little data) is re-run within the retry budget, which adds a row, not a failure
+    assert cells.cell.nunique() == 2 and set(cells.status) == {"ok"}, cells.reason.tolist()
     man = json.loads((rd / "manifest.json").read_text())
     info = man["images"]["debian-cloud"]
     assert info["image_kind"] == "local cloud image (mmdebstrap, Debian 12)"
