@@ -296,7 +296,8 @@ def expand_run_dirs(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> l
             # a results root of years of nightlies: one scandir, and the root resolved once
             # (a child that is a symlink is resolved on its own below)
             with os.scandir(p) as it:
-                found = sorted(Path(e.path) for e in it if e.is_dir() and os.path.exists(os.path.join(e.path, "manifest.json")))
+                found = sorted(Path(e.path) for e in it
+                               if e.is_dir() and os.path.exists(os.path.join(e.path, "manifest.json")))
             if found:
                 real_root = p.resolve()
                 found = [(f, f.resolve() if f.is_symlink() else real_root / f.name) for f in found]

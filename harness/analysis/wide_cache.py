@@ -13,8 +13,9 @@ the sha256 of the modules that make the wide table), so a changed rule is never 
 
 A load reads the rows of the run dirs that still match in one scan, computes the others with
 ``compute`` (the wide table of just those run dirs), and puts the rows in the order the
-uncached wide table has (``load.last_attempts`` of the cells). Columns of Python objects
-(lists, dicts, None/True/False) are stored as JSON text and decoded on read.
+uncached wide table has (``load.last_attempts`` of the cells). Columns of Python objects are
+stored as the Arrow type Arrow infers for them (lists of strings, bools with None) and read
+back as Python values; a column Arrow cannot type is stored as JSON text and decoded on read.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def _read_index(cache: Path, version: str) -> dict:
     import pyarrow.parquet as pq
     try:
         idx = jsontext.loads((pq.read_schema(cache).metadata or {})[META_KEY])
-    except (OSError, KeyError, ValueError, Exception):  # noqa: BLE001 - no usable cache: start afresh
+    except Exception:  # noqa: BLE001 - no usable cache (missing, unreadable, no index): start afresh
         return {}
     return idx if idx.get("format") == FORMAT and idx.get("code") == version else {}
 
